@@ -1,0 +1,89 @@
+"""The command line of every experiment: flags -> config -> one call into lab.
+
+    python -m experiments.<name> --workdir=DIR [--config=FILE[:variant]] [--config.key=value ...]
+                                  [--allow_config_change]
+
+lab itself defines no flags; this module is the one place that parses them. Every failure a user
+can cause (bad flag, config value, dataset, checkpoint, NaN loss, full disk) ends as one line on
+stderr, `error: ...`, that says what to do, and a non-zero exit; set LAB_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import sys
+from typing import Callable
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+EXIT_USAGE = 2  # bad flags or config: nothing ran
+EXIT_FAILURE = 1  # the run started and stopped on an error; finished checkpoints are kept
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+_USAGE_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)
+
+
+def _usage_error(e: Exception) -> None:
+    text = " ".join(str(e).replace("\\n", " ").replace("\\'", "'").split())
+    suggestion = re.search(r'Did you mean "(\S+)" instead of "(\S+)"', text)
+    if suggestion:  # config_flags' unknown-key message, with its suggestion
+        text = f"unknown config key {suggestion[2]!r}; did you mean {suggestion[1]!r}?"
+    elif isinstance(e, (AttributeError, KeyError)):
+        text = f"unknown config key {text.strip(chr(39) + chr(34))!r}"
+    elif "Traceback" in text:  # an exception inside get_config(): keep its own last line
+        text = text[text.rindex("Error: ") + len("Error: "):]
+    _fail(f"{text} (see --helpfull for the flags, and the config file for its keys)", EXIT_USAGE)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except _USAGE_ERRORS as e:
+        _usage_error(e)
+
+
+def run(default_config: str, main: Callable) -> None:
+    """Defines the flags, parses them and calls `main(config, workdir, allow_config_change)`.
+
+    Args:
+      default_config: path of the experiment's config file (its `get_config()` is the default).
+      main: the experiment's wiring: builds data and task and calls `lab.train.train_and_evaluate`.
+    """
+    flags.DEFINE_string("workdir", None, "Directory of the run: config, metrics, checkpoints, results.")
+    try:  # config_flags already reads --config.* overrides from sys.argv here
+        config_flags.DEFINE_config_file(
+            "config", default_config, "Config file, optionally FILE:variant.", lock_config=True)
+    except _USAGE_ERRORS as e:
+        _usage_error(e)
+    flags.DEFINE_bool("allow_config_change", False,
+                      "Resume a workdir although it holds a run of a different config.")
+
+    def _main(argv):
+        logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines would drown the progress lines
+        if len(argv) > 1:
+            _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value", EXIT_USAGE)
+        if not flags.FLAGS.workdir:
+            _fail("--workdir is required: the directory that receives the run", EXIT_USAGE)
+        try:
+            main(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.allow_config_change)
+        except OSError as e:
+            if os.environ.get("LAB_DEBUG"):
+                raise
+            hint = ("the disk is full: free space or use a --workdir on another disk; "
+                    "checkpoints already written are kept" if e.errno == errno.ENOSPC else
+                    "check the path and its permissions")
+            _fail(f"{e.strerror or e} ({e.filename or ''}): {hint}", EXIT_FAILURE)
+        except (ValueError, RuntimeError, FloatingPointError, KeyError, TypeError) as e:
+            if os.environ.get("LAB_DEBUG"):
+                raise
+            _fail(" ".join(str(e).split()) or type(e).__name__, EXIT_FAILURE)
+
+    app.run(_main, flags_parser=_parse_flags)

@@ -1,0 +1,161 @@
+"""Checkpoints through Orbax's `CheckpointManager`: save, resume, and pretrained sub-trees.
+
+A checkpoint step holds two items:
+  * `state`: the train state pytree (StandardSave; restored onto an abstract target, so optax
+    states keep their structure and arrays land with the sharding the target asks for);
+  * `meta`: JSON with the step, the data position and the config, for humans and for checks.
+
+Resume order (the train loop follows it): build the abstract state from the config -> find the
+latest step -> restore state and meta onto that target -> continue from `meta['step']`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+PyTree = Any
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be used: unreadable, or of another model."""
+
+
+class Checkpointer:
+    """Saves every `every_steps` steps (and when forced), keeps the newest `max_to_keep`, async."""
+
+    def __init__(self, directory: str, every_steps: int, max_to_keep: int = 3, async_save: bool = True):
+        self.directory = os.path.abspath(directory)
+        self.every_steps = every_steps
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=max_to_keep,
+                save_interval_steps=1,  # lab decides when to save; Orbax must not skip a forced save
+                enable_async_checkpointing=async_save,
+            ),
+        )
+
+    def latest_step(self) -> int | None:
+        """The newest finished checkpoint step, or None for a fresh directory."""
+        return self.manager.latest_step()
+
+    def should_save(self, step: int) -> bool:
+        return self.every_steps > 0 and step % self.every_steps == 0
+
+    def save(self, step: int, state: PyTree, meta: dict) -> None:
+        """Starts an (async) save of `state` and `meta` at `step`."""
+        if step in self.manager.all_steps():
+            return
+        self.manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    def restore(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
+        """Restores (state, meta) at `step` onto `abstract_state` (shapes, dtypes, shardings)."""
+        path = os.path.join(self.directory, str(step))
+        try:
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+        except Exception as e:  # Orbax raises many types; the user needs one message.
+            raise CheckpointError(
+                f"checkpoint {path} is unreadable ({type(e).__name__}: {_first_line(e)}); "
+                f"move that step directory aside to resume from an earlier one, or use a new --workdir"
+            ) from e
+        return restored["state"], restored["meta"]
+
+    def wait(self) -> None:
+        """Blocks until async saves are on disk; call before the process exits."""
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.close()
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:300] if text else ""
+
+
+def _describe(tree: PyTree) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype)) for p, x in flat}
+
+
+def load_params(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
+    """The `params` of a run's checkpoint as nested dicts of numpy arrays, and where they came from.
+
+    Args:
+      workdir: the run's --workdir.
+      step: the checkpoint step; the latest when None.
+    Returns:
+      (params, "DIR/STEP").
+    Raises:
+      CheckpointError: no checkpoint there, or an unreadable one.
+    """
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        raise CheckpointError(f"no checkpoints in {directory}: train that run first")
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
+                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    try:
+        step = manager.latest_step() if step is None else step
+        if step is None:
+            raise CheckpointError(f"no finished checkpoint in {directory}: train that run first")
+        # The target is built from the checkpoint's own metadata, placed on this process's first
+        # device: a run saved on 4 devices (or 4 hosts) reads back on 1. The state comes back as
+        # nested dicts (optax structures are not rebuilt; params need none).
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                manager.item_metadata(step)["state"])
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+    except CheckpointError:
+        raise
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {directory}/{step} is unreadable: {_first_line(e)}; "
+                              f"move it aside or retrain") from e
+    finally:
+        manager.close()
+    params = jax.tree.map(np.asarray, restored["state"]["params"])
+    return params, f"{directory}/{step}"
+
+
+def load_params_subtree(workdir: str, source_path: Sequence[str], target: PyTree,
+                        step: int | None = None) -> PyTree:
+    """Reads `params[source_path...]` of another run's checkpoint, checked against `target`.
+
+    This is how a new model starts from a pretrained one: e.g. the encoder of a masked-LM run
+    loaded into a classifier whose `params['encoder']` has the same structure.
+
+    Args:
+      workdir: the other run's --workdir (its checkpoints live in `workdir/checkpoints`).
+      source_path: keys from the checkpointed state's `params` down to the sub-tree, e.g. ('encoder',).
+      target: the sub-tree it will replace (arrays or ShapeDtypeStructs): names, shapes and
+        dtypes must match exactly.
+      step: checkpoint step to read; the latest when None.
+    Returns:
+      The sub-tree as host numpy arrays, with the structure of `target`.
+    Raises:
+      CheckpointError: no checkpoint, a missing key, or any name/shape/dtype mismatch (the
+        message lists the first differences).
+    """
+    params, where = load_params(workdir, step)
+    tree = params
+    for i, key in enumerate(source_path):
+        if not isinstance(tree, dict) or key not in tree:
+            have = sorted(tree) if isinstance(tree, dict) else type(tree).__name__
+            raise CheckpointError(
+                f"checkpoint {where} has no params[{']['.join(source_path[:i + 1])}] "
+                f"(found keys: {have}); check the source path and the run")
+        tree = tree[key]
+    want, got = _describe(target), _describe(tree)
+    if want != got:
+        diffs = [f"{k}: want {want.get(k)}, checkpoint has {got.get(k)}"
+                 for k in sorted(set(want) | set(got)) if want.get(k) != got.get(k)]
+        raise CheckpointError(
+            f"params[{']['.join(source_path)}] of {where} does not match the model "
+            f"({len(diffs)} differences, first: {'; '.join(diffs[:3])}); use a run of the same architecture")
+    return jax.tree.unflatten(jax.tree.structure(target), jax.tree.leaves(tree))

@@ -1,0 +1,125 @@
+"""Language modelling: next-token prediction (GPT) and masked-token prediction (BERT-style MLM).
+
+Both are token-level cross-entropy with weights: `count` counts the tokens that carry a loss,
+so the loop's gradient is that of the mean over exactly those tokens, on any number of devices.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab import metrics
+from lab.models import transformer
+
+
+def _token_sums(logits_BxLxV, targets_BxL, weights_BxL) -> dict:
+    """Token-level CE sums: the classification sums over the B*L positions."""
+    vocab = logits_BxLxV.shape[-1]
+    return metrics.classification_sums(logits_BxLxV.reshape(-1, vocab), targets_BxL.reshape(-1),
+                                       weights_BxL.reshape(-1))
+
+
+def lm_summary(sums: dict) -> dict:
+    """loss (nats per token), perplexity and next-token accuracy."""
+    out = metrics.classification_summary(sums)
+    out["perplexity"] = float(np.exp(min(out["loss"], 50.0)))
+    return out
+
+
+class CausalLMTask:
+    """`lab.train.Task` for a GPT on batches {'inputs', 'targets'} int32 (B, L).
+
+    Eval batches may carry `mask` (B,) from padded batching: padded rows carry no loss.
+
+    Args:
+      config: the GPT's TransformerConfig.
+      sample: optional `(params, step, rng) -> str` writer of text samples at each eval; the
+        text goes to `workdir/samples/step_<N>.txt`.
+    """
+
+    count_unit = "tokens"
+
+    def __init__(self, config: transformer.TransformerConfig,
+                 sample: Callable[[Any, int, jax.Array], str] | None = None):
+        self.config = config
+        self.model = transformer.GPT(config)
+        self._sample = sample
+
+    def init_params(self, rng: jax.Array):
+        tokens = jnp.zeros((1, self.config.max_len), jnp.int32)
+        return self.model.init({"params": rng}, tokens, train=False)["params"]
+
+    def loss(self, params, batch: dict, rng: jax.Array):
+        """(sum of next-token CE over all B*L positions, sums incl. `count` tokens)."""
+        logits = self.model.apply({"params": params}, batch["inputs"], train=True, rngs={"dropout": rng})
+        sums = _token_sums(logits, batch["targets"], jnp.ones(batch["targets"].shape, jnp.float32))
+        return sums.pop("loss"), sums
+
+    def evaluate(self, params, batch: dict) -> dict:
+        logits = self.model.apply({"params": params}, batch["inputs"], train=False)
+        weights = jnp.ones(batch["targets"].shape, jnp.float32)
+        if "mask" in batch:
+            weights = weights * batch["mask"][:, None]
+        return _token_sums(logits, batch["targets"], weights)
+
+    def summarize(self, sums: dict) -> dict:
+        return lm_summary(sums)
+
+    def on_eval(self, params, step: int, workdir: str, rng: jax.Array) -> None:
+        """Writes a text sample from the current params (process 0 only; the loop checks)."""
+        if self._sample is None:
+            return
+        text = self._sample(params, step, rng)
+        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
+        with open(os.path.join(workdir, "samples", f"step_{step}.txt"), "w") as f:
+            f.write(text)
+
+
+class MaskedLMTask:
+    """`lab.train.Task` for BERT-style masked-LM pretraining on batches {'inputs' (B, L), 'mask' (B, L)}.
+
+    Masking (15%, 80/10/10) happens on device from the step's rng in training, and from a
+    fixed key (derived from the run's seed) in eval, so eval numbers are comparable across steps.
+    `mask` here is the per-token padding mask (1 = real token).
+    """
+
+    count_unit = "tokens"
+
+    def __init__(self, config: transformer.TransformerConfig, token_ids: transformer.TokenIds,
+                 eval_key: jax.Array, mask_rate: float = 0.15):
+        self.config = config
+        self.ids = token_ids
+        self.model = transformer.MaskedLM(config)
+        self.eval_key = eval_key
+        self.mask_rate = mask_rate
+
+    def init_params(self, rng: jax.Array):
+        tokens = jnp.zeros((1, self.config.max_len), jnp.int32)
+        return self.model.init({"params": rng}, tokens, jnp.ones_like(tokens), train=False)["params"]
+
+    def _sums(self, params, batch, rng, *, train: bool) -> dict:
+        mask_rng, dropout_rng = jax.random.split(rng)
+        inputs, targets, weights = transformer.mask_tokens(
+            mask_rng, batch["inputs"], batch["token_mask"], mask_id=self.ids.mask_id,
+            vocab_size=self.ids.num_chars, rate=self.mask_rate)
+        logits = self.model.apply({"params": params}, inputs, batch["token_mask"], train=train,
+                                  rngs={"dropout": dropout_rng} if train else None)
+        if "mask" in batch:  # padded eval rows
+            weights = weights * batch["mask"][:, None]
+        return _token_sums(logits, targets, weights)
+
+    def loss(self, params, batch: dict, rng: jax.Array):
+        sums = self._sums(params, batch, rng, train=True)
+        return sums.pop("loss"), sums
+
+    def evaluate(self, params, batch: dict) -> dict:
+        return self._sums(params, batch, self.eval_key, train=False)
+
+    def summarize(self, sums: dict) -> dict:
+        return lm_summary(sums)

@@ -1,0 +1,36 @@
+"""Shared test setup: a persistent XLA compilation cache and one dataset dir per session.
+
+The environment variables are set before jax is imported, so they reach in-process jax and
+every subprocess a test starts (multi-device runs, CLI error cases).
+"""
+
+import os
+import sys
+
+import pytest
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_ROOT, ".cache", "jax"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Datasets build once per machine into the repo's ignored cache, shared by all tests.
+os.environ.setdefault("LAB_DATA_DIR", os.path.join(_ROOT, ".cache", "tensorflow_datasets"))
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The directory datasets are built into for the whole test session."""
+    return os.environ["LAB_DATA_DIR"]
+
+
+@pytest.fixture
+def run_cli():
+    """Runs `python -m MODULE ARGS...` in a subprocess; returns CompletedProcess (text)."""
+    import subprocess
+
+    def run(module, *args, env=None, timeout=300):
+        full_env = dict(os.environ, **(env or {}))
+        return subprocess.run([sys.executable, "-m", module, *args], cwd=_ROOT, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+
+    return run

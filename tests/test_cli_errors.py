@@ -1,0 +1,92 @@
+"""Bad input at the command line: one clear `error:` line, a non-zero exit, nothing lost."""
+
+import json
+import os
+import shutil
+
+import pytest
+
+MODULE = "experiments.mlp_classifier"
+FAST = ["--config.num_train_steps=4", "--config.log_every_steps=2", "--config.eval_every_steps=2",
+        "--config.checkpoint_every_steps=2"]
+
+
+def error_line(proc):
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, proc.stderr[-2000:]
+    return lines[0]
+
+
+def test_unknown_config_key(run_cli, tmp_path):
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", "--config.batch_sizee=10")
+    assert proc.returncode == 2
+    assert "batch_sizee" in error_line(proc)
+    assert not os.path.exists(tmp_path / "config.json")
+
+
+def test_bad_value_type(run_cli, tmp_path):
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", "--config.batch_size=ten")
+    assert proc.returncode == 2
+    assert "batch_size" in error_line(proc)
+
+
+def test_unknown_dataset(run_cli, tmp_path):
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", "--config.dataset=imagenet")
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert "imagenet" in line and "digits" in line
+
+
+def test_batch_not_divisible_by_devices(run_cli, tmp_path):
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", "--config.batch_size=102", *FAST,
+                   env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+    assert proc.returncode != 0
+    assert "not divisible by the 4 devices" in error_line(proc)
+
+
+def test_workdir_of_another_config_is_refused_and_kept(run_cli, tmp_path):
+    assert run_cli(MODULE, f"--workdir={tmp_path}", *FAST).returncode == 0
+    before = (tmp_path / "results.json").read_text()
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", *FAST, "--config.optimizer.learning_rate=0.5")
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert "different config" in line and "optimizer.learning_rate" in line
+    assert (tmp_path / "results.json").read_text() == before
+    assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["learning_rate"] == 0.001
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", *FAST, "--config.optimizer.learning_rate=0.5",
+                   "--allow_config_change")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_corrupt_checkpoint_is_reported_not_deleted(run_cli, tmp_path):
+    assert run_cli(MODULE, f"--workdir={tmp_path}", *FAST).returncode == 0
+    step_dir = tmp_path / "checkpoints" / "4"
+    for root, _, files in os.walk(step_dir):
+        for name in files:
+            with open(os.path.join(root, name), "wb") as f:
+                f.write(b"garbage")
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", *FAST[1:], "--config.num_train_steps=6")
+    assert proc.returncode != 0
+    line = error_line(proc)
+    assert "unreadable" in line and "checkpoints/4" in line
+    assert step_dir.is_dir() and (tmp_path / "checkpoints" / "2").is_dir()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(run_cli, tmp_path):
+    # Step 1 is finite (the initial params are fine) and checkpointed; the huge update makes a
+    # later loss non-finite.
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", "--config.num_train_steps=40",
+                   "--config.log_every_steps=1", "--config.eval_every_steps=20",
+                   "--config.checkpoint_every_steps=1", "--config.optimizer.learning_rate=1e12")
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "non-finite" in line and "learning_rate" in line
+    kept = sorted(int(s) for s in os.listdir(tmp_path / "checkpoints") if s.isdigit())
+    assert kept and max(kept) < 40
+    assert f"step {max(kept)}" in line
+
+
+def test_missing_workdir_flag(run_cli):
+    proc = run_cli(MODULE)
+    assert proc.returncode == 2
+    assert "--workdir" in error_line(proc)
