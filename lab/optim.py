@@ -10,16 +10,21 @@ The `optimizer` block of every experiment config reads:
     optimizer.momentum       sgd momentum (0 = plain SGD)
     optimizer.nesterov       sgd Nesterov momentum
     optimizer.b1, b2, eps    adam / adamw moments
-    optimizer.weight_decay   adamw decoupled weight decay
+    optimizer.weight_decay   adamw decoupled weight decay, on matrices only (ndim >= 2: kernels
+                             and embeddings), never on biases or LayerNorm scales (as GPT-2)
     optimizer.grad_clip_norm global-norm clipping; 0 disables it
+    optimizer.frozen         top-level parameter names to keep fixed, e.g. ('encoder',): their
+                             updates are zero (optax.multi_transform), their moments never kept
 
 Missing keys take the defaults below, so a config names only what it changes.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+import jax
 import optax
 
 _DEFAULTS = dict(
@@ -33,6 +38,7 @@ _DEFAULTS = dict(
     eps=1e-8,
     weight_decay=0.0,
     grad_clip_norm=0.0,
+    frozen=(),
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
@@ -86,6 +92,7 @@ def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformati
         tx = optax.adamw(
             schedule, b1=_get(cfg, "b1"), b2=_get(cfg, "b2"), eps=_get(cfg, "eps"),
             weight_decay=_get(cfg, "weight_decay"),
+            mask=lambda params: jax.tree.map(lambda p: p.ndim >= 2, params),
         )
     elif name == "adagrad":
         tx = optax.adagrad(schedule, eps=_get(cfg, "eps"))
@@ -94,4 +101,17 @@ def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformati
     clip = float(_get(cfg, "grad_clip_norm"))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    frozen = tuple(_get(cfg, "frozen") or ())
+    if frozen:
+        tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
+                                   functools.partial(_freeze_labels, frozen))
     return tx
+
+
+def _freeze_labels(frozen: tuple[str, ...], params) -> Any:
+    """'frozen' for every leaf under a top-level key in `frozen`, else 'train'."""
+    missing = [k for k in frozen if k not in params]
+    if missing:
+        raise ValueError(f"optimizer.frozen names {missing}, which the model does not have "
+                         f"(top-level params: {sorted(params)})")
+    return {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v) for k, v in params.items()}

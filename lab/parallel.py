@@ -41,6 +41,9 @@ def global_mean_grads(loss_fn: LossFn, params: PyTree, batch: dict, rng: jax.Arr
                       axis_name: str | None = None) -> tuple[PyTree, dict]:
     """Gradient of the global mean loss, and the global sums, for one (per-device) batch.
 
+    The loss sum is divided by the global count inside the differentiated function (a constant
+    there), so the scaling rides the backward pass instead of costing a pass over the gradients.
+
     Args:
       loss_fn: `(params, batch, rng) -> (loss_sum, sums)`, sums holding at least `count`.
       params: the parameters to differentiate.
@@ -51,12 +54,18 @@ def global_mean_grads(loss_fn: LossFn, params: PyTree, batch: dict, rng: jax.Arr
       (grads, sums): grads of mean loss (same tree as params); sums with `loss` (the loss sum)
       added, all summed over the global batch.
     """
-    (loss_sum, sums), grads = jax.value_and_grad(loss_fn, has_aux=True)(params, batch, rng)
-    sums = dict(sums, loss=loss_sum)
+
+    def mean_loss(p):
+        loss_sum, sums = loss_fn(p, batch, rng)
+        sums = dict(sums, loss=loss_sum)
+        count = jax.lax.stop_gradient(sums["count"])
+        if axis_name is not None:
+            count = jax.lax.psum(count, axis_name)
+        return loss_sum / jnp.maximum(count, 1).astype(loss_sum.dtype), sums
+
+    grads, sums = jax.grad(mean_loss, has_aux=True)(params)
     if axis_name is not None:
         grads, sums = jax.lax.psum((grads, sums), axis_name)
-    count = jnp.maximum(sums["count"], 1)
-    grads = jax.tree.map(lambda g: g / count.astype(g.dtype), grads)
     return grads, sums
 
 

@@ -51,3 +51,23 @@ def test_unknown_names_are_refused():
         optim.make_optimizer(cfg(name="lion"), 10)
     with pytest.raises(ValueError, match="optimizer.schedule"):
         optim.make_optimizer(cfg(schedule="linear"), 10)
+
+
+def test_frozen_subtree_never_moves_and_the_rest_does():
+    tx = optim.make_optimizer(cfg(name="adam", frozen=("encoder",)), 10)
+    params = {"encoder": {"w": jnp.ones(3)}, "head": {"w": jnp.ones(3)}}
+    state = tx.init(params)
+    grads = jax.tree.map(jnp.ones_like, params)
+    updates, _ = tx.update(grads, state, params)
+    assert np.all(updates["encoder"]["w"] == 0) and np.all(updates["head"]["w"] != 0)
+    with pytest.raises(ValueError, match="optimizer.frozen"):
+        optim.make_optimizer(cfg(frozen=("decoder",)), 10).init(params)
+
+
+def test_adamw_decays_matrices_only():
+    tx = optim.make_optimizer(cfg(name="adamw", learning_rate=1.0, weight_decay=0.5), 10)
+    params = {"kernel": jnp.ones((2, 2)), "bias": jnp.ones(2)}
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates, _ = tx.update(zeros, tx.init(params), params)
+    np.testing.assert_allclose(updates["kernel"], -0.5)
+    np.testing.assert_allclose(updates["bias"], 0.0)

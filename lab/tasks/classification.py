@@ -25,8 +25,8 @@ class ClassificationTask:
       example_inputs: a batch of inputs (numpy) to initialise the parameters with.
       label_keys: batch keys of the labels, one per head, in the model's dict order; a single
         head uses ('label',).
-      extra_input_keys: further batch keys passed to the model as keyword arguments (e.g. 'mask'
-        for a padding mask of token inputs).
+      extra_input_keys: further batch keys passed to the model as positional arguments after
+        the inputs (e.g. 'token_mask' for the padding mask of token inputs).
       init_params_fn: optional `(rng) -> params` replacing the fresh init (e.g. fresh params with
         a pretrained sub-tree loaded in).
     """
@@ -47,15 +47,15 @@ class ClassificationTask:
         params_rng, dropout_rng = jax.random.split(rng)
         x = self.example_inputs
         return self.model.init({"params": params_rng, "dropout": dropout_rng}, x["inputs"],
-                               train=False, **{k: x[k] for k in self.extra_input_keys})["params"]
+                               *[x[k] for k in self.extra_input_keys], train=False)["params"]
 
     def init_params(self, rng: jax.Array) -> Any:
         return (self._init_params_fn or self.fresh_params)(rng)
 
     def _heads(self, params, batch, *, train: bool, rng=None) -> dict[str, jax.Array]:
-        out = self.model.apply({"params": params}, batch["inputs"], train=train,
-                               rngs={"dropout": rng} if train else None,
-                               **{k: batch[k] for k in self.extra_input_keys})
+        out = self.model.apply({"params": params}, batch["inputs"],
+                               *[batch[k] for k in self.extra_input_keys], train=train,
+                               rngs={"dropout": rng} if train else None)
         if not isinstance(out, dict):
             out = {self.label_keys[0]: out}
         return out
@@ -93,8 +93,8 @@ class ClassificationTask:
             out.update({f"{head}_{k}": v for k, v in metrics.classification_summary(head_sums).items()})
         return out
 
-    def predict(self, params, inputs, **kwargs) -> Any:
+    def predict(self, params, batch: dict) -> Any:
         """Class ids (B,) (or a dict of them) of a batch of inputs, in eval mode."""
-        heads = self._heads(params, {"inputs": inputs, **kwargs}, train=False)
+        heads = self._heads(params, batch, train=False)
         ids = {k: jnp.argmax(v, -1) for k, v in heads.items()}
         return ids if len(ids) > 1 else next(iter(ids.values()))

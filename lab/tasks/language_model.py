@@ -82,11 +82,12 @@ class CausalLMTask:
 
 
 class MaskedLMTask:
-    """`lab.train.Task` for BERT-style masked-LM pretraining on batches {'inputs' (B, L), 'mask' (B, L)}.
+    """`lab.train.Task` for BERT-style masked-LM pretraining on batches of token `inputs` (B, L).
 
     Masking (15%, 80/10/10) happens on device from the step's rng in training, and from a
     fixed key (derived from the run's seed) in eval, so eval numbers are comparable across steps.
-    `mask` here is the per-token padding mask (1 = real token).
+    An optional `token_mask` (B, L) marks real tokens (1) against padding (0); without it every
+    token is real (windows of a text stream). Eval batches may carry `mask` (B,) (padded rows).
     """
 
     count_unit = "tokens"
@@ -105,10 +106,11 @@ class MaskedLMTask:
 
     def _sums(self, params, batch, rng, *, train: bool) -> dict:
         mask_rng, dropout_rng = jax.random.split(rng)
+        token_mask = batch.get("token_mask", jnp.ones(batch["inputs"].shape, jnp.int32))
         inputs, targets, weights = transformer.mask_tokens(
-            mask_rng, batch["inputs"], batch["token_mask"], mask_id=self.ids.mask_id,
+            mask_rng, batch["inputs"], token_mask, mask_id=self.ids.mask_id,
             vocab_size=self.ids.num_chars, rate=self.mask_rate)
-        logits = self.model.apply({"params": params}, inputs, batch["token_mask"], train=train,
+        logits = self.model.apply({"params": params}, inputs, token_mask, train=train,
                                   rngs={"dropout": dropout_rng} if train else None)
         if "mask" in batch:  # padded eval rows
             weights = weights * batch["mask"][:, None]

@@ -1,0 +1,1 @@
+"""GPT character language model on shakespeare_char (nanoGPT's CPU recipe, in lab)."""

@@ -1,0 +1,50 @@
+"""Print text from the latest checkpoint of a transformer_lm run.
+
+    python -m experiments.transformer_lm.sample --workdir=DIR --prompt="ROMEO:" [--num_tokens=500]
+        [--temperature=0.8] [--top_k=20] [--seed=0]
+"""
+
+import json
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+import ml_collections
+
+import lab.data
+from lab import checkpoint
+from experiments.transformer_lm.__main__ import model_config, sample_text
+
+flags.DEFINE_string("workdir", None, "The run's --workdir.")
+flags.DEFINE_string("prompt", "ROMEO:\n", "Text to continue.")
+flags.DEFINE_integer("num_tokens", 500, "Characters to sample.")
+flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
+flags.DEFINE_integer("top_k", 20, "Sample among the k likeliest characters; 0 = all.")
+flags.DEFINE_integer("seed", 0, "Sampling seed.")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    logging.set_verbosity(logging.WARNING)
+    try:
+        if not FLAGS.workdir:
+            raise ValueError("--workdir is required: the directory of a transformer_lm run")
+        path = os.path.join(FLAGS.workdir, "config.json")
+        if not os.path.exists(path):
+            raise ValueError(f"{path} not found: --workdir must be a transformer_lm run")
+        with open(path) as f:
+            config = ml_collections.ConfigDict(json.load(f))
+        tokenizer = lab.data.char_tokenizer(config.data_dir)
+        gpt_config = model_config(config, tokenizer.vocab_size)
+        params, where = checkpoint.load_params(FLAGS.workdir)
+        text = sample_text(gpt_config, params, tokenizer, FLAGS.prompt, FLAGS.num_tokens,
+                           jax.random.key(FLAGS.seed), FLAGS.temperature, FLAGS.top_k)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        sys.exit(1)
+    print(text)
+
+
+if __name__ == "__main__":
+    app.run(main)
