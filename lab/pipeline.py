@@ -72,7 +72,7 @@ class WindowBatcher:
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
-                 process_index: int = 0, process_count: int = 1):
+                 process_index: int = 0, process_count: int = 1, inputs_only: bool = False):
         if len(tokens) <= block_size + 1:
             raise ValueError(f"token stream of {len(tokens)} is too short for block_size {block_size}")
         if batch_size % process_count:
@@ -83,16 +83,19 @@ class WindowBatcher:
         self.seed = seed
         local = batch_size // process_count
         self._slice = slice(process_index * local, (process_index + 1) * local)
+        self.inputs_only = inputs_only  # e.g. masked-LM windows: no next-token targets
         self._window = np.arange(block_size + 1)
 
     def position(self, step: int) -> dict:
         return {"step": step}
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """`inputs`, `targets`: int32 (B/processes, L)."""
+        """`inputs`, `targets` (unless inputs_only): int32 (B/processes, L)."""
         rng = np.random.default_rng([self.seed, step])
         offsets = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
         win = self.tokens[offsets[self._slice, None] + self._window].astype(np.int32)
+        if self.inputs_only:
+            return {"inputs": win[:, :-1]}
         return {"inputs": win[:, :-1], "targets": win[:, 1:]}
 
 
@@ -114,3 +117,23 @@ def padded_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index
         batch = {k: v[idx[part]] for k, v in arrays.items()}
         batch["mask"] = mask[part]
         yield batch
+
+
+def encode_padded(encode, texts, max_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Encodes texts to fixed-length id rows: the first `max_len` tokens, then `pad_id`.
+
+    Args:
+      encode: `str -> int array` (e.g. a CharTokenizer's encode).
+      texts: N strings.
+      max_len: L, the row length; longer texts are cut.
+      pad_id: the id that fills the rest of a row.
+    Returns:
+      (ids int32 (N, L), token_mask int32 (N, L): 1 = real token, 0 = padding).
+    """
+    ids = np.full((len(texts), max_len), pad_id, np.int32)
+    mask = np.zeros((len(texts), max_len), np.int32)
+    for i, text in enumerate(texts):
+        row = encode(text)[:max_len]
+        ids[i, :len(row)] = row
+        mask[i, :len(row)] = 1
+    return ids, mask

@@ -32,8 +32,8 @@ def _curves(records: list[dict], suffix: str) -> dict[str, tuple[list, list]]:
 
 
 def plot_run(workdir: str, results: dict) -> list[str]:
-    """Writes `curves.png` (loss and accuracy per split) and, where the results hold one,
-    `confusion_matrix.png`. Returns the paths written."""
+    """Writes `curves.png` (loss and accuracy per split) and `<split>[_<head>]_confusion_matrix.png`
+    for every confusion matrix in the results. Returns the paths written."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -57,10 +57,11 @@ def plot_run(workdir: str, results: dict) -> list[str]:
         plt.close(fig)
         written.append(path)
 
-    cm = results.get("confusion_matrix")
-    if cm is not None:
-        cm = np.asarray(cm)
-        fig, ax = plt.subplots(figsize=(1.5 + 0.45 * len(cm), 1.2 + 0.45 * len(cm)))
+    # One PNG per split (and head) that has a confusion matrix: `test_confusion_matrix.png`,
+    # `test_play_confusion_matrix.png`, ... (the unprefixed copy in results is skipped).
+    for key in sorted(k for k in results if k.endswith("_confusion_matrix")):
+        cm = np.asarray(results[key])
+        fig, ax = plt.subplots(figsize=(1.5 + 0.3 * len(cm), 1.2 + 0.3 * len(cm)))
         ax.imshow(cm, cmap="Blues")
         if len(cm) <= 20:  # numbers stay legible up to ~20 classes
             for (i, j), v in np.ndenumerate(cm):
@@ -68,9 +69,9 @@ def plot_run(workdir: str, results: dict) -> list[str]:
                         color="white" if v > cm.max() / 2 else "black")
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
-        ax.set_title(f"confusion matrix (accuracy {np.trace(cm) / max(cm.sum(), 1):.4f})")
+        ax.set_title(f"{key[:-len('_confusion_matrix')]}: accuracy {np.trace(cm) / max(cm.sum(), 1):.4f}")
         fig.tight_layout()
-        path = os.path.join(workdir, "confusion_matrix.png")
+        path = os.path.join(workdir, f"{key}.png")
         fig.savefig(path, dpi=100)
         plt.close(fig)
         written.append(path)

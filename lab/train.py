@@ -279,10 +279,11 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             is_last = step == total_steps
             if not (is_log or is_eval or is_ckpt or is_last):
                 continue
-            # Sync point: read the accumulated metrics, refuse to go on (or save) past a NaN.
-            # Time spent here (eval, checkpoint, logging) is kept out of the train throughput.
-            window_seconds += time.perf_counter() - window_start
+            # Sync point: read the accumulated metrics (this waits for the steps dispatched so
+            # far), refuse to go on (or save) past a NaN. Time spent after the read (eval,
+            # checkpoint, logging) is kept out of the train throughput.
             host = layout.unpack(strategy.metrics_to_host(acc))
+            window_seconds += time.perf_counter() - window_start
             acc = acc_zero
             if not (math.isfinite(float(host["loss"])) and math.isfinite(float(host["grad_norm"]))):
                 raise NonFiniteLossError(
@@ -321,7 +322,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         results.update({f"{split}_{k}": _jsonable(v) for k, v in metrics.items()})
     if eval_results:  # the first eval split is the headline one: its metrics also unprefixed
         primary = next(iter(eval_results.values()))
-        results.update({k: _jsonable(v) for k, v in primary.items() if k not in ("loss", "accuracy")})
+        results.update({k: _jsonable(primary[k]) for k in ("precision", "recall", "f1", "confusion_matrix")
+                        if k in primary})
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)

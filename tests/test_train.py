@@ -29,7 +29,7 @@ def small_config(**overrides):
 
 def test_end_to_end_writes_every_file(tmp_path):
     results = main(small_config(), str(tmp_path))
-    for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "confusion_matrix.png"):
+    for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "test_confusion_matrix.png"):
         assert (tmp_path / name).is_file(), name
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["10", "20"]

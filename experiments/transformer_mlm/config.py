@@ -1,0 +1,62 @@
+"""Config of the masked-LM pretraining run whose encoder the transformer classifier loads.
+
+    python -m experiments.transformer_mlm --workdir=runs/transformer_mlm
+
+The encoder shape here must equal the classifier's (`experiments/transformer_classifier/config.py`):
+loading checks names, shapes and dtypes and refuses a mismatch.
+"""
+
+import ml_collections
+
+
+def encoder_config() -> ml_collections.ConfigDict:
+    """The encoder both experiments share: 4 layers, 4 heads, width 128, 128 characters."""
+    m = ml_collections.ConfigDict()
+    m.num_layers = 4
+    m.num_heads = 4
+    m.width = 128
+    m.max_len = 128  # characters per sequence
+    m.dropout_rate = 0.1
+    return m
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = "shakespeare_char"
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)
+    c.batch_size = 32  # windows of max_len characters
+    c.eval_batch_size = 32
+    c.eval_batches = 10
+    c.mask_rate = 0.15  # BERT: 15% of tokens, 80% [MASK] / 10% random / 10% kept
+    c.num_train_steps = 3000
+    c.log_every_steps = 100
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.max_checkpoints_to_keep = 2
+    c.parallel = "jit"
+    c.model = encoder_config()
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.b2 = 0.99
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.grad_clip_norm = 1.0
+    c.optimizer.schedule = "warmup_cosine"
+    c.optimizer.warmup_steps = 200
+    c.optimizer.end_learning_rate = 1e-5
+
+    if variant in (None, ""):
+        return c
+    if variant == "tiny":
+        c.batch_size = c.eval_batch_size = 4
+        c.eval_batches = 2
+        c.num_train_steps = 4
+        c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
+        c.model.num_layers = 1
+        c.model.num_heads = 2
+        c.model.width = 32
+        c.model.max_len = 32
+        return c
+    raise ValueError(f"unknown variant {variant!r}: use tiny")

@@ -1,0 +1,34 @@
+"""lab's data layer: offline TFDS datasets read back as whole numpy splits.
+
+Every dataset is a TFDS builder (``array_record`` files, no TensorFlow),
+registered with TFDS when this package is imported, so ``tfds.builder(
+'digits')`` and ``tfds.data_source('digits', split='train')`` also work.
+Only numpy crosses this boundary.
+
+    >>> from lab import data
+    >>> train = data.load('digits', 'train')     # built once, then cached
+    >>> train['inputs'].shape, train['label'].dtype
+    ((1437, 8, 8, 1), dtype('int32'))
+    >>> data.info('digits')['num_classes']
+    10
+
+Datasets (``DATASETS``): digits, fashion_mnist, mnist1d, mnist,
+shakespeare_char, shakespeare_plays. See ``registry`` for the output keys,
+``images`` and ``shakespeare`` for sources and splits.
+"""
+
+from lab.data.errors import DataError
+from lab.data.registry import DATASETS, char_tokenizer, info, load
+from lab.data.shakespeare import CharTokenizer, corpus_checksum
+from lab.data.storage import default_data_dir
+
+__all__ = [
+    "DATASETS",
+    "CharTokenizer",
+    "DataError",
+    "char_tokenizer",
+    "corpus_checksum",
+    "default_data_dir",
+    "info",
+    "load",
+]

@@ -1,0 +1,9 @@
+"""The one exception type lab.data raises for user-facing data problems."""
+
+
+class DataError(ValueError):
+    """A dataset cannot be found, built or read; the message says what to do.
+
+    Subclasses ValueError so callers that validate configs with
+    ``except ValueError`` also catch unknown dataset names.
+    """

@@ -1,0 +1,260 @@
+"""lab's dataset names -> TFDS builders -> canonical numpy splits.
+
+``load`` returns, per dataset family:
+
+* classification (digits, fashion_mnist, mnist, mnist1d):
+  ``{'inputs': float32 (N, *input_shape), 'label': int32 (N,)}``; images are
+  scaled to [0, 1] (digits /16, 28x28 uint8 /255); mnist1d is the generator's
+  standardised float signal, unscaled.
+* shakespeare_char: ``{'tokens': uint8 (num_chars,)}``.
+* shakespeare_plays: ``{'text': object (N,) of str, 'play': int32 (N,),
+  'genre': int32 (N,)}``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from lab.data import images, shakespeare, storage
+from lab.data import shakespeare_text as st
+from lab.data.errors import DataError
+
+Builder = tfds.core.DatasetBuilder
+
+
+@dataclasses.dataclass(frozen=True)
+class _Spec:
+    """How lab serves one dataset.
+
+    Attributes:
+      prepare: data_dir -> built TFDS builder.
+      keys: TFDS features read by ``load``.
+      canonical: raw stacked features -> ``load``'s output.
+      describe: builder -> dataset-specific part of ``info``.
+    """
+
+    prepare: Callable[[str], Builder]
+    keys: tuple[str, ...]
+    canonical: Callable[[dict[str, np.ndarray], Builder], dict[str, np.ndarray]]
+    describe: Callable[[Builder], dict[str, Any]]
+
+
+# ------------------------------------------------------------- preparing --
+
+
+def _own(builder_cls: type[Builder]) -> Callable[[str], Builder]:
+    """Prepare function for one of lab's offline builders."""
+    return lambda data_dir: storage.prepare(builder_cls(data_dir=data_dir))
+
+
+def _prepare_stock(name: str, data_dir: str) -> Builder:
+    """Downloads and prepares a stock TFDS dataset (needs the network).
+
+    A separate function so tests can replace it (no network there).
+    """
+    return storage.prepare(tfds.builder(name, data_dir=data_dir))
+
+
+def _stock(name: str) -> Callable[[str], Builder]:
+    def prepare(data_dir: str) -> Builder:
+        try:
+            return _prepare_stock(name, data_dir)
+        except DataError:
+            raise
+        except Exception as e:  # Download / TFDS failures, of any kind.
+            raise DataError(
+                f"Cannot download and prepare stock TFDS {name!r} into {data_dir} "
+                f"({storage.one_line(e)}): that needs the network (and TensorFlow "
+                "to encode its images); or copy a prepared "
+                f"{name}/<version> folder into {data_dir}."
+            ) from e
+
+    return prepare
+
+
+def _prepare_fashion(data_dir: str) -> Builder:
+    """Local Debian files first, then an earlier local build, then stock TFDS."""
+    local = images.FashionMnistLocal(data_dir=data_dir)
+    if images.fashion_files_present() or local.is_prepared():
+        return storage.prepare(local)
+    try:
+        return _prepare_stock("fashion_mnist", data_dir)
+    except Exception as e:  # No network, no TF download deps, ...: say why.
+        raise DataError(
+            f"Fashion-MNIST IDX files not found in {images.fashion_source_dir()} "
+            f"and the TFDS download failed ({storage.one_line(e)}): "
+            f"{images.FASHION_HINT}."
+        ) from e
+
+
+# ------------------------------------------------------------- canonical --
+
+
+def _classification(key: str, scale: float | None):
+    def canonical(raw, builder):
+        del builder
+        x = raw[key].astype(np.float32)
+        if scale is not None:
+            x /= np.float32(scale)
+        return {"inputs": x, "label": raw["label"].astype(np.int32)}
+
+    return canonical
+
+
+def _describe_classification(input_shape: tuple[int, ...]):
+    def describe(builder):
+        names = builder.info.features["label"].names
+        return {"num_classes": len(names), "input_shape": input_shape, "class_names": list(names)}
+
+    return describe
+
+
+def _char_canonical(raw, builder):
+    tokenizer = shakespeare.CharTokenizer(builder.info.metadata["vocab"])
+    return {"tokens": tokenizer.encode("".join(raw["text"]))}
+
+
+def _describe_char(builder):
+    meta = builder.info.metadata
+    return {
+        "vocab": meta["vocab"],
+        "vocab_size": len(meta["vocab"]),
+        "sha256": meta["sha256"],
+        "num_chars": meta["num_chars"],
+        "num_speeches": meta["num_speeches"],
+        # Characters (= tokens) per split, not TFDS chunks.
+        "splits": dict(meta["split_chars"]),
+    }
+
+
+def _plays_canonical(raw, builder):
+    del builder
+    return {
+        "text": raw["text"],
+        "play": raw["play"].astype(np.int32),
+        "genre": raw["genre"].astype(np.int32),
+    }
+
+
+def _describe_plays(builder):
+    del builder
+    return {
+        "plays": list(st.PLAYS),
+        "genres": list(st.GENRES),
+        "play_genre": [st.GENRES.index(st.PLAY_GENRE[p]) for p in st.PLAYS],
+        "num_classes": len(st.PLAYS),
+        "num_genres": len(st.GENRES),
+    }
+
+
+_SPECS: dict[str, _Spec] = {
+    "digits": _Spec(
+        _own(images.Digits),
+        ("image", "label"),
+        _classification("image", 16.0),
+        _describe_classification((8, 8, 1)),
+    ),
+    "fashion_mnist": _Spec(
+        _prepare_fashion,
+        ("image", "label"),
+        _classification("image", 255.0),
+        _describe_classification((28, 28, 1)),
+    ),
+    "mnist1d": _Spec(
+        _own(images.Mnist1d),
+        ("signal", "label"),
+        _classification("signal", None),
+        _describe_classification((40,)),
+    ),
+    "mnist": _Spec(
+        _stock("mnist"),
+        ("image", "label"),
+        _classification("image", 255.0),
+        _describe_classification((28, 28, 1)),
+    ),
+    "shakespeare_char": _Spec(
+        _own(shakespeare.ShakespeareChar), ("text",), _char_canonical, _describe_char
+    ),
+    "shakespeare_plays": _Spec(
+        _own(shakespeare.ShakespearePlays),
+        ("text", "play", "genre"),
+        _plays_canonical,
+        _describe_plays,
+    ),
+}
+
+DATASETS: tuple[str, ...] = tuple(_SPECS)
+
+# Split sizes of stock datasets, for info() before (or without) a download.
+_STOCK_SPLITS = {"mnist": {"train": 60000, "test": 10000}}
+
+
+def _spec(name: str) -> _Spec:
+    if name not in _SPECS:
+        raise DataError(f"Unknown dataset {name!r}; lab knows: {', '.join(DATASETS)}.")
+    return _SPECS[name]
+
+
+def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
+    """Builds ``name`` once (offline, cached in data_dir) and reads a split.
+
+    Args:
+      name: one of ``DATASETS``.
+      split: 'train', 'test', 'validation' (where it exists), or any TFDS split
+        expression such as 'train[:1000]' or 'train+validation'.
+      data_dir: TFDS data directory; default ``$LAB_DATA_DIR``, else
+        ``~/tensorflow_datasets``.
+
+    Returns:
+      The whole split in memory as numpy arrays, keyed as described in the
+      module docstring (e.g. digits train: inputs (1437, 8, 8, 1) float32 in
+      [0, 1], label (1437,) int32).
+
+    Raises:
+      DataError: unknown dataset/split, missing sources, unreadable files.
+    """
+    spec = _spec(name)
+    builder = spec.prepare(storage.default_data_dir(data_dir))
+    raw = storage.read_split(builder, split, dataset=name, keys=spec.keys)
+    return spec.canonical(raw, builder)
+
+
+def info(name: str, *, data_dir: str | None = None) -> dict[str, Any]:
+    """Static facts about a dataset, building it first if needed.
+
+    Returns:
+      For classification: ``{'num_classes', 'input_shape', 'class_names',
+      'splits': {split: num_examples}}``. For shakespeare_char: ``{'vocab',
+      'vocab_size', 'sha256', 'num_chars', 'num_speeches', 'splits': {split:
+      num_chars}}``. For shakespeare_plays: ``{'plays', 'genres',
+      'play_genre' (genre id per play), 'num_classes', 'num_genres', 'splits'}``.
+      Always also ``'name'`` and ``'tfds_name'`` (the TFDS builder used).
+
+    Raises:
+      DataError: as for ``load``.
+    """
+    spec = _spec(name)
+    data_dir = storage.default_data_dir(data_dir)
+    if name in _STOCK_SPLITS:
+        # Stock TFDS builders know their features without a download.
+        builder = tfds.builder(name, data_dir=data_dir)
+    else:
+        builder = spec.prepare(data_dir)
+    facts = {
+        "name": name,
+        "tfds_name": builder.name,
+        "splits": {k: v.num_examples for k, v in builder.info.splits.items()}
+        or dict(_STOCK_SPLITS.get(name, {})),
+    }
+    facts.update(spec.describe(builder))
+    return facts
+
+
+def char_tokenizer(data_dir: str | None = None) -> shakespeare.CharTokenizer:
+    """The ``CharTokenizer`` of the built ``shakespeare_char`` vocabulary."""
+    return shakespeare.CharTokenizer(info("shakespeare_char", data_dir=data_dir)["vocab"])

@@ -1,0 +1,87 @@
+"""TF-IDF + logistic regression baseline for ``shakespeare_plays``.
+
+Fits on ``train`` and reports play (37-way) and genre (3-way) accuracy on
+``test``, with word 1-2-gram TF-IDF features (sublinear tf). Run:
+
+    python -m lab.data.tfidf_baseline [--data_dir DIR] [--train_split SPLIT]
+
+It is the number a neural play classifier should beat. Measured (seed-free,
+deterministic): play 0.281, genre 0.605 on test (majority: 0.035 / 0.402).
+A random speech-level 80/20 split gives ~0.36 play accuracy with the same
+model: neighbouring speeches share names and topics, which is why the split
+is made of blocks of consecutive speeches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+from lab import data
+
+
+def fit_and_score(
+    train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, C: float = 3.0
+) -> dict[str, float]:
+    """Fits one TF-IDF + LogisticRegression per label and scores it on test.
+
+    Args:
+      train, test: ``lab.data.load('shakespeare_plays', ...)`` outputs:
+        ``text`` (N,) str, ``play`` (N,) int32, ``genre`` (N,) int32.
+      C: inverse L2 strength of the logistic regressions; 3 was the best of
+        {1, 3, 10} on the validation split for play accuracy.
+
+    Returns:
+      ``{'play_accuracy', 'genre_accuracy', 'play_majority', 'genre_majority',
+      'n_train', 'n_test'}``; the ``*_majority`` entries are the accuracy of
+      always predicting the most frequent train class.
+    """
+    # Imported here: scikit-learn is only needed for this baseline.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
+    x_train = vectorizer.fit_transform(list(train["text"]))
+    x_test = vectorizer.transform(list(test["text"]))
+    scores = {"n_train": len(train["text"]), "n_test": len(test["text"])}
+    for label in ("play", "genre"):
+        # saga: ~10x faster than the default lbfgs on these 65k sparse features
+        # (lbfgs needs minutes for the 37-class problem), same accuracy.
+        clf = LogisticRegression(C=C, solver="saga", max_iter=300)
+        clf.fit(x_train, train[label])
+        scores[f"{label}_accuracy"] = float(np.mean(clf.predict(x_test) == test[label]))
+        majority = np.bincount(train[label]).argmax()
+        scores[f"{label}_majority"] = float(np.mean(test[label] == majority))
+    return scores
+
+
+def main(argv: list[str] | None = None) -> dict[str, float]:
+    """Command-line entry point; prints and returns ``fit_and_score``'s dict."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data_dir", default=None)
+    parser.add_argument(
+        "--train_split", default="train", help="e.g. 'train+validation' for the 80/20 setup."
+    )
+    parser.add_argument("--C", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    start = time.perf_counter()
+    train = data.load("shakespeare_plays", args.train_split, data_dir=args.data_dir)
+    test = data.load("shakespeare_plays", "test", data_dir=args.data_dir)
+    scores = fit_and_score(train, test, C=args.C)
+    scores["seconds"] = time.perf_counter() - start
+    print(
+        f"shakespeare_plays TF-IDF+LogReg (train={args.train_split}, "
+        f"n={scores['n_train']}, test n={scores['n_test']}): "
+        f"play acc {scores['play_accuracy']:.3f} "
+        f"(majority {scores['play_majority']:.3f}), "
+        f"genre acc {scores['genre_accuracy']:.3f} "
+        f"(majority {scores['genre_majority']:.3f}), "
+        f"{scores['seconds']:.1f}s"
+    )
+    return scores
+
+
+if __name__ == "__main__":
+    main()
