@@ -46,7 +46,8 @@ def _bare_and_scan(x: np.ndarray, y: np.ndarray, steps: int, batch: int) -> dict
     steps_per_epoch = len(x) // batch
     out = {}
 
-    p, o = params, tx.init(params)
+    p = jax.tree.map(jnp.array, params)  # a copy: the step donates its inputs
+    o = tx.init(p)
     t0 = time.perf_counter()
     for s in range(steps):
         e, i = divmod(s, steps_per_epoch)
@@ -69,7 +70,8 @@ def _bare_and_scan(x: np.ndarray, y: np.ndarray, steps: int, batch: int) -> dict
         return (p, o), loss
 
     run_epoch = jax.jit(lambda p, o, xs, ys: jax.lax.scan(epoch, (p, o), (xs, ys)), donate_argnums=(0, 1))
-    p, o = params, tx.init(params)
+    p = jax.tree.map(jnp.array, params)
+    o = tx.init(p)
     t0 = time.perf_counter()
     done = 0
     e = 0

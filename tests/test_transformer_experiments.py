@@ -1,0 +1,98 @@
+"""The Transformer family on the one loop: LM, masked-LM pretraining, fine-tuning from it."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from lab import checkpoint
+from lab.models import transformer
+from tests.helpers import final_params, trees_equal
+
+import experiments.transformer_classifier.__main__ as classifier
+import experiments.transformer_lm.__main__ as lm
+import experiments.transformer_mlm.__main__ as mlm
+from experiments.transformer_classifier.config import get_config as classifier_config
+from experiments.transformer_lm.config import get_config as lm_config
+from experiments.transformer_mlm.config import get_config as mlm_config
+
+
+@pytest.fixture(scope="module")
+def mlm_run(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("mlm"))
+    mlm.main(mlm_config("tiny"), workdir)
+    return workdir
+
+
+def test_lm_end_to_end_writes_samples_and_tokens_per_sec(tmp_path, run_cli):
+    results = lm.main(lm_config("tiny"), str(tmp_path))
+    assert results["step"] == 6 and np.isfinite(results["val_loss"])
+    assert results["val_perplexity"] == pytest.approx(np.exp(results["val_loss"]), rel=1e-6)
+    samples = sorted(os.listdir(tmp_path / "samples"))
+    assert samples == ["step_3.txt", "step_6.txt"]
+    text = (tmp_path / "samples" / "step_6.txt").read_text()
+    assert text.startswith("ROMEO:\n") and len(text) == len("ROMEO:\n") + 8
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert any("tokens_per_sec" in r for r in records)
+    proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}", "--prompt=JULIET:",
+                   "--num_tokens=40", "--temperature=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("JULIET:") and len(proc.stdout.rstrip("\n")) >= len("JULIET:") + 30
+
+
+def test_sample_refuses_a_workdir_without_a_run(tmp_path, run_cli):
+    proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}")
+    assert proc.returncode == 1 and proc.stderr.startswith("error:")
+
+
+def test_finetuning_restores_exactly_the_encoder(mlm_run, tmp_path):
+    config = classifier_config("tiny")
+    config.init_from = mlm_run
+    config.num_train_steps = 2
+    config.optimizer.frozen = ("encoder",)
+    results = classifier.main(config, str(tmp_path))
+    for key in ("test_play_accuracy", "test_genre_accuracy", "test_play_f1", "test_genre_precision"):
+        assert key in results
+    pretrained, tuned = final_params(mlm_run), final_params(str(tmp_path))
+    # Frozen: after training, the classifier's encoder still equals the MLM run's encoder.
+    assert trees_equal(tuned["encoder"], pretrained["encoder"])
+    assert set(tuned) == {"encoder", "head_hidden", "head_play", "head_genre"}
+
+
+def test_pretrained_then_trained_encoder_moves(mlm_run, tmp_path):
+    config = classifier_config("tiny")
+    config.init_from = mlm_run
+    classifier.main(config, str(tmp_path))
+    assert not trees_equal(final_params(str(tmp_path))["encoder"], final_params(mlm_run)["encoder"])
+
+
+def test_mismatched_checkpoint_is_refused(mlm_run, tmp_path):
+    config = classifier_config("tiny")
+    config.init_from = mlm_run
+    config.model.width = 64  # the MLM run's encoder is 32 wide
+    config.model.num_heads = 2
+    with pytest.raises(checkpoint.CheckpointError, match="does not match"):
+        classifier.main(config, str(tmp_path))
+    with pytest.raises(checkpoint.CheckpointError, match="no params\\[decoder\\]"):
+        target = {"x": jax.ShapeDtypeStruct((1,), np.float32)}
+        checkpoint.load_params_subtree(mlm_run, ("decoder",), target)
+    with pytest.raises(checkpoint.CheckpointError, match="no checkpoints"):
+        checkpoint.load_params_subtree(str(tmp_path / "nowhere"), ("encoder",), {})
+
+
+def test_generate_long_slides_the_window():
+    cfg = transformer.TransformerConfig.tiny(vocab_size=11)
+    params = transformer.GPT(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32), train=False)["params"]
+    prompt = np.array([[1, 2, 3]], np.int32)
+    short = transformer.generate_long(cfg, params, prompt, 5, jax.random.key(1), temperature=0)
+    np.testing.assert_array_equal(short, transformer.generate(cfg, params, prompt, 5, jax.random.key(1), temperature=0))
+    long = transformer.generate_long(cfg, params, prompt, 3 * cfg.max_len, jax.random.key(1), temperature=0)
+    assert long.shape == (1, 3 + 3 * cfg.max_len)
+    np.testing.assert_array_equal(long[:, :3 + 5], short)
+    # The first chunk fills the window (max_len tokens); the next continues greedily from the
+    # last max_len // 2 tokens, as a fresh prompt.
+    window, keep = cfg.max_len, cfg.max_len // 2
+    again = transformer.generate(cfg, params, long[:, window - keep:window], keep, jax.random.key(0), temperature=0)
+    np.testing.assert_array_equal(long[:, window:window + keep], again[:, keep:])
