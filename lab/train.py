@@ -15,6 +15,7 @@ check the data position -> continue at meta['step'] (batches are a function of t
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,7 +30,7 @@ import numpy as np
 import optax
 
 from lab import checkpoint as ckpt_lib
-from lab import configs, optim, parallel as parallel_lib, report
+from lab import configs, optim, parallel as parallel_lib, pipeline, report
 from lab.logbook import MetricLogger
 
 PyTree = Any
@@ -62,6 +63,23 @@ class Data:
 
     train: Any  # lab.pipeline.EpochBatcher | WindowBatcher
     evals: dict[str, Callable[[], Iterable[dict]]] = field(default_factory=dict)
+
+
+def epoch_data(train_arrays: dict, eval_arrays: dict[str, dict], config) -> Data:
+    """`Data` for an in-memory dataset: shuffled epochs to train, padded passes to evaluate.
+
+    Args:
+      train_arrays: numpy arrays of the train split, same leading size N.
+      eval_arrays: split name -> numpy arrays; the first split is the headline one.
+      config: reads `batch_size`, `eval_batch_size` and `seed`.
+    Each process reads only its own slice of every batch.
+    """
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    return Data(
+        train=pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard),
+        evals={name: functools.partial(pipeline.padded_batches, arrays, config.eval_batch_size, **shard)
+               for name, arrays in eval_arrays.items()},
+    )
 
 
 @flax.struct.dataclass

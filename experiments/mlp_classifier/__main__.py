@@ -2,10 +2,8 @@
 
 import os
 
-import jax
-
 import lab.data
-from lab import pipeline, train
+from lab import train
 from lab.models.mlp import MLP
 from lab.tasks.classification import ClassificationTask
 
@@ -18,11 +16,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     model = MLP(features=tuple(config.model.features), num_classes=num_classes,
                 dropout_rate=config.model.dropout_rate)
     task = ClassificationTask(model, example_inputs={"inputs": train_arrays["inputs"][:1]})
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    data = train.Data(
-        train=pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard),
-        evals={"test": lambda: pipeline.padded_batches(test_arrays, config.eval_batch_size, **shard)},
-    )
+    data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 

@@ -53,11 +53,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
         task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",),
                                   init_params_fn=init_params)
 
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    data = train.Data(
-        train=pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard),
-        evals={"test": lambda: pipeline.padded_batches(test_arrays, config.eval_batch_size, **shard)},
-    )
+    data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
