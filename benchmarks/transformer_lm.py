@@ -24,6 +24,7 @@ import numpy as np
 
 from experiments.transformer_lm.__main__ import model_config
 from experiments.transformer_lm.config import get_config
+from experiments.cli import ensure_malloc_env
 from lab import optim, train
 from lab.tasks.language_model import CausalLMTask
 
@@ -91,6 +92,7 @@ def bench_config(name: str, steps: int) -> dict:
 
 
 def main() -> None:
+    ensure_malloc_env()  # measure the process the experiments run in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--configs", default="default,wide")

@@ -19,6 +19,26 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+# glibc malloc settings for the whole process (they must be in the environment before it
+# starts). By default glibc hands freed step buffers back to the OS and faults them in again the
+# next step: measured 12k page faults (47 MiB) and 44 ms of system time per step of the small GPT,
+# and 96.5 -> 75.4 ms median step time with these settings. Set LAB_MALLOC_TUNING=0 to keep glibc's.
+MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "4294967296",
+    "MALLOC_TOP_PAD_": "268435456",
+    "MALLOC_ARENA_MAX": "1",
+}
+
+
+def ensure_malloc_env() -> None:
+    """Re-executes this very command once with `MALLOC_ENV` set, unless it already is."""
+    if os.environ.get("LAB_MALLOC_TUNING") == "0" or all(k in os.environ for k in MALLOC_ENV):
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**MALLOC_ENV, **os.environ})
+
+
 EXIT_USAGE = 2  # bad flags or config: nothing ran
 EXIT_FAILURE = 1  # the run started and stopped on an error; finished checkpoints are kept
 
@@ -57,6 +77,7 @@ def run(default_config: str, main: Callable) -> None:
       default_config: path of the experiment's config file (its `get_config()` is the default).
       main: the experiment's wiring: builds data and task and calls `lab.train.train_and_evaluate`.
     """
+    ensure_malloc_env()
     flags.DEFINE_string("workdir", None, "Directory of the run: config, metrics, checkpoints, results.")
     try:  # config_flags already reads --config.* overrides from sys.argv here
         config_flags.DEFINE_config_file(

@@ -28,8 +28,11 @@ def run_cli():
     """Runs `python -m MODULE ARGS...` in a subprocess; returns CompletedProcess (text)."""
     import subprocess
 
+    from experiments.cli import MALLOC_ENV
+
     def run(module, *args, env=None, timeout=300):
-        full_env = dict(os.environ, **(env or {}))
+        # The malloc settings up front: the CLI would otherwise re-exec itself to get them.
+        full_env = dict(MALLOC_ENV, **os.environ, **(env or {}))
         return subprocess.run([sys.executable, "-m", module, *args], cwd=_ROOT, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 

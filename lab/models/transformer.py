@@ -235,7 +235,8 @@ class Attention(nn.Module):
         """
         c = self.config
         b, length, _ = x_BxLxD.shape
-        qkv_BxLx3D = _rows(nn.Dense(3 * c.width, dtype=c.dtype, kernel_init=_INIT, name="qkv"), x_BxLxD)
+        qkv = nn.Dense(3 * c.width, dtype=c.dtype, kernel_init=_INIT, name="qkv")
+        qkv_BxLx3D = _rows(qkv, x_BxLxD)
         # Columns are [q | k | v], each ordered (head, head_dim): a split (whose gradient is a
         # concatenation) and free reshapes, no transpose.
         q_BxLxHxK, k_BxLxHxK, v_BxLxHxK = (

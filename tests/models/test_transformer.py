@@ -340,6 +340,32 @@ def test_sampling_is_reproducible_and_top_k(gpt_params):
     assert tfm.generate(CFG, gpt_params, prompt, 0, key).shape == prompt.shape
 
 
+def test_generate_long_slides_a_window_past_max_len(gpt_params):
+    prompt, key = _tokens(11, (2, PROMPT)), jax.random.key(5)
+    greedy = dict(temperature=0.0)
+    # Within max_len it is plain generate.
+    np.testing.assert_array_equal(tfm.generate_long(CFG, gpt_params, prompt, NEW, key, **greedy),
+                                  tfm.generate(CFG, gpt_params, prompt, NEW, key, **greedy))
+    # Past max_len: fill the window, then continue from the last max_len // 2 tokens.
+    total = 2 * CFG.max_len
+    out = tfm.generate_long(CFG, gpt_params, prompt, total - PROMPT, key, **greedy)
+    assert out.shape == (2, total) and out.dtype == jnp.int32
+    first = CFG.max_len
+    np.testing.assert_array_equal(
+        out[:, :first], tfm.generate(CFG, gpt_params, prompt, first - PROMPT, key, **greedy))
+    keep = CFG.max_len // 2
+    np.testing.assert_array_equal(
+        out[:, first:first + keep],
+        tfm.generate(CFG, gpt_params, out[:, first - keep:first], keep, key, **greedy)[:, keep:])
+    # A prompt longer than max_len is cropped to its last max_len // 2 tokens.
+    long_prompt = _tokens(12, (2, CFG.max_len + 4))
+    out = tfm.generate_long(CFG, gpt_params, long_prompt, keep, key, **greedy)
+    np.testing.assert_array_equal(out[:, :CFG.max_len + 4], long_prompt)
+    np.testing.assert_array_equal(
+        out[:, CFG.max_len + 4:],
+        tfm.generate(CFG, gpt_params, long_prompt[:, -keep:], keep, key, **greedy)[:, keep:])
+
+
 def test_generate_rejects_overlong_requests(gpt_params):
     prompt = _tokens(12, (1, 10))
     with pytest.raises(ValueError, match="max_len"):
