@@ -90,3 +90,27 @@ def test_missing_workdir_flag(run_cli):
     proc = run_cli(MODULE)
     assert proc.returncode == 2
     assert "--workdir" in error_line(proc)
+
+
+_DISK_FULL = """
+import errno, os, sys
+from experiments import cli
+def main(config, workdir, allow_config_change):
+    os.makedirs(workdir, exist_ok=True)
+    open(os.path.join(workdir, "finished_work"), "w").write("kept")
+    raise OSError(errno.ENOSPC, "No space left on device", os.path.join(workdir, "checkpoints"))
+cli.run("experiments/mlp_classifier/config.py", main)
+"""
+
+
+def test_full_disk_is_one_line_and_keeps_what_was_written(tmp_path):
+    import subprocess
+    import sys
+    from experiments.cli import MALLOC_ENV
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.run([sys.executable, "-c", _DISK_FULL, f"--workdir={tmp_path}"], cwd=root,
+                          env=dict(MALLOC_ENV, **os.environ), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    line = error_line(proc)
+    assert "No space left on device" in line and "disk is full" in line
+    assert (tmp_path / "finished_work").read_text() == "kept"
