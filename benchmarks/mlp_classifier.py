@@ -25,7 +25,6 @@ import numpy as np
 import optax
 
 import lab.data
-from experiments.cli import ensure_malloc_env
 from lab.models.mlp import MLP
 
 
@@ -106,7 +105,6 @@ def _lab_run(dataset: str, steps: int) -> dict:
 
 
 def main() -> None:
-    ensure_malloc_env()  # measure the process the experiments run in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--steps", type=int, default=6000)

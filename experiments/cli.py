@@ -22,7 +22,9 @@ from ml_collections import config_flags
 # glibc malloc settings for the whole process (they must be in the environment before it
 # starts). By default glibc hands freed step buffers back to the OS and faults them in again the
 # next step: measured 12k page faults (47 MiB) and 44 ms of system time per step of the small GPT,
-# and 96.5 -> 75.4 ms median step time with these settings. Set LAB_MALLOC_TUNING=0 to keep glibc's.
+# and 88 -> 71 ms median step time with these settings. The MLP, whose step is under 1 ms, ran
+# slower with them (752 -> 581 steps/s), so each entry point chooses. LAB_MALLOC_TUNING=0 turns
+# them off everywhere.
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
     "MALLOC_TRIM_THRESHOLD_": "4294967296",
@@ -70,14 +72,16 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_error(e)
 
 
-def run(default_config: str, main: Callable) -> None:
+def run(default_config: str, main: Callable, *, malloc_tuning: bool = False) -> None:
     """Defines the flags, parses them and calls `main(config, workdir, allow_config_change)`.
 
     Args:
       default_config: path of the experiment's config file (its `get_config()` is the default).
       main: the experiment's wiring: builds data and task and calls `lab.train.train_and_evaluate`.
+      malloc_tuning: run under `MALLOC_ENV` (re-executes the command once to get it).
     """
-    ensure_malloc_env()
+    if malloc_tuning:
+        ensure_malloc_env()
     flags.DEFINE_string("workdir", None, "Directory of the run: config, metrics, checkpoints, results.")
     try:  # config_flags already reads --config.* overrides from sys.argv here
         config_flags.DEFINE_config_file(

@@ -41,4 +41,4 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, malloc_tuning=True)
