@@ -14,7 +14,7 @@ decay (measured comparison in BUILD_NOTES.md). Three runs of the same budget:
 
 import ml_collections
 
-from experiments.transformer_mlm.config import encoder_config
+from experiments.transformer_mlm.config import encoder_config, tiny_encoder_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -59,10 +59,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batch_size = 64
         c.num_train_steps = 4
         c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-        c.model.num_layers = 1
-        c.model.num_heads = 2
-        c.model.width = 32
-        c.model.max_len = 32
+        c.model.update(tiny_encoder_config())
         c.model.head_hidden = 16
         return c
     raise ValueError(f"unknown variant {variant!r}: use scratch, pretrained, frozen or tiny")

@@ -24,6 +24,13 @@ def encoder_config() -> ml_collections.ConfigDict:
     return m
 
 
+def tiny_encoder_config() -> ml_collections.ConfigDict:
+    """The tests' encoder, shared by both experiments' `tiny` variants: 1 layer, width 32."""
+    m = encoder_config()
+    m.update(num_layers=1, num_heads=2, width=32, max_len=32)
+    return m
+
+
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0
@@ -58,9 +65,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.eval_batches = 2
         c.num_train_steps = 4
         c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
-        c.model.num_layers = 1
-        c.model.num_heads = 2
-        c.model.width = 32
-        c.model.max_len = 32
+        c.model = tiny_encoder_config()
         return c
     raise ValueError(f"unknown variant {variant!r}: use tiny")
