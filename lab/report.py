@@ -67,6 +67,8 @@ def plot_run(workdir: str, results: dict) -> list[str]:
             for (i, j), v in np.ndenumerate(cm):
                 ax.text(j, i, int(v), ha="center", va="center", fontsize=7,
                         color="white" if v > cm.max() / 2 else "black")
+        ax.set_xticks(range(len(cm)))
+        ax.set_yticks(range(len(cm)))
         ax.set_xlabel("predicted")
         ax.set_ylabel("true")
         ax.set_title(f"{key[:-len('_confusion_matrix')]}: accuracy {np.trace(cm) / max(cm.sum(), 1):.4f}")
