@@ -22,7 +22,6 @@ One device is the N=1 case of either.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
 import jax

@@ -21,7 +21,7 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Protocol
+from typing import Any, Callable, Iterable, Protocol
 
 import flax
 import jax
@@ -309,8 +309,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                     + (f"the last good checkpoint (step {last_good_checkpoint}) is kept in "
                        f"{checkpointer.directory}" if last_good_checkpoint is not None else
                        "no checkpoint was written yet")
-                    + f"; lower optimizer.learning_rate or set "
-                    f"optimizer.grad_clip_norm, then rerun")
+                    + "; lower optimizer.learning_rate or set "
+                    "optimizer.grad_clip_norm, then rerun")
             sync_from = step
             window = host if not window else {k: window[k] + host[k] for k in window}
             if is_log or is_last:

@@ -2,9 +2,7 @@
 
 import json
 import os
-import shutil
 
-import pytest
 
 MODULE = "experiments.mlp_classifier"
 FAST = ["--config.num_train_steps=4", "--config.log_every_steps=2", "--config.eval_every_steps=2",

@@ -1,6 +1,5 @@
 """Data parallelism on 4 fake CPU devices: jit+NamedSharding, pmap and 1 device agree."""
 
-import json
 import os
 import subprocess
 import sys

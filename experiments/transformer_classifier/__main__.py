@@ -3,7 +3,6 @@
 import os
 
 import jax
-import numpy as np
 
 import lab.data
 from lab import checkpoint, pipeline, train
