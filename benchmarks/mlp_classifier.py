@@ -13,9 +13,7 @@ Prints a table and writes JSON (default `benchmarks/results/mlp_classifier.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import tempfile
 import time
 
@@ -25,6 +23,7 @@ import numpy as np
 import optax
 
 import lab.data
+from benchmarks import common
 from lab.models.mlp import MLP
 
 
@@ -114,8 +113,7 @@ def main() -> None:
     train = lab.data.load(args.dataset, "train")
     x, y = train["inputs"], train["label"]
     result = {"dataset": args.dataset, "steps": args.steps, "batch_size": 100,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                          "jax": jax.__version__, "devices": str(jax.devices())}}
+              "machine": common.machine()}
     result.update(_bare_and_scan(x, y, args.steps, 100))
     result["lab"] = _lab_run(args.dataset, args.steps)
     result["lab_over_bare"] = result["lab"]["steps_per_sec"] / result["bare"]["steps_per_sec"]
@@ -124,10 +122,7 @@ def main() -> None:
         r = result[name]
         print(f"{name:5s} {r['steps_per_sec']:8.0f} steps/s  {r['seconds']:6.2f} s")
     print(f"lab / bare = {result['lab_over_bare']:.2f}  (lab test accuracy {result['lab']['test_accuracy']:.4f})")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print("wrote", args.out)
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

@@ -13,15 +13,14 @@ Prints a table and writes JSON (default `benchmarks/results/transformer_lm.json`
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import common
 from experiments.transformer_lm.__main__ import model_config
 from experiments.transformer_lm.config import get_config
 from experiments.cli import ensure_malloc_env
@@ -103,17 +102,14 @@ def main() -> None:
     for r in rows:
         r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
     result = {"matmul_peak": peak, "configs": rows,
-              "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__}}
+              "machine": common.machine()}
     print(f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit)")
     for r in rows:
         print(f"{r['config']:8s} {r['layers']}L/{r['heads']}H/w{r['width']}/block{r['block']}/batch{r['batch']}: "
               f"compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.1f} ms, "
               f"{r['tokens_per_sec']:.0f} tokens/s, {r['model_gflops']:.1f} GFLOP/s = "
               f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(result, f, indent=2)
-    print("wrote", args.out)
+    common.save(result, args.out)
 
 
 if __name__ == "__main__":

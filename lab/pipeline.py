@@ -60,7 +60,9 @@ class EpochBatcher:
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's part of global batch `step`: each array (B/processes, ...)."""
-        idx = np.sort(self.indices(step))  # sorted gathers read memory forward: a little faster
+        # Sorted within the batch: part of the published recipe (the sum order fixes the numbers);
+        # measured ~4 us per 100-row gather, no faster than unsorted.
+        idx = np.sort(self.indices(step))
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
