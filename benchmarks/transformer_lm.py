@@ -1,19 +1,29 @@
 """GPT train-step speed: lab's step for the nanoGPT CPU recipe and for a wider model.
 
-    python -m benchmarks.transformer_lm [--steps=30] [--out=FILE]
+    python -m benchmarks.transformer_lm [--steps=30] [--rounds=3] [--torch_python=PYTHON] [--out=FILE]
 
 For each config: compile time, median step time, tokens/s, and model FLOP/s as a fraction of
 this machine's matmul peak, measured here with a jit'd float32 matmul. The step measured is
 lab's own (`lab.train.make_train_step`: loss, grads, AdamW with clipping, metrics), on random
 tokens. Model FLOPs per token follow nanoGPT's estimate: 6 * (non-embedding params + tied
 embedding matmul) + 12 * layers * width * block (attention scores and values, fwd + bwd).
+
+The yardstick runs side by side: `benchmarks/nanogpt_torch.py` (the same recipe in eager
+PyTorch) under `--torch_python` (a Python with torch; default: this one, skipped if it has no
+torch), in its own process, in the environment a user gives nanoGPT (without lab's malloc
+settings) and, for the record, with them. The measurements alternate, lab then PyTorch, for
+`--rounds` rounds, and each side reports the median of its round medians, so a slow spell of a
+shared machine hits both sides.
 Prints a table and writes JSON (default `benchmarks/results/transformer_lm.json`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
 import time
 
 import jax
@@ -23,7 +33,7 @@ import numpy as np
 from benchmarks import common
 from experiments.transformer_lm.__main__ import model_config
 from experiments.transformer_lm.config import get_config
-from experiments.cli import ensure_malloc_env
+from experiments.cli import MALLOC_ENV, ensure_malloc_env
 from lab import optim, train
 from lab.tasks.language_model import CausalLMTask
 
@@ -54,7 +64,8 @@ def flops_per_step(cfg, batch: int) -> float:
     return per_token * batch * length
 
 
-def bench_config(name: str, steps: int) -> dict:
+def lab_step(name: str):
+    """Compiles lab's train step for config `name`; -> (info dict, run(steps) -> step times)."""
     config = get_config(None if name == "default" else name)
     cfg = model_config(config, VOCAB)
     task = CausalLMTask(cfg)
@@ -72,43 +83,107 @@ def bench_config(name: str, steps: int) -> dict:
     t = time.perf_counter()
     compiled = step.lower(state, acc, batches[0]).compile()
     compile_s = time.perf_counter() - t
-    state, acc = compiled(state, acc, batches[0])
-    acc.block_until_ready()
-    times = []
-    for i in range(steps):
+    carry = list(compiled(state, acc, batches[0]))
+    carry[1].block_until_ready()
+
+    def run(steps: int) -> tuple[list[float], float]:
+        """-> (times of `steps` steps each waited for, mean time of `steps` steps in a row).
+
+        The second is how lab's loop runs (it syncs only at log points, so it dispatches a step
+        while the previous one computes); the first adds the dispatch to each step.
+        """
+        times = []
+        for i in range(steps):
+            t = time.perf_counter()
+            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
+            carry[1].block_until_ready()
+            times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        state, acc = compiled(state, acc, batches[i % 4])
-        acc.block_until_ready()
-        times.append(time.perf_counter() - t)
-    median = float(np.median(times))
-    flops = flops_per_step(cfg, b)
+        for i in range(steps):
+            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
+        carry[1].block_until_ready()
+        return times, (time.perf_counter() - t) / steps
+
     n_params = sum(x.size for x in jax.tree.leaves(params))
-    return {"config": name, "layers": cfg.num_layers, "heads": cfg.num_heads, "width": cfg.width,
-            "block": length, "batch": b, "params": int(n_params), "compile_s": compile_s,
-            "median_step_ms": median * 1e3, "p10_step_ms": float(np.percentile(times, 10)) * 1e3,
-            "tokens_per_sec": b * length / median, "model_gflop_per_step": flops / 1e9,
-            "model_gflops": flops / median / 1e9}
+    info = {"config": name, "layers": cfg.num_layers, "heads": cfg.num_heads, "width": cfg.width,
+            "block": length, "batch": b, "params": int(n_params), "use_bias": cfg.use_bias,
+            "compile_s": compile_s, "model_gflop_per_step": flops_per_step(cfg, b) / 1e9}
+    return info, run
+
+
+def torch_step_ms(python: str, name: str, steps: int, malloc_settings: bool) -> float | None:
+    """Median step time (ms) of benchmarks/nanogpt_torch.py under `python`, in a fresh process."""
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    if malloc_settings:
+        env.update(MALLOC_ENV)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([python, "-m", "benchmarks.nanogpt_torch", f"--config={name}", f"--steps={steps}"],
+                         capture_output=True, text=True, cwd=root, env=env)
+    if out.returncode != 0:
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])["median_step_ms"]
+
+
+def has_torch(python: str) -> str | None:
+    """torch's version under `python`, or None if it has none."""
+    out = subprocess.run([python, "-c", "import torch; print(torch.__version__)"], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def bench_config(name: str, steps: int, rounds: int, torch_python: str | None) -> dict:
+    info, run = lab_step(name)
+    lab_medians, lab_pipelined, torch_medians, torch_malloc_medians = [], [], [], []
+    for _ in range(rounds):
+        waited, pipelined = run(steps)
+        lab_medians.append(float(np.median(waited)) * 1e3)
+        lab_pipelined.append(pipelined * 1e3)
+        if torch_python:
+            torch_medians.append(torch_step_ms(torch_python, name, steps, malloc_settings=False))
+            torch_malloc_medians.append(torch_step_ms(torch_python, name, steps, malloc_settings=True))
+    median_ms = float(np.median(lab_medians))
+    row = dict(info, median_step_ms=median_ms, round_medians_ms=lab_medians,
+               pipelined_step_ms=float(np.median(lab_pipelined)), round_pipelined_ms=lab_pipelined,
+               tokens_per_sec=info["batch"] * info["block"] / median_ms * 1e3,
+               model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
+    if torch_python and None not in torch_medians + torch_malloc_medians:
+        row["torch_median_step_ms"] = float(np.median(torch_medians))
+        row["torch_round_medians_ms"] = torch_medians
+        row["torch_with_malloc_settings_median_step_ms"] = float(np.median(torch_malloc_medians))
+        row["lab_over_torch"] = median_ms / row["torch_median_step_ms"]
+    return row
 
 
 def main() -> None:
     ensure_malloc_env()  # measure the process the experiments run in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default="default,wide")
+    parser.add_argument("--torch_python", default=sys.executable,
+                        help="a Python with torch for the nanoGPT-recipe yardstick; '' skips it")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "transformer_lm.json"))
     args = parser.parse_args()
+    torch_version = has_torch(args.torch_python) if args.torch_python else None
+    if args.torch_python and not torch_version:
+        print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
+    torch_python = args.torch_python if torch_version else None
     peak = matmul_peak()
-    rows = [bench_config(name, args.steps) for name in args.configs.split(",")]
+    rows = [bench_config(name, args.steps, args.rounds, torch_python) for name in args.configs.split(",")]
     for r in rows:
         r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
-    result = {"matmul_peak": peak, "configs": rows,
+    result = {"matmul_peak": peak, "configs": rows, "torch": torch_version,
               "machine": common.machine()}
     print(f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit)")
     for r in rows:
         print(f"{r['config']:8s} {r['layers']}L/{r['heads']}H/w{r['width']}/block{r['block']}/batch{r['batch']}: "
-              f"compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.1f} ms, "
+              f"compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.1f} ms "
+              f"({r['pipelined_step_ms']:.1f} ms in a row), "
               f"{r['tokens_per_sec']:.0f} tokens/s, {r['model_gflops']:.1f} GFLOP/s = "
               f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak")
+        if "torch_median_step_ms" in r:
+            print(f"{'':8s} nanoGPT recipe in PyTorch {torch_version}: step {r['torch_median_step_ms']:.1f} ms "
+                  f"({r['torch_with_malloc_settings_median_step_ms']:.1f} ms with lab's malloc settings); "
+                  f"lab / PyTorch = {r['lab_over_torch']:.2f}")
     common.save(result, args.out)
 
 

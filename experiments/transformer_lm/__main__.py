@@ -12,11 +12,14 @@ from lab.tasks.language_model import CausalLMTask
 
 
 def model_config(config, vocab_size: int) -> transformer.TransformerConfig:
-    """The GPT's TransformerConfig from the experiment config."""
+    """The GPT's TransformerConfig from the experiment config.
+
+    A workdir written before `model.use_bias` existed holds a model with biases: absent means True.
+    """
     m = config.model
     return transformer.TransformerConfig(
         vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-        max_len=m.block_size, dropout_rate=m.dropout_rate)
+        max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True))
 
 
 def sample_text(gpt_config, params, tokenizer, prompt: str, num_tokens: int, rng,

@@ -37,6 +37,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.model.width = 128
     c.model.block_size = 64  # context length (max_len)
     c.model.dropout_rate = 0.0
+    c.model.use_bias = False  # nanoGPT's `bias=False`: no biases in Dense layers or LayerNorms
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"

@@ -77,6 +77,9 @@ class TransformerConfig:
     dropout_rate: float = 0.0  # On the embeddings and on both residual branches, when train.
     dtype: Any = jnp.float32  # Computation dtype; params stay float32, softmax/logits float32.
     layer_norm_epsilon: float = 1e-5  # As GPT-2.
+    # Biases in the blocks' Dense layers and in every LayerNorm (GPT-2: True). nanoGPT's
+    # shakespeare_char recipe trains without them (its `bias=False`); so does transformer_lm.
+    use_bias: bool = True
     # Token lookup as one_hot(ids) @ table (a matmul, whose backward is a matmul too) instead of
     # a gather (whose backward is a scatter-add). Same values. On this repo's 2-core CPU the two
     # measured the same (within noise) for vocab 65 in both small() and base(); the gather costs
@@ -149,7 +152,8 @@ def _residual_init(config: TransformerConfig):
 
 
 def _layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNorm:
-    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, dtype=config.dtype, name=name)
+    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, use_bias=config.use_bias,
+                        dtype=config.dtype, name=name)
 
 
 def _rows(layer, x_BxLxD: Array) -> Array:
@@ -235,7 +239,8 @@ class Attention(nn.Module):
         """
         c = self.config
         b, length, _ = x_BxLxD.shape
-        qkv = nn.Dense(3 * c.width, dtype=c.dtype, kernel_init=_INIT, name="qkv")
+        qkv = nn.Dense(3 * c.width, use_bias=c.use_bias, dtype=c.dtype, kernel_init=_INIT,
+                       name="qkv")
         qkv_BxLx3D = _rows(qkv, x_BxLxD)
         # Columns are [q | k | v], each ordered (head, head_dim): a split (whose gradient is a
         # concatenation) and free reshapes, no transpose.
@@ -254,7 +259,8 @@ class Attention(nn.Module):
             if not self.is_initializing():
                 key.value, value.value = k_BxTxHxK, v_BxTxHxK
         y_BxLxHxK = _attend(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, mask)
-        out = nn.Dense(c.width, dtype=c.dtype, kernel_init=_residual_init(c), name="out")
+        out = nn.Dense(c.width, use_bias=c.use_bias, dtype=c.dtype, kernel_init=_residual_init(c),
+                       name="out")
         return _rows(out, y_BxLxHxK.reshape(b, length, c.width))
 
 
@@ -267,9 +273,11 @@ class Mlp(nn.Module):
     def __call__(self, x_BxLxD: Array) -> Array:
         """x_BxLxD -> y_BxLxD."""
         c = self.config
-        h_BxLxF = _rows(nn.Dense(c.mlp_width, dtype=c.dtype, kernel_init=_INIT, name="fc"), x_BxLxD)
+        h_BxLxF = _rows(nn.Dense(c.mlp_width, use_bias=c.use_bias, dtype=c.dtype,
+                                  kernel_init=_INIT, name="fc"), x_BxLxD)
         h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
-        proj = nn.Dense(c.width, dtype=c.dtype, kernel_init=_residual_init(c), name="proj")
+        proj = nn.Dense(c.width, use_bias=c.use_bias, dtype=c.dtype,
+                        kernel_init=_residual_init(c), name="proj")
         return _rows(proj, h_BxLxF)
 
 

@@ -1,6 +1,7 @@
 """Tests of lab.models.transformer: shapes, parameter counts, purity and dropout, causality by
 gradients, padding invariance, KV-cache decoding against full recomputation, sampling, masking."""
 
+import dataclasses
 import functools
 
 import jax
@@ -102,6 +103,16 @@ def test_gpt_param_count_matches_formula(gpt_params):
     assert _count(gpt_params) == embeddings + n * block + final_ln
     assert 12 * d * d + 13 * d == block  # mlp_ratio 4: the form in GPT's docstring
     assert _count(gpt_params) == 26_400  # 928 + 2 * 12_704 + 64
+
+
+def test_gpt_without_biases_has_only_kernels_embeddings_and_scales():
+    cfg = dataclasses.replace(CFG, use_bias=False)
+    params = tfm.GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), train=False)["params"]
+    paths = ["/".join(str(getattr(k, "key", k)) for k in path)
+             for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert not [p for p in paths if p.endswith("bias")]
+    v, t, d, n = CFG.vocab_size, CFG.max_len, CFG.width, CFG.num_layers
+    assert _count(params) == v * d + t * d + n * (12 * d * d + 2 * d) + d  # nanoGPT's count
 
 
 def test_param_trees(gpt_params, mlm_params, clf_params):
