@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+import lab.data
 from lab import checkpoint
 from lab.models import transformer
 from tests.helpers import final_params, trees_equal
@@ -96,3 +97,15 @@ def test_generate_long_slides_the_window():
     window, keep = cfg.max_len, cfg.max_len // 2
     again = transformer.generate(cfg, params, long[:, window - keep:window], keep, jax.random.key(0), temperature=0)
     np.testing.assert_array_equal(long[:, window:window + keep], again[:, keep:])
+
+
+def test_mlm_pretraining_text_is_the_classifiers_train_speeches_only():
+    config = mlm_config("tiny")
+    config.dataset = "shakespeare_plays"
+    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    stream = mlm.text_stream(config, tokenizer, "train")
+    train_texts = lab.data.load("shakespeare_plays", "train")["text"]
+    assert tokenizer.decode(stream) == "\n\n".join(str(t) for t in train_texts)
+    config.dataset = "digits"
+    with pytest.raises(ValueError, match="not a pretraining text"):
+        mlm.text_stream(config, tokenizer, "train")

@@ -3,6 +3,7 @@
 import os
 
 import jax
+import numpy as np
 
 import lab.data
 from lab import pipeline, train
@@ -18,11 +19,31 @@ def encoder_model_config(model_cfg, num_chars: int) -> transformer.TransformerCo
         max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate)
 
 
+PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
+
+
+def text_stream(config, tokenizer, split: str) -> np.ndarray:
+    """The pretraining text of `split` as one int32 token stream.
+
+    shakespeare_plays: that split's speeches (no speaker names), joined by blank lines, so a
+    classifier fine-tuned from this run never had its validation or test speeches in
+    pretraining. shakespeare_char: the LM corpus (speaker names included; its train 90% holds
+    most of the plays' test speeches, unlabelled).
+    """
+    if config.dataset == "shakespeare_plays":
+        texts = lab.data.load(config.dataset, split, data_dir=config.data_dir)["text"]
+        return tokenizer.encode("\n\n".join(str(t) for t in texts)).astype(np.int32)
+    if config.dataset == "shakespeare_char":
+        return lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"]
+    raise ValueError(f"config.dataset={config.dataset!r} is not a pretraining text; "
+                     f"use one of {', '.join(PRETRAINING_DATASETS)}")
+
+
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
-    """Pretrains a MaskedLM on shakespeare_char windows in `workdir`; returns the results."""
-    num_chars = lab.data.info(config.dataset, data_dir=config.data_dir)["vocab_size"]
-    splits = {s: lab.data.load(config.dataset, s, data_dir=config.data_dir)["tokens"]
-              for s in ("train", "validation")}
+    """Pretrains a MaskedLM on windows of a Shakespeare text in `workdir`; returns the results."""
+    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    num_chars = tokenizer.vocab_size
+    splits = {s: text_stream(config, tokenizer, s) for s in ("train", "validation")}
     model_config = encoder_model_config(config.model, num_chars)
     eval_key = jax.random.fold_in(jax.random.key(config.seed), 3)  # fixed masks for every eval
     task = MaskedLMTask(model_config, transformer.encoder_token_ids(num_chars), eval_key, config.mask_rate)
