@@ -23,7 +23,7 @@ PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
 
 
 def text_stream(config, tokenizer, split: str) -> np.ndarray:
-    """The pretraining text of `split` as one int32 token stream.
+    """The pretraining text of `split` as one stream of token ids (the tokenizer's integer dtype).
 
     shakespeare_plays: that split's speeches (no speaker names), joined by blank lines, so a
     classifier fine-tuned from this run never had its validation or test speeches in
@@ -32,7 +32,7 @@ def text_stream(config, tokenizer, split: str) -> np.ndarray:
     """
     if config.dataset == "shakespeare_plays":
         texts = lab.data.load(config.dataset, split, data_dir=config.data_dir)["text"]
-        return tokenizer.encode("\n\n".join(str(t) for t in texts)).astype(np.int32)
+        return tokenizer.encode("\n\n".join(str(t) for t in texts))
     if config.dataset == "shakespeare_char":
         return lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"]
     raise ValueError(f"config.dataset={config.dataset!r} is not a pretraining text; "
