@@ -26,7 +26,7 @@ FLAGS = flags.FLAGS
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores: noise before the text
     try:
         if not FLAGS.workdir:
             raise ValueError("--workdir is required: the directory of a transformer_lm run")
