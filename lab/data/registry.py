@@ -200,6 +200,13 @@ def _spec(name: str) -> _Spec:
     return _SPECS[name]
 
 
+def _prepared(name: str, data_dir: str) -> Builder:
+    """The built dataset's builder; one process at a time builds (the builder is made under the
+    lock, so one that waited reads the finished dataset's info from disk)."""
+    with storage.build_lock(data_dir, name):
+        return _spec(name).prepare(data_dir)
+
+
 def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.ndarray]:
     """Builds ``name`` once (offline, cached in data_dir) and reads a split.
 
@@ -219,7 +226,7 @@ def load(name: str, split: str, *, data_dir: str | None = None) -> dict[str, np.
       DataError: unknown dataset/split, missing sources, unreadable files.
     """
     spec = _spec(name)
-    builder = spec.prepare(storage.default_data_dir(data_dir))
+    builder = _prepared(name, storage.default_data_dir(data_dir))
     raw = storage.read_split(builder, split, dataset=name, keys=spec.keys)
     return spec.canonical(raw, builder)
 
@@ -244,7 +251,7 @@ def info(name: str, *, data_dir: str | None = None) -> dict[str, Any]:
         # Stock TFDS builders know their features without a download.
         builder = tfds.builder(name, data_dir=data_dir)
     else:
-        builder = spec.prepare(data_dir)
+        builder = _prepared(name, data_dir)
     facts = {
         "name": name,
         "tfds_name": builder.name,

@@ -14,6 +14,8 @@ is never required (read-only data dirs just skip it).
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import inspect
 import json
 import os
@@ -70,6 +72,28 @@ class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     @classmethod
     def code_path(cls) -> epath.Path | None:
         return epath.Path(inspect.getfile(cls))
+
+
+@contextlib.contextmanager
+def build_lock(data_dir: str, name: str):
+    """Holds an exclusive lock on building dataset `name` in `data_dir`, across processes.
+
+    Two processes preparing the same dataset at once (two runs started together on a fresh
+    machine, test workers) would both write it and one would fail renaming its finished folder
+    onto the other's. Under the lock the second one waits, then finds the dataset built. A
+    data dir where the lock file cannot be created (read-only) is used without a lock: nothing
+    can be built there anyway.
+    """
+    lock = None
+    with contextlib.suppress(OSError):
+        os.makedirs(data_dir, exist_ok=True)
+        lock = open(os.path.join(data_dir, f".lab-build-{name}.lock"), "a")
+    if lock is None:
+        yield
+        return
+    with lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        yield
 
 
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:

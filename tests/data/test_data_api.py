@@ -122,3 +122,22 @@ def test_stock_download_failure_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(data.DataError, match="needs the network") as e:
         data.load("mnist", "train", data_dir=str(tmp_path))
     assert "\n" not in str(e.value) and "connection refused" in str(e.value)
+
+
+def test_a_second_process_waits_for_the_build_and_then_reads_it(tmp_path):
+    # Two processes building one dataset at once used to collide on TFDS's final rename.
+    import subprocess
+    import sys
+    import time
+
+    root = str(Path(__file__).resolve().parents[2])
+    code = ("import sys, lab.data; print('imported', flush=True); "
+            "print(len(lab.data.load('digits', 'train', data_dir=sys.argv[1])['label']))")
+    with storage.build_lock(str(tmp_path), "digits"):
+        proc = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=root,
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "imported"
+        time.sleep(5)  # unlocked, digits builds in ~1-2 s here
+        assert proc.poll() is None and not list(tmp_path.glob("digits/*/dataset_info.json"))
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 0 and out.strip().splitlines()[-1] == "1437"
