@@ -65,7 +65,7 @@ def flops_per_step(cfg, batch: int) -> float:
 
 
 def lab_step(name: str):
-    """Compiles lab's train step for config `name`; -> (info dict, run(steps) -> step times)."""
+    """Compiles lab's train step for config `name`; -> (info dict, run) with `run` below."""
     config = get_config(None if name == "default" else name)
     cfg = model_config(config, VOCAB)
     task = CausalLMTask(cfg)
@@ -111,15 +111,18 @@ def lab_step(name: str):
     return info, run
 
 
-def torch_step_ms(python: str, name: str, steps: int, malloc_settings: bool) -> float | None:
-    """Median step time (ms) of benchmarks/nanogpt_torch.py under `python`, in a fresh process."""
+def torch_step_ms(python: str, info: dict, steps: int, malloc_settings: bool) -> float | None:
+    """Median step time (ms) of benchmarks/nanogpt_torch.py under `python`, in a fresh process,
+    for the model shape in `info` (from `lab_step`); None (and its error on stderr) if it fails."""
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     if malloc_settings:
         env.update(MALLOC_ENV)
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    out = subprocess.run([python, "-m", "benchmarks.nanogpt_torch", f"--config={name}", f"--steps={steps}"],
+    shape = [f"--{k}={info[k]}" for k in ("layers", "heads", "width", "block", "batch")]
+    out = subprocess.run([python, "-m", "benchmarks.nanogpt_torch", f"--steps={steps}", *shape],
                          capture_output=True, text=True, cwd=root, env=env)
     if out.returncode != 0:
+        print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
         return None
     return json.loads(out.stdout.strip().splitlines()[-1])["median_step_ms"]
 
@@ -138,8 +141,8 @@ def bench_config(name: str, steps: int, rounds: int, torch_python: str | None) -
         lab_medians.append(float(np.median(waited)) * 1e3)
         lab_pipelined.append(pipelined * 1e3)
         if torch_python:
-            torch_medians.append(torch_step_ms(torch_python, name, steps, malloc_settings=False))
-            torch_malloc_medians.append(torch_step_ms(torch_python, name, steps, malloc_settings=True))
+            torch_medians.append(torch_step_ms(torch_python, info, steps, malloc_settings=False))
+            torch_malloc_medians.append(torch_step_ms(torch_python, info, steps, malloc_settings=True))
     median_ms = float(np.median(lab_medians))
     row = dict(info, median_step_ms=median_ms, round_medians_ms=lab_medians,
                pipelined_step_ms=float(np.median(lab_pipelined)), round_pipelined_ms=lab_pipelined,

@@ -1,6 +1,9 @@
 """lab.data public API: names, errors, data_dir, TFDS registration, caching."""
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -126,10 +129,6 @@ def test_stock_download_failure_is_one_line(monkeypatch, tmp_path):
 
 def test_a_second_process_waits_for_the_build_and_then_reads_it(tmp_path):
     # Two processes building one dataset at once used to collide on TFDS's final rename.
-    import subprocess
-    import sys
-    import time
-
     root = str(Path(__file__).resolve().parents[2])
     code = ("import sys, lab.data; print('imported', flush=True); "
             "print(len(lab.data.load('digits', 'train', data_dir=sys.argv[1])['label']))")
