@@ -4,7 +4,7 @@
 
 For each config: compile time, median step time, tokens/s, and model FLOP/s as a fraction of
 this machine's matmul peak, measured here with a jit'd float32 matmul. The step measured is
-lab's own (`lab.train.make_train_step`: loss, grads, AdamW with clipping, metrics), on random
+lab's own (`lab.train.build_train_step`: loss, grads, AdamW with clipping, metrics), on random
 tokens. Model FLOPs per token follow nanoGPT's estimate: 6 * (non-embedding params + tied
 embedding matmul) + 12 * layers * width * block (attention scores and values, fwd + bwd).
 
@@ -31,11 +31,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
-from experiments.transformer_lm.__main__ import model_config
 from experiments.transformer_lm.config import get_config
 from experiments.cli import MALLOC_ENV, ensure_malloc_env
-from lab import optim, train
-from lab.tasks.language_model import CausalLMTask
+from lab import optim, parallel, train
+from lab.task import StepTools
+from lab.tasks.language_model import CausalLMTask, gpt_config
 
 VOCAB = 76  # the shakespeare_char vocabulary
 
@@ -67,19 +67,21 @@ def flops_per_step(cfg, batch: int) -> float:
 def lab_step(name: str):
     """Compiles lab's train step for config `name`; -> (info dict, run) with `run` below."""
     config = get_config(None if name == "default" else name)
-    cfg = model_config(config, VOCAB)
+    cfg = gpt_config(config.model, VOCAB)
     task = CausalLMTask(cfg)
-    tx = optim.make_optimizer(config.optimizer, config.num_train_steps)
+    tools = StepTools(optim.make_optimizers(config, config.num_train_steps), axis_name=None)
+    strategy = parallel.make_parallel("jit")
     key = jax.random.key(0)
     rng = np.random.default_rng(0)
     b, length = config.batch_size, cfg.max_len
     batches = [{"inputs": rng.integers(0, VOCAB, (b, length)).astype(np.int32),
                 "targets": rng.integers(0, VOCAB, (b, length)).astype(np.int32)} for _ in range(4)]
-    params = task.init_params(key)
-    layout = train.train_metric_vector(task, params, batches[0], key)
-    step = jax.jit(train.make_train_step(task, tx, key, None, layout), donate_argnums=0)
-    state = train.TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    acc = jnp.zeros(layout.size)
+    init_state = train.init_state_fn(task, tools.optimizers)
+    shardings = strategy.state_shardings(jax.eval_shape(init_state, key), task.partition_rules)
+    state = strategy.init_state(init_state, key, shardings)
+    params = state.params
+    step, layout = train.build_train_step(task, tools, key, strategy, shardings, state, batches[0])
+    acc = strategy.put_acc(layout.zeros())
     t = time.perf_counter()
     compiled = step.lower(state, acc, batches[0]).compile()
     compile_s = time.perf_counter() - t

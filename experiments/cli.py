@@ -6,6 +6,9 @@
 lab itself defines no flags; this module is the one place that parses them. Every failure a user
 can cause (bad flag, config value, dataset, checkpoint, NaN loss, full disk) ends as one line on
 stderr, `error: ...`, that says what to do, and a non-zero exit; set LAB_DEBUG=1 for the traceback.
+Those failures are lab's own error classes (`lab.errors.LabError`) and the OS errors of a full or
+read-only disk; anything else (a bug, a shape mismatch in a new family) keeps its traceback.
+The whole config is validated before the experiment reads any data.
 """
 
 from __future__ import annotations
@@ -72,12 +75,41 @@ def _parse_flags(argv: list[str]) -> list[str]:
         _usage_error(e)
 
 
-def run(default_config: str, main: Callable, *, malloc_tuning: bool = False) -> None:
-    """Defines the flags, parses them and calls `main(config, workdir, allow_config_change)`.
+# OS errors a user causes and fixes (disk full, no permission, read-only disk); others are bugs.
+_USER_OS_ERRNOS = {errno.ENOSPC: "the disk is full: free space or use a --workdir on another disk; "
+                                 "checkpoints already written are kept",
+                   errno.EDQUOT: "the disk quota is exceeded: free space or use a --workdir on another disk; "
+                                 "checkpoints already written are kept",
+                   errno.EACCES: "no permission: use a --workdir you can write to",
+                   errno.EPERM: "no permission: use a --workdir you can write to",
+                   errno.EROFS: "the disk is read-only: use a --workdir on a writable disk"}
+
+
+def _validate_config(config, workdir: str, validate: Callable | None) -> None:
+    """lab's keys (`lab.configs.validate`), the dataset name, then the experiment's own keys."""
+    import jax
+
+    import lab.data
+    from lab import configs
+    from lab.errors import ConfigValueError
+
+    configs.validate(config, jax.device_count(), workdir)
+    if "dataset" in config and config.dataset not in lab.data.DATASETS:
+        raise ConfigValueError(f"config.dataset={config.dataset!r} is unknown; choose one of "
+                               f"{', '.join(lab.data.DATASETS)}")
+    if validate is not None:
+        validate(config)
+
+
+def run(default_config: str, main: Callable, *, validate: Callable | None = None,
+        malloc_tuning: bool = False) -> None:
+    """Defines the flags, parses them, validates the config and calls
+    `main(config, workdir, allow_config_change)`.
 
     Args:
       default_config: path of the experiment's config file (its `get_config()` is the default).
       main: the experiment's wiring: builds data and task and calls `lab.train.train_and_evaluate`.
+      validate: the experiment's check of its own keys (raises `lab.errors.ConfigValueError`).
       malloc_tuning: run under `MALLOC_ENV` (re-executes the command once to get it).
     """
     if malloc_tuning:
@@ -97,16 +129,21 @@ def run(default_config: str, main: Callable, *, malloc_tuning: bool = False) -> 
             _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value", EXIT_USAGE)
         if not flags.FLAGS.workdir:
             _fail("--workdir is required: the directory that receives the run", EXIT_USAGE)
+        from lab.errors import ConfigValueError, LabError
+
+        try:
+            _validate_config(flags.FLAGS.config, flags.FLAGS.workdir, validate)
+        except ConfigValueError as e:
+            if os.environ.get("LAB_DEBUG"):
+                raise
+            _fail(" ".join(str(e).split()), EXIT_USAGE)
         try:
             main(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.allow_config_change)
         except OSError as e:
-            if os.environ.get("LAB_DEBUG"):
+            if os.environ.get("LAB_DEBUG") or e.errno not in _USER_OS_ERRNOS:
                 raise
-            hint = ("the disk is full: free space or use a --workdir on another disk; "
-                    "checkpoints already written are kept" if e.errno == errno.ENOSPC else
-                    "check the path and its permissions")
-            _fail(f"{e.strerror or e} ({e.filename or ''}): {hint}", EXIT_FAILURE)
-        except (ValueError, RuntimeError, FloatingPointError, KeyError, TypeError) as e:
+            _fail(f"{e.strerror or e} ({e.filename or ''}): {_USER_OS_ERRNOS[e.errno]}", EXIT_FAILURE)
+        except LabError as e:
             if os.environ.get("LAB_DEBUG"):
                 raise
             _fail(" ".join(str(e).split()) or type(e).__name__, EXIT_FAILURE)

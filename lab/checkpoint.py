@@ -18,17 +18,17 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lab.errors import CheckpointError
+
 PyTree = Any
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used: unreadable, or of another model."""
 
 
 class Checkpointer:
     """Saves every `every_steps` steps (and when forced), keeps the newest `max_to_keep`, async."""
 
     def __init__(self, directory: str, every_steps: int, max_to_keep: int = 3, async_save: bool = True):
+        if max_to_keep < 1:  # Orbax would read 0 as "keep none" and delete every checkpoint
+            raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = os.path.abspath(directory)
         self.every_steps = every_steps
         self.manager = ocp.CheckpointManager(
@@ -96,6 +96,13 @@ def load_params(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
     Raises:
       CheckpointError: no checkpoint there, or an unreadable one.
     """
+    state, where = load_state(workdir, step)
+    return state["params"], where
+
+
+def load_state(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
+    """A run's whole checkpointed train state (step, params, opt_state, extra) as nested dicts
+    of numpy arrays, and "DIR/STEP". Raises CheckpointError as `load_params`."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoints in {directory}: train that run first")
@@ -119,8 +126,7 @@ def load_params(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
                               f"move it aside or retrain") from e
     finally:
         manager.close()
-    params = jax.tree.map(np.asarray, restored["state"]["params"])
-    return params, f"{directory}/{step}"
+    return jax.tree.map(np.asarray, restored["state"]), f"{directory}/{step}"
 
 
 def load_params_subtree(workdir: str, source_path: Sequence[str], target: PyTree,
@@ -143,6 +149,30 @@ def load_params_subtree(workdir: str, source_path: Sequence[str], target: PyTree
         message lists the first differences).
     """
     params, where = load_params(workdir, step)
+    return _checked_subtree(params, where, source_path, target)
+
+
+def load_pretrained(workdir: str, names: Sequence[str], params: PyTree, step: int | None = None
+                    ) -> tuple[PyTree, str]:
+    """`params` with the top-level entries `names` replaced by those of another run's checkpoint.
+
+    Args:
+      workdir: the other run's --workdir.
+      names: top-level parameter names to take, e.g. ('encoder',).
+      params: this model's (fresh) params, a dict; the replaced entries must match exactly.
+      step: checkpoint step to read; the latest when None.
+    Returns:
+      (new params, "DIR/STEP" of the checkpoint read).
+    Raises:
+      CheckpointError: as `load_params_subtree`.
+    """
+    source, where = load_params(workdir, step)
+    loaded = {name: _checked_subtree(source, where, (name,), params[name]) for name in names}
+    return dict(params, **loaded), where
+
+
+def _checked_subtree(params: PyTree, where: str, source_path: Sequence[str], target: PyTree) -> PyTree:
+    """`params[source_path...]`, checked against `target` (names, shapes, dtypes)."""
     tree = params
     for i, key in enumerate(source_path):
         if not isinstance(tree, dict) or key not in tree:

@@ -12,9 +12,14 @@ them (`--config.key=value`). The keys every experiment has (the train loop reads
     log_every_steps         int
     eval_every_steps        int
     checkpoint_every_steps  int
-    max_checkpoints_to_keep int
+    max_checkpoints_to_keep int >= 1
     parallel                'jit' (jit + NamedSharding, default) or 'pmap'
-    optimizer.*             see `lab.optim`
+    optimizer.*             see `lab.optim` (or `optimizers.<name>.*`, one block per parameter set)
+    init_from               optional: workdir of a finished run whose params seed this one
+    init_from_params        optional: the top-level param names taken from it, e.g. ('encoder',)
+    reference               optional: {'metric', 'value', 'source'} shown beside the result
+
+`base_config()` returns these with defaults: the start of a config for your own model.
 """
 
 from __future__ import annotations
@@ -23,16 +28,90 @@ import json
 import os
 from typing import Any
 
+import ml_collections
+
+from lab import optim
+from lab.errors import ConfigValueError, WorkdirConfigError
+
 # Keys that steer a run without changing its math, so a resume may change them: extending
 # num_train_steps continues a run (with a schedule that depends on it, the tail differs).
 RUN_CONTROL_KEYS = frozenset({
     "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "max_checkpoints_to_keep", "data_dir",
 })
+RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the numbers
+# The schedule's horizon: compared as a resolved number below, not as the key's raw value.
+HORIZON_SUFFIX = ".decay_steps"
 
 
-class WorkdirConfigError(ValueError):
-    """The workdir holds a run of a different config."""
+def base_config() -> ml_collections.ConfigDict:
+    """The keys the train loop reads, with defaults: start your own model's config from it.
+
+    Set at least `num_train_steps`, `batch_size` and `optimizer.learning_rate` for your data.
+    """
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # every random number of the run (init, data order, dropout) derives from it
+    c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $LAB_DATA_DIR or ~/tensorflow_datasets
+    c.batch_size = 32  # global batch, split over all devices
+    c.eval_batch_size = 256  # the last eval batch is padded and masked: every example counts once
+    c.num_train_steps = 1000
+    c.log_every_steps = 100
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500  # 0: only at the end
+    c.max_checkpoints_to_keep = 3
+    c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"  # sgd | adam | adamw | adagrad (see lab.optim for every key)
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "constant"  # constant | warmup_cosine
+    c.optimizer.warmup_steps = 0
+    c.optimizer.decay_steps = ml_collections.FieldReference(None, field_type=int)  # None: num_train_steps
+    return c
+
+
+_POSITIVE_INTS = ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps",
+                  "eval_every_steps", "max_checkpoints_to_keep")
+
+
+def validate(config: Any, num_devices: int = 1, workdir: str | None = None) -> None:
+    """Checks every key the loop reads, before any data is loaded or any step compiled.
+
+    Args:
+      config: the run's config.
+      num_devices: global device count; batch sizes must split evenly over them.
+      workdir: the run's directory; a fresh one (no checkpoints) needs its `init_from` run.
+    Raises:
+      ConfigValueError: one line naming the key, its value and what is allowed.
+    """
+    def require_int(key, low):
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            kind = "a positive integer" if low == 1 else "an integer >= 0"
+            raise ConfigValueError(f"config.{key}={value!r} is invalid: use {kind}")
+
+    if not isinstance(config.get("seed"), int):
+        raise ConfigValueError(f"config.seed={config.get('seed')!r} is invalid: use an integer")
+    for key in _POSITIVE_INTS:
+        if key == "num_train_steps" and config.get(key) is None and "num_epochs" in config:
+            require_int("num_epochs", 1)  # the experiment derives the steps from the epochs
+            continue
+        require_int(key, 1)
+    require_int("checkpoint_every_steps", 0)
+    for key in ("batch_size", "eval_batch_size"):
+        if config[key] % num_devices:
+            raise ConfigValueError(
+                f"config.{key}={config[key]} is not divisible by the {num_devices} devices; "
+                f"use a multiple of {num_devices}")
+    from lab.parallel import PARALLEL_MODES  # here: lab.parallel imports jax's sharding API
+    if config.get("parallel") not in PARALLEL_MODES:
+        raise ConfigValueError(f"config.parallel={config.get('parallel')!r} is unknown; "
+                               f"choose one of {', '.join(PARALLEL_MODES)}")
+    for where, block in optim.optimizer_blocks(config).items():
+        optim.validate(block, where)
+    fresh = workdir is not None and not _has_checkpoints(workdir)
+    if fresh and config.get("init_from") and not _has_checkpoints(config.init_from):
+        raise ConfigValueError(f"config.init_from={config.init_from!r} holds no checkpoints: "
+                               f"give the --workdir of a finished run")
 
 
 def to_dict(config: Any) -> dict:
@@ -53,9 +132,23 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def unflatten(flat: dict[str, Any]) -> dict:
+    """`{'a.b': 1}` -> `{'a': {'b': 1}}`."""
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *path, last = key.split(".")
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
 def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) -> None:
     """Refuses a workdir whose `config.json` differs from `config` beyond run-control keys.
 
+    A changed `num_train_steps` is a run-control change, unless the learning-rate schedule is
+    shaped over it: a resumed run must keep its schedule's horizon (`optimizer.decay_steps`).
     Then writes the new resolved config to `workdir/config.json`.
 
     Raises:
@@ -68,12 +161,54 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
             old = flatten(json.load(f))
         flat = flatten(new)
         diff = sorted(k for k in set(old) | set(flat)
-                      if old.get(k) != flat.get(k) and k not in RUN_CONTROL_KEYS)
+                      if old.get(k) != flat.get(k) and k not in RUN_CONTROL_KEYS
+                      and not k.startswith(RUN_CONTROL_PREFIXES) and not k.endswith(HORIZON_SUFFIX))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in diff[:4])
             raise WorkdirConfigError(
                 f"workdir {workdir} holds a run of a different config ({shown}); "
                 f"use a new --workdir, or pass --allow_config_change to resume it anyway")
+        old_config = unflatten(old)
+        for where, block in optim.optimizer_blocks(config).items():
+            old_block = old_config
+            for part in where.split("."):
+                old_block = old_block.get(part, {})
+            was = optim.schedule_horizon(old_block, old_config.get("num_train_steps")) if old_block else None
+            now = optim.schedule_horizon(block, config.num_train_steps)
+            if was != now:
+                raise WorkdirConfigError(
+                    f"workdir {workdir} was trained with its {where} schedule shaped over {was} steps; "
+                    f"this run's is over {now} steps, which would reshape it: to extend the run, keep its schedule "
+                    f"with --config.{where}.decay_steps={was}, or use a new --workdir")
     os.makedirs(workdir, exist_ok=True)
     with open(path, "w") as f:
         json.dump(new, f, indent=2, sort_keys=True)
+
+
+def _has_checkpoints(workdir: str) -> bool:
+    directory = os.path.join(workdir, "checkpoints")
+    return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+
+
+def check_block(block: Any, where: str, *, positive_ints: tuple[str, ...] = (),
+                fractions: tuple[str, ...] = ()) -> None:
+    """Checks an experiment's own keys (a model block, say) before any work.
+
+    Args:
+      block: a ConfigDict (e.g. `config.model`).
+      where: its name in the config, for the message (e.g. 'model').
+      positive_ints: keys that must be integers >= 1 (a tuple of them is checked element-wise).
+      fractions: keys that must be numbers in [0, 1).
+    Raises:
+      ConfigValueError: naming the first bad key.
+    """
+    for key in positive_ints:
+        value = block.get(key)
+        values = value if isinstance(value, (tuple, list)) else (value,)
+        if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
+            raise ConfigValueError(f"config.{where}.{key}={value!r} is invalid: use a positive integer"
+                                   + (" for each entry" if isinstance(value, (tuple, list)) else ""))
+    for key in fractions:
+        value = block.get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
+            raise ConfigValueError(f"config.{where}.{key}={value!r} is invalid: use a number in [0, 1)")

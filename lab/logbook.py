@@ -1,9 +1,10 @@
-"""Where a run's numbers go: `metrics.jsonl`, TensorBoard event files and a periodic log line.
+"""Where a run's numbers go: `metrics.jsonl`, TensorBoard event files and the progress lines.
 
 Only process 0 writes (multi-host runs log once). `metrics.jsonl` holds one JSON object per
 logged step: `{"step": s, "<split>/<metric>": value, ...}`. On resume from step k, records past k
 are dropped first: they were written after the checkpoint and will be written again, so a resumed
-run's file equals an uninterrupted run's.
+run's file equals an uninterrupted run's. A torn last line (a kill or a full disk mid-write) is
+dropped too, and a record the file already holds at step k is not written twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,14 @@ import time
 import jax
 
 
+def _parse(line: str) -> dict | None:
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return None  # torn by a kill or a full disk mid-write: the step is logged again
+    return record if isinstance(record, dict) and "step" in record else None
+
+
 class MetricLogger:
     """Appends metric records to `workdir/metrics.jsonl` and TensorBoard; prints progress lines."""
 
@@ -24,6 +33,8 @@ class MetricLogger:
         self.path = os.path.join(workdir, "metrics.jsonl")
         self.total_steps = total_steps
         self._tb = None
+        self._at_resume: set[frozenset] = set()  # key sets already logged at the resume step
+        self._resume_step = resume_step
         if self.is_main:
             self._truncate_after(resume_step)
             from tensorboardX import SummaryWriter  # imported here: costly, and only process 0 needs it
@@ -34,35 +45,71 @@ class MetricLogger:
         if not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+            records = [r for r in map(_parse, f) if r is not None and r["step"] <= step]
+        self._at_resume = {frozenset(r) for r in records if r["step"] == step}
         with open(self.path, "w") as f:
-            f.writelines(keep)
+            f.writelines(json.dumps(r) + "\n" for r in records)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """Records `metrics` (flat `name -> float`) at `step`."""
         if not self.is_main:
             return
         record = {"step": int(step), **{k: _jsonable(v) for k, v in metrics.items()}}
+        if step == self._resume_step and frozenset(record) in self._at_resume:
+            return  # e.g. the final eval of a finished run, evaluated again on a rerun
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
         for k, v in metrics.items():
             if isinstance(v, (int, float)) and math.isfinite(v):
                 self._tb.add_scalar(k, v, step)
 
-    def progress(self, step: int, metrics: dict[str, float]) -> None:
-        """Logs one line: step, the given metrics, steps/s since start, and ETA."""
+    def progress(self, step: int, shown: dict[str, float], steps_per_sec: float,
+                 items_per_sec: float, unit: str) -> None:
+        """Prints one line: step, the metrics that matter, the train rate and the ETA.
+
+        Args:
+          step: the step just finished.
+          shown: metric name -> value, as they should read (e.g. {'loss': 0.31}).
+          steps_per_sec, items_per_sec: the train rate of the last window (steps only).
+          unit: what items are ('examples', 'tokens').
+        The ETA divides the remaining steps by the rate since start, evals and checkpoints included.
+        """
         if not self.is_main:
             return
         elapsed = time.perf_counter() - self._t0
-        rate = (step - self._s0) / elapsed if elapsed > 0 else float("nan")
-        eta = (self.total_steps - step) / rate if rate > 0 else float("nan")
-        shown = " | ".join(f"{k} {v:.4g}" for k, v in metrics.items() if isinstance(v, float))
-        eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if math.isfinite(eta) else "?"
-        print(f"step {step}/{self.total_steps} | {shown} | {rate:.1f} steps/s | ETA {eta_text}", flush=True)
+        overall = (step - self._s0) / elapsed if elapsed > 0 else 0.0
+        eta = (self.total_steps - step) / overall if overall > 0 else float("nan")
+        parts = [f"step {step}/{self.total_steps}"]
+        parts += [f"{k} {v:.4g}" for k, v in shown.items()]
+        if steps_per_sec > 0:
+            parts.append(f"{steps_per_sec:,.1f} steps/s ({_si(items_per_sec)} {unit}/s)")
+        parts.append(f"ETA {_duration(eta)}" if step < self.total_steps else f"{_duration(elapsed)} elapsed")
+        print(" | ".join(parts), flush=True)
+
+    def eval_line(self, step: int, split: str, shown: dict[str, float]) -> None:
+        """Prints one line with a split's eval metrics."""
+        if self.is_main:
+            print(f"  eval {split} at step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items()),
+                  flush=True)
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _si(x: float) -> str:
+    for div, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= div:
+            return f"{x / div:.1f}{suffix}"
+    return f"{x:.0f}"
+
+
+def _duration(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
 
 
 def _jsonable(v):

@@ -7,6 +7,9 @@ The `optimizer` block of every experiment config reads:
     optimizer.schedule       'constant' | 'warmup_cosine'
     optimizer.warmup_steps   linear warmup length (warmup_cosine)
     optimizer.end_learning_rate   value the cosine decays to (warmup_cosine)
+    optimizer.decay_steps    the cosine's horizon; None: num_train_steps. A run extended on resume
+                             keeps its schedule only if this stays what it was (the workdir check
+                             refuses a changed horizon)
     optimizer.momentum       sgd momentum (0 = plain SGD)
     optimizer.nesterov       sgd Nesterov momentum
     optimizer.b1, b2, eps    adam / adamw moments
@@ -17,15 +20,22 @@ The `optimizer` block of every experiment config reads:
                              updates are zero (optax.multi_transform), their moments never kept
 
 Missing keys take the defaults below, so a config names only what it changes.
+
+A family with several parameter sets (a GAN) names one block per set instead, under
+`optimizers`: `optimizers.generator.*`, `optimizers.discriminator.*`, each of the form above,
+each stepping `params[<name>]` only (see `make_optimizers`).
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any
 
 import jax
 import optax
+
+from lab.errors import ConfigValueError
 
 _DEFAULTS = dict(
     schedule="constant",
@@ -39,6 +49,7 @@ _DEFAULTS = dict(
     weight_decay=0.0,
     grad_clip_norm=0.0,
     frozen=(),
+    decay_steps=None,
 )
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
@@ -49,12 +60,21 @@ def _get(cfg: Any, key: str):
     return cfg[key] if key in cfg else _DEFAULTS[key]
 
 
+def schedule_horizon(cfg: Any, num_train_steps: int) -> int | None:
+    """The step count the schedule is shaped over (None for a constant rate): `decay_steps`,
+    or the run's `num_train_steps` when that is None."""
+    if _get(cfg, "schedule") == "constant":
+        return None
+    return int(_get(cfg, "decay_steps") or num_train_steps)
+
+
 def make_schedule(cfg: Any, num_train_steps: int) -> optax.Schedule:
     """Returns the learning-rate schedule `step -> lr` named by `cfg.schedule`.
 
     Args:
       cfg: the `optimizer` config block.
-      num_train_steps: total steps of the run; the cosine decays over all of them.
+      num_train_steps: total steps of the run; the cosine decays over them unless
+        `cfg.decay_steps` says otherwise.
     """
     name = _get(cfg, "schedule")
     lr = float(cfg.learning_rate)
@@ -66,10 +86,10 @@ def make_schedule(cfg: Any, num_train_steps: int) -> optax.Schedule:
             init_value=0.0,
             peak_value=lr,
             warmup_steps=warmup,
-            decay_steps=max(num_train_steps, warmup + 1),
+            decay_steps=max(schedule_horizon(cfg, num_train_steps), warmup + 1),
             end_value=float(_get(cfg, "end_learning_rate")),
         )
-    raise ValueError(f"unknown optimizer.schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
+    raise ConfigValueError(f"unknown optimizer.schedule {name!r}; choose one of {', '.join(SCHEDULES)}")
 
 
 def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformation:
@@ -97,7 +117,7 @@ def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformati
     elif name == "adagrad":
         tx = optax.adagrad(schedule, eps=_get(cfg, "eps"))
     else:
-        raise ValueError(f"unknown optimizer.name {name!r}; choose one of {', '.join(OPTIMIZERS)}")
+        raise ConfigValueError(f"unknown optimizer.name {name!r}; choose one of {', '.join(OPTIMIZERS)}")
     clip = float(_get(cfg, "grad_clip_norm"))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
@@ -108,10 +128,55 @@ def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformati
     return tx
 
 
+def make_optimizers(config: Any, num_train_steps: int):
+    """The run's optimizer(s): one transformation from `config.optimizer`, or, when the config
+    has an `optimizers` block, `{name: transformation}`, one per named block."""
+    if "optimizers" in config:
+        return {name: make_optimizer(block, num_train_steps) for name, block in config.optimizers.items()}
+    return make_optimizer(config.optimizer, num_train_steps)
+
+
+def optimizer_blocks(config: Any) -> dict[str, Any]:
+    """`{'optimizer': block}` or `{'optimizers.<name>': block, ...}`: every block, by its key."""
+    if "optimizers" in config:
+        return {f"optimizers.{name}": block for name, block in config.optimizers.items()}
+    return {"optimizer": config.optimizer}
+
+
+def validate(cfg: Any, where: str = "optimizer") -> None:
+    """Checks one optimizer block before anything runs.
+
+    Raises:
+      ConfigValueError: naming the key (`where.key`), the value and what is allowed.
+    """
+    def bad(key, value, allowed):
+        raise ConfigValueError(f"config.{where}.{key}={value!r} is invalid: {allowed}")
+
+    if cfg.get("name") not in OPTIMIZERS:
+        bad("name", cfg.get("name"), f"choose one of {', '.join(OPTIMIZERS)}")
+    if _get(cfg, "schedule") not in SCHEDULES:
+        bad("schedule", _get(cfg, "schedule"), f"choose one of {', '.join(SCHEDULES)}")
+    lr = cfg.get("learning_rate")
+    if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0:
+        bad("learning_rate", lr, "use a positive number")
+    for key in ("warmup_steps", "decay_steps"):
+        value = _get(cfg, key)
+        if value is not None and (not isinstance(value, int) or value < (0 if key == "warmup_steps" else 1)):
+            bad(key, value, "use a non-negative integer" if key == "warmup_steps" else "use a positive integer or None")
+    for key in ("momentum", "b1", "b2"):
+        value = _get(cfg, key)
+        if not 0 <= value < 1:
+            bad(key, value, "use a number in [0, 1)")
+    for key in ("eps", "weight_decay", "grad_clip_norm", "end_learning_rate"):
+        value = _get(cfg, key)
+        if not isinstance(value, (int, float)) or not math.isfinite(value) or value < (1e-30 if key == "eps" else 0):
+            bad(key, value, "use a positive number" if key == "eps" else "use a number >= 0")
+
+
 def _freeze_labels(frozen: tuple[str, ...], params) -> Any:
     """'frozen' for every leaf under a top-level key in `frozen`, else 'train'."""
     missing = [k for k in frozen if k not in params]
     if missing:
-        raise ValueError(f"optimizer.frozen names {missing}, which the model does not have "
+        raise ConfigValueError(f"optimizer.frozen names {missing}, which the model does not have "
                          f"(top-level params: {sorted(params)})")
     return {k: jax.tree.map(lambda _: "frozen" if k in frozen else "train", v) for k, v in params.items()}

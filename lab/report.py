@@ -1,23 +1,41 @@
-"""PNG plots of a finished run: metric curves from `metrics.jsonl`, the confusion matrix.
+"""PNG plots of a finished run: metric curves from `metrics.jsonl`, the confusion matrices.
 
-matplotlib with the Agg backend (no display needed); only process 0 calls these.
+Figures are built as `matplotlib.figure.Figure` objects and saved through the Agg canvas,
+never through pyplot, so plotting leaves a user's matplotlib backend (a notebook's inline one,
+say) and pyplot's figure list alone. Only process 0 calls these.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping, Sequence
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+_SUFFIX = "_confusion_matrix"
 
 
 def read_metrics(workdir: str) -> list[dict]:
-    """The records of `workdir/metrics.jsonl`, in order."""
+    """The records of `workdir/metrics.jsonl`, in order.
+
+    A last line that does not parse is skipped: a run killed mid-write (or a full disk) leaves
+    one, and the records before it are still good. A bad line elsewhere still raises.
+    """
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = [line for line in f if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    if lines:
+        try:
+            records.append(json.loads(lines[-1]))
+        except json.JSONDecodeError:
+            pass  # torn last record, see above
+    return records
 
 
 def _curves(records: list[dict], suffix: str) -> dict[str, tuple[list, list]]:
@@ -31,50 +49,115 @@ def _curves(records: list[dict], suffix: str) -> dict[str, tuple[list, list]]:
     return curves
 
 
-def plot_run(workdir: str, results: dict) -> list[str]:
-    """Writes `curves.png` (loss and accuracy per split) and `<split>[_<head>]_confusion_matrix.png`
-    for every confusion matrix in the results. Returns the paths written."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _figure(width: float, height: float) -> Figure:
+    """A pyplot-free figure drawn by Agg (PNG), whatever the session's backend."""
+    fig = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
 
+
+def confusion_figure(cm, names: Sequence[str] | None = None, title: str = "") -> Figure:
+    """A confusion matrix (rows: true class, columns: predicted) as a figure.
+
+    Colours are row-normalised (each true class's row divided by its count), so small classes
+    are as visible as large ones; the counts are written in the cells (at most 20 classes: all
+    of them; more: the non-zero ones, smaller). The figure grows with the class count.
+
+    Args:
+      cm: (C, C) counts.
+      names: C class names for the tick labels; None (or a list of another length) gives the
+        class indices.
+      title: the figure's title.
+
+    Returns:
+      A Figure drawn by Agg: save it with `fig.savefig(path)`; it is in no pyplot figure list.
+    """
+    cm = np.asarray(cm)
+    n = len(cm)
+    if names is None or len(names) != n:
+        names = [str(i) for i in range(n)]
+    rows = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+
+    small = n <= 20
+    cell = 0.45 if small else 0.3  # inches per class
+    label = 0.07 * max((len(s) for s in names), default=1)  # inches taken by a tick label
+    fig = _figure(cell * n + label + 2.2, cell * n + label + 1.2)
+    ax = fig.add_subplot()
+    image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, shrink=0.6, label="fraction of the true class")
+    for (i, j), v in np.ndenumerate(cm):
+        if small or v:
+            ax.text(j, i, int(v), ha="center", va="center", fontsize=7 if small else 6,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    fontsize = 8 if small else 7
+    if not small:  # one name per 0.3 inch: only vertical names fit
+        xticks = dict(rotation=90)
+    elif max((len(s) for s in names), default=0) > 2:
+        xticks = dict(rotation=45, ha="right", rotation_mode="anchor")
+    else:
+        xticks = {}
+    ax.set_xticks(range(n), names, fontsize=fontsize, **xticks)
+    ax.set_yticks(range(n), names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    return fig
+
+
+def _split_head(stem: str, heads: Sequence[str]) -> tuple[str, str | None]:
+    """`test_play` -> ('test', 'play') for a known head; `test` -> ('test', None)."""
+    for head in sorted(heads, key=len, reverse=True):
+        if stem.endswith("_" + head):
+            return stem[: -len(head) - 1], head
+    return stem, None
+
+
+def plot_run(workdir: str, results: dict,
+             class_names: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+    """Writes a finished run's PNGs into `workdir`.
+
+    `curves.png`: loss and accuracy per split over steps, from `metrics.jsonl`. One
+    `<key>.png` per `<split>_confusion_matrix` or `<split>_<head>_confusion_matrix` key of
+    `results` (the unprefixed `confusion_matrix` copy is skipped).
+
+    Args:
+      workdir: the run's directory.
+      results: the run's results (`results.json`'s content).
+      class_names: label key -> class names in label-id order, as `lab.data.info(name)
+        ['class_names']` gives them: a `<split>_confusion_matrix` takes the names of 'label'
+        (single-head classifiers), a `<split>_<head>_confusion_matrix` those of `head`.
+        Missing names (or names of the wrong length) give class indices.
+
+    Returns:
+      The paths written.
+    """
+    class_names = dict(class_names or {})
     written = []
     records = read_metrics(workdir)
     panels = [(name, _curves(records, name)) for name in ("loss", "accuracy")]
     panels = [(n, c) for n, c in panels if c]
     if panels:
-        fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
-        for ax, (name, curves) in zip(axes[0], panels):
+        fig = _figure(5.5 * len(panels), 4)
+        for ax, (name, curves) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
             for label, (xs, ys) in sorted(curves.items()):
                 ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
             ax.set_xlabel("step")
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
             ax.legend()
-        fig.tight_layout()
         path = os.path.join(workdir, "curves.png")
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(path)
 
-    # One PNG per split (and head) that has a confusion matrix: `test_confusion_matrix.png`,
-    # `test_play_confusion_matrix.png`, ... (the unprefixed copy in results is skipped).
-    for key in sorted(k for k in results if k.endswith("_confusion_matrix")):
+    for key in sorted(k for k in results if k.endswith(_SUFFIX)):
         cm = np.asarray(results[key])
-        fig, ax = plt.subplots(figsize=(1.5 + 0.3 * len(cm), 1.2 + 0.3 * len(cm)))
-        ax.imshow(cm, cmap="Blues")
-        if len(cm) <= 20:  # numbers stay legible up to ~20 classes
-            for (i, j), v in np.ndenumerate(cm):
-                ax.text(j, i, int(v), ha="center", va="center", fontsize=7,
-                        color="white" if v > cm.max() / 2 else "black")
-        ax.set_xticks(range(len(cm)))
-        ax.set_yticks(range(len(cm)))
-        ax.set_xlabel("predicted")
-        ax.set_ylabel("true")
-        ax.set_title(f"{key[:-len('_confusion_matrix')]}: accuracy {np.trace(cm) / max(cm.sum(), 1):.4f}")
-        fig.tight_layout()
+        split, head = _split_head(key[: -len(_SUFFIX)], [h for h in class_names if h != "label"])
+        accuracy = np.trace(cm) / max(cm.sum(), 1)
+        title = (f"{split}" + (f" / {head}" if head else "")
+                 + f": accuracy {accuracy:.4f} ({int(cm.sum())} examples)")
+        fig = confusion_figure(cm, class_names.get(head or "label"), title)
         path = os.path.join(workdir, f"{key}.png")
         fig.savefig(path, dpi=100)
-        plt.close(fig)
         written.append(path)
     return written

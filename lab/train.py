@@ -1,16 +1,19 @@
-"""The one train loop of lab: every experiment calls `train_and_evaluate`.
+"""The one train loop of lab: every experiment (and any research script) calls `train_and_evaluate`.
 
-A family brings a `Task` (its model, loss and metrics); the experiment brings the config and the
-data. The loop owns everything else: the state from the seed, the data-parallel step, periodic
-eval, logging, checkpoints, exact resume, and stopping on a non-finite loss.
+A family brings a `lab.task.Task` (its model, loss or update, and metrics); the caller brings the
+config and the data. The loop owns everything else: the state from the seed, its shardings, the
+data-parallel step, periodic eval, logging, checkpoints, exact resume, and stopping on a
+non-finite loss, gradient or parameter.
 
-The step is `(state, batch) -> state'` with `rng = fold_in(train_key, state.step)`, jitted with the
-state donated. It also adds its metrics into an on-device accumulator, so the host reads metrics
-only at sync points (log, eval, checkpoint, end) and the device runs ahead of the Python loop
-meanwhile (as in nanodo): no per-step device-to-host transfer.
+The step is `(state, acc, batch) -> (state, acc)` with `rng = fold_in(train_key, state.step)`,
+jitted with the state donated. It adds its metrics into an on-device accumulator, so the host
+reads metrics only at sync points (log, eval, checkpoint, end) and the device runs ahead of the
+Python loop meanwhile (as in nanodo): no per-step device-to-host transfer.
 
-Resume order: config check -> abstract state -> latest checkpoint -> restore state + meta ->
-check the data position -> continue at meta['step'] (batches are a function of the step).
+Resume order: config check -> abstract state (`eval_shape(init)`) -> shardings -> latest
+checkpoint -> restore state + meta onto the sharded target -> check the data position ->
+continue at meta['step'] (batches are a function of the step). A fresh run instead initialises
+with those shardings and, given `config.init_from`, takes pretrained parameters (read only then).
 """
 
 from __future__ import annotations
@@ -21,9 +24,8 @@ import math
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable, Mapping
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,47 +33,39 @@ import optax
 
 from lab import checkpoint as ckpt_lib
 from lab import configs, optim, parallel as parallel_lib, pipeline, report
+from lab.errors import ConfigValueError, NonFiniteLossError
 from lab.logbook import MetricLogger
+from lab.task import StepTools, Task, TrainState
 
 PyTree = Any
 
-
-class Task(Protocol):
-    """What a model family gives the loop. All functions are pure and jit-able except `summarize`."""
-
-    count_unit: str  # what `count` counts, for throughput: 'examples' or 'tokens'
-
-    def init_params(self, rng: jax.Array) -> PyTree:
-        """Fresh parameters from `rng`."""
-
-    def loss(self, params: PyTree, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
-        """Train loss: (sum of per-example losses, dict of sums incl. `count`). No collectives."""
-
-    def evaluate(self, params: PyTree, batch: dict) -> dict:
-        """Eval sums over a batch with `batch['mask']` (1 real, 0 padding); incl. `loss`, `count`."""
-
-    def summarize(self, sums: dict) -> dict:
-        """Host-side: metrics (means, rates, matrices) from summed arrays."""
+__all__ = ["Data", "Task", "TrainState", "build_train_step", "epoch_data", "init_state_fn",
+           "make_train_step", "train_and_evaluate"]
 
 
 @dataclass
 class Data:
     """The data of a run. `train.batch(step)` must be a pure function of the step (exact resume).
 
-    `evals` maps a split name to a function returning a fresh iterator of padded batches.
+    `evals` maps a split name to a function returning a fresh iterator of padded batches; the
+    first split is the headline one. `class_names` maps a label key ('label', or a head's name)
+    to its class names, for plots.
     """
 
     train: Any  # lab.pipeline.EpochBatcher | WindowBatcher
     evals: dict[str, Callable[[], Iterable[dict]]] = field(default_factory=dict)
+    class_names: Mapping[str, list[str]] = field(default_factory=dict)
 
 
-def epoch_data(train_arrays: dict, eval_arrays: dict[str, dict], config) -> Data:
+def epoch_data(train_arrays: dict, eval_arrays: dict[str, dict], config,
+               class_names: Mapping[str, list[str]] | None = None) -> Data:
     """`Data` for an in-memory dataset: shuffled epochs to train, padded passes to evaluate.
 
     Args:
       train_arrays: numpy arrays of the train split, same leading size N.
       eval_arrays: split name -> numpy arrays; the first split is the headline one.
       config: reads `batch_size`, `eval_batch_size` and `seed`.
+      class_names: label key -> class names (see `Data`).
     Each process reads only its own slice of every batch.
     """
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -79,37 +73,8 @@ def epoch_data(train_arrays: dict, eval_arrays: dict[str, dict], config) -> Data
         train=pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard),
         evals={name: functools.partial(pipeline.padded_batches, arrays, config.eval_batch_size, **shard)
                for name, arrays in eval_arrays.items()},
+        class_names=dict(class_names or {}),
     )
-
-
-@flax.struct.dataclass
-class TrainState:
-    """The whole train state as one pytree: what a checkpoint holds."""
-
-    step: jax.Array  # int32 scalar: number of updates applied
-    params: PyTree
-    opt_state: PyTree
-
-
-class NonFiniteLossError(FloatingPointError):
-    """The loss or the gradient became NaN or infinite."""
-
-
-class ConfigValueError(ValueError):
-    """A config value the loop cannot run with."""
-
-
-def _validate(config, num_devices: int) -> None:
-    for key in ("batch_size", "eval_batch_size", "num_train_steps", "log_every_steps",
-                "eval_every_steps", "checkpoint_every_steps"):
-        value = config[key]
-        if not isinstance(value, int) or value < (0 if key == "checkpoint_every_steps" else 1):
-            raise ConfigValueError(f"config.{key} must be a positive integer, got {value!r}")
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] % num_devices:
-            raise ConfigValueError(
-                f"config.{key}={config[key]} is not divisible by the {num_devices} devices; "
-                f"use a multiple of {num_devices}")
 
 
 class MetricVector:
@@ -139,54 +104,58 @@ class MetricVector:
         return np.zeros((self.size,), np.float32)
 
 
-_STEP_METRICS = ("loss", "steps", "grad_norm", "param_norm")
+def make_train_step(task: Task, tools: StepTools, train_key: jax.Array) -> Callable:
+    """The data-parallel train step `(state, batch) -> (state, metrics)`, before packing.
 
-
-def train_metric_vector(task: Task, params: PyTree, batch: dict, rng: jax.Array) -> MetricVector:
-    """The layout of the train step's metrics: the task's sums plus the loop's own."""
-    _, sums = jax.eval_shape(task.loss, params, batch, rng)
-    shapes = {k: s.shape for k, s in sums.items()}
-    shapes.update({k: () for k in _STEP_METRICS})
-    return MetricVector(shapes)
-
-
-def make_train_step(task: Task, tx: optax.GradientTransformation, train_key: jax.Array,
-                    axis_name: str | None, layout: MetricVector) -> Callable:
-    """The data-parallel train step `(state, acc, batch) -> (state, acc)`.
-
-    `acc` (a `layout` vector) accumulates the step's global metric sums plus `steps` and the
-    norms of gradients and parameters, so the host reads them once per sync point.
+    `metrics` holds the update's global sums, `steps` (1) and `param_norm`: the norm of the
+    parameters *after* the update, so a step that makes them non-finite is caught before any
+    checkpoint holds them.
     """
 
-    def step_fn(state: TrainState, acc: jax.Array, batch: dict):
+    def step_fn(state: TrainState, batch: dict):
         rng = jax.random.fold_in(train_key, state.step)
-        if axis_name is not None:  # distinct dropout per device, as one global batch would have
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(axis_name))
-        grads, sums = parallel_lib.global_mean_grads(task.loss, state.params, batch, rng, axis_name)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        metrics = dict(sums, steps=jnp.ones((), jnp.float32),
-                       grad_norm=optax.tree.norm(grads), param_norm=optax.tree.norm(params))
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), acc + layout.pack(metrics)
+        if tools.axis_name is not None:  # distinct dropout per device, as one global batch would have
+            rng = jax.random.fold_in(rng, jax.lax.axis_index(tools.axis_name))
+        new_state, sums = task.update(state, batch, rng, tools)
+        sums = parallel_lib.reduce_step_metrics(sums, tools.axis_name)
+        new_state = new_state.replace(step=state.step + 1)
+        metrics = dict(sums, steps=jnp.ones((), jnp.float32), param_norm=optax.tree.norm(new_state.params))
+        return new_state, metrics
 
     return step_fn
 
 
-def make_eval_step(task: Task, axis_name: str | None) -> Callable:
-    """`(params, batch) -> sums` over the global batch."""
+def build_train_step(task: Task, tools: StepTools, train_key: jax.Array, strategy, shardings: PyTree,
+                     state: TrainState, batch: dict) -> tuple[Callable, MetricVector]:
+    """The compiled-on-first-call step `(state, acc, batch) -> (state, acc)` and its metric layout.
 
-    def eval_fn(params, batch):
-        sums = task.evaluate(params, batch)
-        if axis_name is not None:
-            sums = jax.lax.psum(sums, axis_name)
-        return sums
+    Args:
+      task, tools, train_key: as `make_train_step`.
+      strategy: a `lab.parallel` strategy; `shardings`: the state's (from `state_shardings`).
+      state, batch: a placed state and batch, to read the metrics' shapes from.
+    `acc` is a `layout`-sized float32 vector the step adds its metrics into.
+    """
+    step_fn = make_train_step(task, tools, train_key)
+    if strategy.axis_name is None:
+        _, shapes = jax.eval_shape(step_fn, state, batch)
+    else:  # pmap'd arrays carry a leading device axis: read the shapes of one device's step
+        _, shapes = jax.eval_shape(jax.vmap(step_fn, axis_name=strategy.axis_name), state, batch)
+        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), shapes)
+    layout = MetricVector({k: s.shape for k, s in shapes.items()})
 
-    return eval_fn
+    def packed(state, acc, batch):
+        state, metrics = step_fn(state, batch)
+        return state, acc + layout.pack(metrics)
+
+    return strategy.compile_step(packed, shardings, strategy.replicated), layout
 
 
-def _train_window_metrics(task: Task, sums: dict, seconds: float) -> dict[str, float]:
+def _window_metrics(task: Task, sums: dict, seconds: float) -> dict[str, float]:
+    """The logged train metrics of a window of steps: the task's summary of the sums, the
+    per-step norms averaged over the steps, and the rates."""
     steps = float(sums.pop("steps"))
-    norms = {f"train/{k}": float(sums.pop(k)) / steps for k in ("grad_norm", "param_norm")}
+    norms = {f"train/{k}": float(sums.pop(k)) / steps
+             for k in list(sums) if k.endswith(parallel_lib.PER_STEP_SUFFIX)}
     out = {f"train/{k}": v for k, v in _scalars(task.summarize(sums)).items()}
     out.update(norms)
     if seconds > 0:
@@ -195,19 +164,44 @@ def _train_window_metrics(task: Task, sums: dict, seconds: float) -> dict[str, f
     return out
 
 
-# Init runs once: on CPU, compiling its random initialisers (threefry, truncated normals) with
-# LLVM's expensive passes costs seconds (4.7 s -> 0.5 s for the MLP, measured), for no gain.
-_FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
-
-
-def _compile_once(fn: Callable, *args) -> Callable:
-    """jit for a function called once: compiled without expensive optimisation on CPU."""
-    lowered = jax.jit(fn).lower(*args)
-    return lowered.compile(compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
-
-
 def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+
+
+def _headline(metrics: dict) -> dict[str, float]:
+    """The metrics a person reads in a progress line: the scalars, without norms and rates."""
+    return {k.split("/", 1)[-1]: v for k, v in metrics.items()
+            if k.startswith("train/") and not k.endswith(parallel_lib.PER_STEP_SUFFIX)}
+
+
+def init_state_fn(task: Task, optimizers) -> Callable[[jax.Array], TrainState]:
+    """`rng -> TrainState`: the task's fresh variables and every optimizer's initial state."""
+
+    def init_state(rng):
+        variables = dict(task.init(rng))
+        params = variables.pop("params")
+        if isinstance(optimizers, Mapping):
+            missing = sorted(set(optimizers) - set(params))
+            if missing:
+                raise ConfigValueError(f"config.optimizers names {missing}, which the model's params do not "
+                                       f"have (top-level params: {sorted(params)})")
+            opt_state = {name: tx.init(params[name]) for name, tx in optimizers.items()}
+        else:
+            opt_state = optimizers.init(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, extra=variables)
+    return init_state
+
+
+def _warm_start(config, state: TrainState, shardings: TrainState) -> tuple[TrainState, str | None]:
+    """Fresh runs only: `config.init_from_params` entries of params from the run `config.init_from`."""
+    source = config.get("init_from")
+    if not source:
+        return state, None
+    host = jax.tree.map(np.asarray, state.params)
+    names = tuple(config.get("init_from_params") or tuple(host))
+    params, where = ckpt_lib.load_pretrained(source, names, host, config.get("init_from_step"))
+    print(f"initialised params {list(names)} from {where}", flush=True)
+    return state.replace(params=jax.device_put(params, shardings.params)), where
 
 
 def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
@@ -216,38 +210,47 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
 
     Writes `config.json`, `metrics.jsonl`, TensorBoard events, Orbax checkpoints in
     `checkpoints/`, `results.json` and PNG plots. Returns the results dict (final eval metrics).
+    A finished workdir is not trained or logged again: its results are returned as they are.
 
     Raises:
-      ConfigValueError, configs.WorkdirConfigError, ckpt_lib.CheckpointError, NonFiniteLossError:
-        each with a one-line message that says what to do.
+      lab.errors.LabError subclasses (ConfigValueError, WorkdirConfigError, CheckpointError,
+        NonFiniteLossError), each with a one-line message that says what to do.
     """
+    t_begin = time.perf_counter()
+    configs.validate(config, jax.device_count(), workdir)
     strategy = parallel_lib.make_parallel(config.parallel)
-    _validate(config, strategy.num_devices)
     workdir = os.path.abspath(workdir)
     if jax.process_index() == 0:
         configs.check_workdir(workdir, config, allow_config_change)
 
     root = jax.random.key(config.seed)
-    init_key, train_key, eval_key = (jax.random.fold_in(root, i) for i in range(3))
+    init_key, train_key, sample_key, eval_rng = (jax.random.fold_in(root, i) for i in range(4))
     total_steps = config.num_train_steps
-    tx = optim.make_optimizer(config.optimizer, total_steps)
-
-    def init_state(rng):
-        params = task.init_params(rng)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    optimizers = optim.make_optimizers(config, total_steps)
+    tools = StepTools(optimizers, strategy.axis_name)
+    init_state = init_state_fn(task, optimizers)
+    abstract = jax.eval_shape(init_state, init_key)
+    shardings = strategy.state_shardings(abstract, task.partition_rules)
 
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          config.checkpoint_every_steps, config.max_checkpoints_to_keep)
     start_step = checkpointer.latest_step()
+    init_source = None
     if start_step is None:
-        state = _compile_once(init_state, init_key)(init_key)
+        state = strategy.init_state(init_state, init_key, shardings)
+        state, init_source = _warm_start(config, state, shardings)
         start_step = 0
     else:
-        abstract = jax.eval_shape(init_state, init_key)
-        if isinstance(strategy, parallel_lib.MeshParallel):
-            abstract = jax.tree.map(
-                lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=strategy.replicated), abstract)
-        state, meta = checkpointer.restore(start_step, abstract)
+        finished = _finished_results(workdir, start_step, total_steps)
+        if finished is not None:
+            checkpointer.close()
+            print(f"{workdir} is finished (step {start_step}): nothing to train", flush=True)
+            _print_summary(config, finished, workdir, time.perf_counter() - t_begin)
+            return finished
+        target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
+                              abstract, shardings)
+        state, meta = checkpointer.restore(start_step, target)
+        init_source = meta.get("init_from")
         expected = data.train.position(start_step)
         if meta.get("data_position") != expected:
             raise ckpt_lib.CheckpointError(
@@ -255,31 +258,36 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                 f"but this run's data puts step {start_step} at {expected}; the dataset or batch size "
                 f"changed: use a new --workdir")
         print(f"resumed from {checkpointer.directory} at step {start_step}", flush=True)
-    state = strategy.put_state(state)
+    state = strategy.put_state(state, shardings)
 
-    layout = train_metric_vector(task, strategy.get_state(state).params, data.train.batch(start_step), train_key)
-    step_fn = strategy.compile(make_train_step(task, tx, train_key, strategy.axis_name, layout),
-                               donate_state=True)
-    eval_fn = strategy.compile(make_eval_step(task, strategy.axis_name), donate_state=False)
+    train_step, layout = build_train_step(task, tools, train_key, strategy, shardings, state,
+                                          strategy.put_batch(data.train.batch(start_step)))
+
+    def eval_fn(variables, batch, rng):
+        return task.evaluate(variables, batch, rng)
+
+    eval_step = strategy.compile_eval(eval_fn)
     logger = MetricLogger(workdir, total_steps, resume_step=start_step)
-    acc_zero = strategy.put_state(layout.zeros())
-    window: dict[str, float] = {}
+    acc_zero = strategy.put_acc(layout.zeros())
+    window: dict[str, np.ndarray] = {}
     window_start, window_seconds = time.perf_counter(), 0.0
     last_good_checkpoint = checkpointer.latest_step()
     sync_from = start_step
 
-    def run_evals(params, step: int) -> dict[str, dict]:
+    def run_evals(state, step: int) -> dict[str, dict]:
+        variables = strategy.get_state(state).variables()
         results = {}
         for split, batches in data.evals.items():
             total = None
             for batch in batches():  # sums go to the host per batch: no device-side add to compile
-                sums = strategy.metrics_to_host(eval_fn(params, strategy.put_batch(batch)))
+                sums = strategy.metrics_to_host(eval_step(variables, strategy.global_batch(batch), eval_rng))
                 total = sums if total is None else jax.tree.map(np.add, total, sums)
             results[split] = task.summarize(jax.tree.map(np.asarray, total))
-            logger.write(step, {f"{split}/{k}": v for k, v in _scalars(results[split]).items()})
-        if hasattr(task, "on_eval") and jax.process_index() == 0:
-            task.on_eval(strategy.get_state(state).params, step, workdir,
-                         jax.random.fold_in(eval_key, step))
+            scalars = _scalars(results[split])
+            logger.write(step, {f"{split}/{k}": v for k, v in scalars.items()})
+            logger.eval_line(step, split, scalars)
+        if jax.process_index() == 0:
+            task.on_eval(variables, step, workdir, jax.random.fold_in(sample_key, step))
         return results
 
     t_start = time.perf_counter()
@@ -289,7 +297,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     try:
         while step < total_steps:
             batch = strategy.put_batch(data.train.batch(step))
-            state, acc = step_fn(state, acc, batch)
+            state, acc = train_step(state, acc, batch)
             step += 1
             is_log = step % config.log_every_steps == 0
             is_eval = step % config.eval_every_steps == 0
@@ -298,36 +306,39 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             if not (is_log or is_eval or is_ckpt or is_last):
                 continue
             # Sync point: read the accumulated metrics (this waits for the steps dispatched so
-            # far), refuse to go on (or save) past a NaN. Time spent after the read (eval,
-            # checkpoint, logging) is kept out of the train throughput.
-            host = layout.unpack(strategy.metrics_to_host(acc))
+            # far), refuse to go on (or save) past a non-finite loss, gradient or parameter.
+            # Time spent after the read (eval, checkpoint, logging) is kept out of the train rate.
+            host = layout.unpack(strategy.acc_to_host(acc))
             window_seconds += time.perf_counter() - window_start
             acc = acc_zero
-            if not (math.isfinite(float(host["loss"])) and math.isfinite(float(host["grad_norm"]))):
+            bad = sorted(k for k, v in host.items() if not np.all(np.isfinite(v)))
+            if bad:
                 raise NonFiniteLossError(
-                    f"non-finite loss or gradient between steps {sync_from} and {step}; "
+                    f"non-finite {', '.join(bad)} between steps {sync_from} and {step}; "
                     + (f"the last good checkpoint (step {last_good_checkpoint}) is kept in "
                        f"{checkpointer.directory}" if last_good_checkpoint is not None else
                        "no checkpoint was written yet")
-                    + "; lower optimizer.learning_rate or set "
-                    "optimizer.grad_clip_norm, then rerun")
+                    + "; lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun")
             sync_from = step
             window = host if not window else {k: window[k] + host[k] for k in window}
             if is_log or is_last:
-                metrics = _train_window_metrics(task, dict(window), window_seconds)
+                metrics = _window_metrics(task, dict(window), window_seconds)
                 logger.write(step, metrics)
-                logger.progress(step, metrics)
+                logger.progress(step, _headline(metrics), metrics.get("steps_per_sec", 0.0),
+                                metrics.get(f"{task.count_unit}_per_sec", 0.0), task.count_unit)
                 window, window_seconds = {}, 0.0
             if is_eval or is_last:
-                eval_results = run_evals(state.params, step)
+                eval_results = run_evals(state, step)
             if is_ckpt or is_last:
-                checkpointer.save(step, strategy.get_state(state),
-                                  {"step": step, "data_position": data.train.position(step),
-                                   "config": configs.to_dict(config)})
+                meta = {"step": step, "data_position": data.train.position(step),
+                        "config": configs.to_dict(config)}
+                if init_source:
+                    meta["init_from"] = init_source
+                checkpointer.save(step, strategy.get_state(state), meta)
                 last_good_checkpoint = step
             window_start = time.perf_counter()
-        if start_step >= total_steps:  # nothing to train: still report on the restored state
-            eval_results = run_evals(state.params, step)
+        if start_step >= total_steps:  # checkpointed at the end, but killed before its results
+            eval_results = run_evals(state, step)
     finally:
         checkpointer.wait()
         checkpointer.close()
@@ -335,7 +346,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
 
     seconds = time.perf_counter() - t_start
     results = {"step": int(step), "train_seconds": seconds,
-               "steps_per_sec": (step - start_step) / seconds if seconds > 0 else None}
+               "steps_per_sec": (step - start_step) / seconds if seconds > 0 and step > start_step else None}
+    if init_source:
+        results["init_from"] = init_source
     for split, metrics in eval_results.items():
         results.update({f"{split}_{k}": _jsonable(v) for k, v in metrics.items()})
     if eval_results:  # the first eval split is the headline one: its metrics also unprefixed
@@ -345,8 +358,42 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
-        report.plot_run(workdir, results)
+        report.plot_run(workdir, results, data.class_names)
+        _print_summary(config, results, workdir, time.perf_counter() - t_begin)
     return results
+
+
+def _finished_results(workdir: str, start_step: int, total_steps: int) -> dict | None:
+    """The saved results of a run that already reached `total_steps`, if they are complete."""
+    path = os.path.join(workdir, "results.json")
+    if start_step < total_steps or not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            results = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None  # torn by a kill: evaluate again
+    return results if results.get("step") == start_step else None
+
+
+def _print_summary(config, results: dict, workdir: str, wall_seconds: float) -> None:
+    """The block a run ends with: headline metrics, the reference they compare to, time, files."""
+    if jax.process_index() != 0:
+        return
+    headline = {k: v for k, v in results.items()
+                if isinstance(v, (int, float)) and not isinstance(v, bool)
+                and k.split("_")[-1] in ("accuracy", "loss", "perplexity", "f1")}
+    lines = [f"done: step {results.get('step')} in {wall_seconds:.1f} s wall "
+             f"({results.get('train_seconds', 0.0):.1f} s in the loop)"]
+    lines += [f"  {k:<24} {v:.4f}" for k, v in headline.items()]
+    reference = config.get("reference")
+    if reference:
+        ours = results.get(reference.metric)
+        verdict = "" if ours is None else f" (this run: {ours:.4f})"
+        lines.append(f"  reference: {reference.metric} {reference.value} from {reference.source}{verdict}")
+    files = sorted(f for f in os.listdir(workdir) if f.endswith((".json", ".jsonl", ".png")))
+    lines.append(f"  files in {workdir}: {', '.join(files)}, checkpoints/, tensorboard/")
+    print("\n".join(lines), flush=True)
 
 
 def _jsonable(v):

@@ -32,7 +32,7 @@ def run_cli():
 
     def run(module, *args, env=None, timeout=300):
         # The malloc settings up front: the CLI would otherwise re-exec itself to get them.
-        full_env = dict(MALLOC_ENV, **os.environ, **(env or {}))
+        full_env = {**MALLOC_ENV, **os.environ, **(env or {})}
         return subprocess.run([sys.executable, "-m", module, *args], cwd=_ROOT, env=full_env,
                               capture_output=True, text=True, timeout=timeout)
 

@@ -112,3 +112,46 @@ def test_full_disk_is_one_line_and_keeps_what_was_written(tmp_path):
     line = error_line(proc)
     assert "No space left on device" in line and "disk is full" in line
     assert (tmp_path / "finished_work").read_text() == "kept"
+
+
+def test_config_values_are_checked_before_any_data_is_read(run_cli, tmp_path):
+    data_dir = tmp_path / "data"  # stays absent: nothing was built or loaded
+    for flag, key in (("--config.batch_size=0", "batch_size"),
+                      ("--config.max_checkpoints_to_keep=0", "max_checkpoints_to_keep"),
+                      ("--config.optimizer.learning_rate=-1.0", "optimizer.learning_rate"),
+                      ("--config.model.dropout_rate=1.5", "model.dropout_rate"),
+                      ("--config.parallel=tpu", "parallel")):
+        proc = run_cli(MODULE, f"--workdir={tmp_path / 'run'}", flag, env={"LAB_DATA_DIR": str(data_dir)})
+        assert proc.returncode == 2, (flag, proc.stderr[-2000:])
+        assert key in error_line(proc) and "Traceback" not in proc.stderr, flag
+    assert not data_dir.exists() and not (tmp_path / "run").exists()
+
+
+_FAMILY_BUG = """
+import sys
+from experiments import cli
+from lab.errors import CheckpointError
+BUG = sys.argv.pop() == "--bug"
+def main(config, workdir, allow_config_change):
+    if BUG:
+        raise TypeError("dot_general requires contracting dimensions to have the same shape")
+    raise CheckpointError("checkpoint X is unreadable; move it aside")
+cli.run("experiments/mlp_classifier/config.py", main)
+"""
+
+
+def test_only_lab_errors_become_one_line_a_bug_keeps_its_traceback(tmp_path):
+    import subprocess
+    import sys
+    from experiments.cli import MALLOC_ENV
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for last, expect_traceback in (("--bug", True), ("--user-error", False)):
+        proc = subprocess.run([sys.executable, "-c", _FAMILY_BUG, f"--workdir={tmp_path}", last], cwd=root,
+                              env=dict(MALLOC_ENV, **os.environ), capture_output=True, text=True, timeout=120)
+        assert proc.returncode != 0
+        if expect_traceback:
+            assert "Traceback" in proc.stderr and "contracting dimensions" in proc.stderr
+            assert not any(line.startswith("error:") for line in proc.stderr.splitlines())
+        else:
+            assert error_line(proc) == "error: checkpoint X is unreadable; move it aside"
+            assert "Traceback" not in proc.stderr

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from experiments.mlp_classifier.__main__ import main
+from lab.errors import NonFiniteLossError, WorkdirConfigError
 from experiments.mlp_classifier.config import get_config
 from tests.helpers import final_params, math_records, trees_equal
 
@@ -61,14 +62,78 @@ def test_same_seed_same_numbers_other_seed_other_numbers(tmp_path):
     assert not trees_equal(final_params(str(tmp_path / "a")), final_params(str(tmp_path / "c")))
 
 
+# Dropout and a warmup + cosine schedule: what a resume could get wrong (rng, schedule position).
+RESUME_FEATURES = {"model.dropout_rate": 0.2, "optimizer.schedule": "warmup_cosine",
+                   "optimizer.warmup_steps": 5, "optimizer.decay_steps": 20}
+
+
 def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    main(small_config(num_train_steps=20), straight)
-    main(small_config(num_train_steps=10), resumed)
+    main(small_config(num_train_steps=20, **RESUME_FEATURES), straight)
+    main(small_config(num_train_steps=10, **RESUME_FEATURES), resumed)
     assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["10"]
-    main(small_config(num_train_steps=20), resumed)  # same command, longer: resumes at 10
+    main(small_config(num_train_steps=20, **RESUME_FEATURES), resumed)  # longer: resumes at 10
     assert math_records(resumed) == math_records(straight)
     assert trees_equal(final_params(resumed), final_params(straight))
+
+
+def test_extending_a_run_must_keep_its_schedule(tmp_path):
+    """A cosine shaped over num_train_steps would silently change shape on an extended resume."""
+    cosine = {"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 2}
+    main(small_config(num_train_steps=10, **cosine), str(tmp_path))
+    with pytest.raises(WorkdirConfigError, match="decay_steps=10"):
+        main(small_config(num_train_steps=20, **cosine), str(tmp_path))
+    results = main(small_config(num_train_steps=20, **cosine, **{"optimizer.decay_steps": 10}), str(tmp_path))
+    assert results["step"] == 20
+    main(small_config(num_train_steps=30), str(tmp_path / "constant"))  # no schedule: free to extend
+    assert main(small_config(num_train_steps=40), str(tmp_path / "constant"))["step"] == 40
+
+
+def test_non_finite_parameters_never_reach_a_checkpoint(tmp_path):
+    """Step 1's loss and gradient are finite, but its update makes the params infinite."""
+    with pytest.raises(NonFiniteLossError, match="param_norm.*no checkpoint was written yet"):
+        main(small_config(num_train_steps=4, log_every_steps=1, checkpoint_every_steps=1,
+                          **{"optimizer.learning_rate": 1e39, "optimizer.momentum": 0.0}), str(tmp_path))
+    assert not [d for d in os.listdir(tmp_path / "checkpoints") if d.isdigit()]
+
+
+def test_a_torn_last_metrics_line_does_not_block_resume(tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    main(small_config(), straight)
+    main(small_config(num_train_steps=10), resumed)
+    with open(os.path.join(resumed, "metrics.jsonl"), "a") as f:
+        f.write('{"step": 15, "train/lo')  # killed mid-write
+    main(small_config(), resumed)
+    assert math_records(resumed) == math_records(straight)
+
+
+def test_rerunning_a_finished_workdir_changes_nothing(tmp_path, capsys):
+    main(small_config(), str(tmp_path))
+    files = {name: (tmp_path / name).read_text() for name in ("metrics.jsonl", "results.json")}
+    again = main(small_config(), str(tmp_path))
+    assert "is finished" in capsys.readouterr().out
+    assert {name: (tmp_path / name).read_text() for name in files} == files
+    assert again == json.loads(files["results.json"])
+    # Killed after the last checkpoint but before results.json: evaluated again, logged once.
+    os.remove(tmp_path / "results.json")
+    results = main(small_config(), str(tmp_path))
+    assert (tmp_path / "metrics.jsonl").read_text() == files["metrics.jsonl"]
+    assert results["test_accuracy"] == json.loads(files["results.json"])["test_accuracy"]
+
+
+def test_progress_lines_and_the_closing_summary(tmp_path, capsys):
+    config = small_config()
+    config.reference = {"metric": "test_accuracy", "value": 0.5, "source": "a made-up baseline"}
+    main(config, str(tmp_path))
+    out = capsys.readouterr().out
+    progress = [line for line in out.splitlines() if line.startswith("step ")]
+    assert len(progress) == 4 and progress[0].startswith("step 5/20 | loss ")
+    assert all(line.count("steps/s") == 1 and "grad_norm" not in line for line in progress)
+    assert "ETA" in progress[0] and "elapsed" in progress[-1]
+    assert "eval test at step 10: loss" in out
+    summary = out[out.index("done: step 20"):]
+    assert "test_accuracy" in summary and "reference: test_accuracy 0.5 from a made-up baseline" in summary
+    assert f"files in {tmp_path}" in summary and "results.json" in summary
 
 
 def test_resume_discards_records_written_after_the_checkpoint(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 
 import lab.data
 from lab import checkpoint
+from lab.errors import ConfigValueError
 from lab.models import transformer
 from tests.helpers import final_params, trees_equal
 
@@ -107,5 +108,26 @@ def test_mlm_pretraining_text_is_the_classifiers_train_speeches_only():
     train_texts = lab.data.load("shakespeare_plays", "train")["text"]
     assert tokenizer.decode(stream) == "\n\n".join(str(t) for t in train_texts)
     config.dataset = "digits"
-    with pytest.raises(ValueError, match="not a pretraining text"):
-        mlm.text_stream(config, tokenizer, "train")
+    with pytest.raises(ConfigValueError, match="not a pretraining text"):
+        mlm.validate(config)
+
+
+def test_init_from_is_read_at_the_first_start_only_and_recorded(tmp_path):
+    """A resumed fine-tuning run no longer needs its pretraining run; the step it read is recorded."""
+    source = str(tmp_path / "mlm")
+    mlm.main(mlm_config("tiny"), source)  # 4 steps: checkpoints 2 and 4
+    config = classifier_config("tiny")
+    config.init_from = source
+    config.num_train_steps = 2
+    config.optimizer.decay_steps, config.optimizer.warmup_steps = 4, 1  # the schedule of all 4 steps
+    workdir = str(tmp_path / "cls")
+    first = classifier.main(config, workdir)
+    where = f"{source}/checkpoints/4"
+    assert first["init_from"] == where
+    import shutil
+    shutil.rmtree(source)  # the pretraining run is gone
+    config.num_train_steps = 4
+    resumed = classifier.main(config, workdir)
+    assert resumed["step"] == 4 and resumed["init_from"] == where
+    meta = json.loads((tmp_path / "cls" / "checkpoints" / "4" / "meta" / "metadata").read_text())
+    assert meta["init_from"] == where

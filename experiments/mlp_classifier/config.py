@@ -50,8 +50,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "constant"  # constant | warmup_cosine
     c.optimizer.warmup_steps = 0
     c.optimizer.end_learning_rate = 0.0
+    c.optimizer.decay_steps = ml_collections.FieldReference(None, field_type=int)  # cosine horizon; None: num_train_steps
     c.optimizer.weight_decay = 0.0  # adamw only
     c.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+
+    # Shown beside the result in the closing summary; no effect on the run.
+    c.reference = ml_collections.ConfigDict(dict(
+        metric="test_accuracy", value=0.9778,
+        source="digits_tuned (the seed recipe, 140 SGD steps at lr 0.001, is barely started on digits: ~0.40)"))
 
     if variant in (None, "", "digits"):
         return c
@@ -62,6 +68,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.eval_every_steps = 600
         c.checkpoint_every_steps = 3000
         c.eval_batch_size = 1000
+        c.reference.value = 0.82
+        c.reference.source = "the article's PyTorch listing of this recipe on Fashion-MNIST"
         return c
     if variant == "digits_tuned":
         c.num_train_steps = 1400  # 100 epochs
@@ -73,6 +81,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.schedule = "warmup_cosine"
         c.optimizer.warmup_steps = 50
         c.model.features = (256, 128)
+        c.reference.source = "this config's own published run (BUILD_NOTES.md)"
         return c
     if variant == "fashion_tuned":
         c.dataset = "fashion_mnist"
@@ -88,6 +97,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.optimizer.weight_decay = 1e-4
         c.optimizer.schedule = "warmup_cosine"
         c.optimizer.warmup_steps = 600
+        c.reference.value = 0.9033
+        c.reference.source = "this config's own published run (BUILD_NOTES.md)"
         return c
     if variant == "mnist1d":
         c.dataset = "mnist1d"
@@ -95,5 +106,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.log_every_steps = 400
         c.eval_every_steps = 400
         c.checkpoint_every_steps = 2000
+        c.reference.value = 0.68
+        c.reference.source = "the MNIST-1D paper's MLP (a tuned recipe; this is the seed recipe)"
         return c
     raise ValueError(f"unknown variant {variant!r}: use digits, fashion, digits_tuned, fashion_tuned or mnist1d")

@@ -2,15 +2,20 @@
 
 import os
 
-import jax
-
 import lab.data
-from lab import checkpoint, pipeline, train
+from lab import configs, pipeline, train
 from lab.models import transformer
 from lab.tasks.classification import ClassificationTask
-from experiments.transformer_mlm.__main__ import encoder_model_config
+from lab.tasks.language_model import encoder_config
 
 LABELS = ("play", "genre")
+
+
+def validate(config) -> None:
+    """This experiment's own keys, checked before any data is read."""
+    configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len",
+                                                               "head_hidden"),
+                        fractions=("dropout_rate", "head_dropout"))
 
 
 def resolve_steps(config, num_train: int) -> None:
@@ -22,7 +27,12 @@ def resolve_steps(config, num_train: int) -> None:
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
-    """Fine-tunes (or trains from scratch) the speech classifier of `config`; returns the results."""
+    """Fine-tunes (or trains from scratch) the speech classifier of `config`; returns the results.
+
+    With `config.init_from`, the loop takes `params['encoder']` from that run's checkpoint at the
+    first start only (`config.init_from_params`).
+    """
+    validate(config)
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     ids = transformer.encoder_token_ids(tokenizer.vocab_size)
     plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
@@ -34,28 +44,17 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
 
     train_arrays, test_arrays = arrays("train"), arrays("test")
     resolve_steps(config, len(train_arrays["play"]))
-    model_config = encoder_model_config(config.model, tokenizer.vocab_size)
     model = transformer.EncoderClassifier(
-        model_config, num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
+        encoder_config(config.model, tokenizer.vocab_size),
+        num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
         hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
     task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",))
-
-    if config.init_from:
-        # Fresh head, pretrained encoder: the sub-tree is checked (names, shapes, dtypes) first.
-        abstract = jax.eval_shape(task.fresh_params, jax.random.key(0))
-        encoder = checkpoint.load_params_subtree(config.init_from, ("encoder",), abstract["encoder"])
-
-        def init_params(rng):
-            return dict(task.fresh_params(rng), encoder=jax.tree.map(jax.numpy.asarray, encoder))
-
-        task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",),
-                                  init_params_fn=init_params)
-
-    data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
+    data = train.epoch_data(train_arrays, {"test": test_arrays}, config,
+                            class_names=plays_info.get("class_names"))
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, malloc_tuning=True)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)

@@ -38,7 +38,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.model = encoder_config()  # must equal the pretraining run's encoder
     c.model.head_hidden = 512
     c.model.head_dropout = 0.1
-    c.init_from = ""  # workdir of a transformer_mlm run: its params['encoder'] initialise ours
+    c.init_from = ""  # workdir of a transformer_mlm run: its params['encoder'] initialise ours (first start only)
+    c.init_from_params = ("encoder",)  # the top-level params taken from it
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"
@@ -46,6 +47,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "warmup_cosine"
     c.optimizer.warmup_steps = ml_collections.FieldReference(None, field_type=int)  # None: 10% of the steps
     c.optimizer.end_learning_rate = 0.0
+    c.optimizer.decay_steps = ml_collections.FieldReference(None, field_type=int)  # cosine horizon; None: num_train_steps
     c.optimizer.grad_clip_norm = 1.0
     c.optimizer.frozen = ()  # ('encoder',) trains only the head
 

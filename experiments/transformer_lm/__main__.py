@@ -3,43 +3,30 @@
 import os
 
 import jax
-import numpy as np
 
 import lab.data
-from lab import pipeline, train
-from lab.models import transformer
-from lab.tasks.language_model import CausalLMTask
+from lab import configs, pipeline, train
+from lab.tasks.language_model import CausalLMTask, gpt_config, sample_text
 
 
-def model_config(config, vocab_size: int) -> transformer.TransformerConfig:
-    """The GPT's TransformerConfig from the experiment config.
-
-    A workdir written before `model.use_bias` existed holds a model with biases: absent means True.
-    """
-    m = config.model
-    return transformer.TransformerConfig(
-        vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-        max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True))
-
-
-def sample_text(gpt_config, params, tokenizer, prompt: str, num_tokens: int, rng,
-                temperature: float, top_k: int | None) -> str:
-    """`prompt` followed by `num_tokens` sampled characters."""
-    ids = tokenizer.encode(prompt).astype(np.int32)[None]
-    out = transformer.generate_long(gpt_config, params, ids, num_tokens, rng,
-                                    temperature=temperature, top_k=top_k or None)
-    return tokenizer.decode(np.asarray(out[0]))
+def validate(config) -> None:
+    """This experiment's own keys, checked before any data is read."""
+    configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "block_size"),
+                        fractions=("dropout_rate",))
+    configs.check_block(config, "", positive_ints=("eval_batches",))
+    configs.check_block(config.sample, "sample", positive_ints=("num_tokens",))
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains the GPT of `config` on shakespeare_char in `workdir`; returns the results."""
+    validate(config)
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     splits = {s: lab.data.load(config.dataset, s, data_dir=config.data_dir)["tokens"]
               for s in ("train", "validation")}
-    gpt_config = model_config(config, tokenizer.vocab_size)
+    gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
     s = config.sample
-    task = CausalLMTask(gpt_config, sample=lambda params, step, rng: sample_text(
-        gpt_config, params, tokenizer, s.prompt, s.num_tokens, rng, s.temperature, s.top_k))
+    task = CausalLMTask(gpt_cfg, sample=lambda params, step, rng: sample_text(
+        gpt_cfg, params, tokenizer, s.prompt, s.num_tokens, rng, s.temperature, s.top_k))
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     block = config.model.block_size
 
@@ -58,4 +45,4 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, malloc_tuning=True)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)

@@ -51,6 +51,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "warmup_cosine"
     c.optimizer.warmup_steps = 100
     c.optimizer.end_learning_rate = 1e-4
+    c.optimizer.decay_steps = ml_collections.FieldReference(None, field_type=int)  # cosine horizon; None: num_train_steps
 
     c.sample = ml_collections.ConfigDict()
     c.sample.prompt = "ROMEO:\n"  # written to workdir/samples/ at every eval

@@ -14,7 +14,8 @@ import ml_collections
 
 import lab.data
 from lab import checkpoint
-from experiments.transformer_lm.__main__ import model_config, sample_text
+from lab.errors import LabError
+from lab.tasks.language_model import gpt_config, sample_text
 
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
 flags.DEFINE_string("prompt", "ROMEO:\n", "Text to continue.")
@@ -29,18 +30,23 @@ def main(argv):
     logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores: noise before the text
     try:
         if not FLAGS.workdir:
-            raise ValueError("--workdir is required: the directory of a transformer_lm run")
+            raise LabError("--workdir is required: the directory of a transformer_lm run")
         path = os.path.join(FLAGS.workdir, "config.json")
         if not os.path.exists(path):
-            raise ValueError(f"{path} not found: --workdir must be a transformer_lm run")
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
+            raise LabError(f"{path} not found: --workdir must be a transformer_lm run")
+        if FLAGS.num_tokens < 1 or FLAGS.temperature < 0 or FLAGS.top_k < 0:
+            raise LabError("--num_tokens must be >= 1, --temperature and --top_k >= 0")
+        try:
+            with open(path) as f:
+                config = ml_collections.ConfigDict(json.load(f))
+        except json.JSONDecodeError as e:
+            raise LabError(f"{path} is corrupt ({e}): --workdir must be a transformer_lm run") from e
         tokenizer = lab.data.char_tokenizer(config.data_dir)
-        gpt_config = model_config(config, tokenizer.vocab_size)
+        gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
         params, where = checkpoint.load_params(FLAGS.workdir)
-        text = sample_text(gpt_config, params, tokenizer, FLAGS.prompt, FLAGS.num_tokens,
+        text = sample_text(gpt_cfg, params, tokenizer, FLAGS.prompt, FLAGS.num_tokens,
                            jax.random.key(FLAGS.seed), FLAGS.temperature, FLAGS.top_k)
-    except (ValueError, RuntimeError, OSError) as e:
+    except LabError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(1)
     print(text)

@@ -6,20 +6,22 @@ import jax
 import numpy as np
 
 import lab.data
-from lab import pipeline, train
+from lab import configs, pipeline, train
+from lab.errors import ConfigValueError
 from lab.models import transformer
-from lab.tasks.language_model import MaskedLMTask
-
-
-def encoder_model_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
-    """The encoder's TransformerConfig: chars 0..N-1, PAD = N, MASK = N + 1."""
-    return transformer.TransformerConfig(
-        vocab_size=transformer.encoder_token_ids(num_chars).vocab_size,
-        num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, width=model_cfg.width,
-        max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate)
-
+from lab.tasks.language_model import MaskedLMTask, encoder_config
 
 PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
+
+
+def validate(config) -> None:
+    """This experiment's own keys, checked before any data is read."""
+    if config.dataset not in PRETRAINING_DATASETS:
+        raise ConfigValueError(f"config.dataset={config.dataset!r} is not a pretraining text; "
+                               f"use one of {', '.join(PRETRAINING_DATASETS)}")
+    configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len"),
+                        fractions=("dropout_rate",))
+    configs.check_block(config, "", positive_ints=("eval_batches",), fractions=("mask_rate",))
 
 
 def text_stream(config, tokenizer, split: str) -> np.ndarray:
@@ -33,20 +35,17 @@ def text_stream(config, tokenizer, split: str) -> np.ndarray:
     if config.dataset == "shakespeare_plays":
         texts = lab.data.load(config.dataset, split, data_dir=config.data_dir)["text"]
         return tokenizer.encode("\n\n".join(str(t) for t in texts))
-    if config.dataset == "shakespeare_char":
-        return lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"]
-    raise ValueError(f"config.dataset={config.dataset!r} is not a pretraining text; "
-                     f"use one of {', '.join(PRETRAINING_DATASETS)}")
+    return lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"]
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Pretrains a MaskedLM on windows of a Shakespeare text in `workdir`; returns the results."""
+    validate(config)
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     num_chars = tokenizer.vocab_size
     splits = {s: text_stream(config, tokenizer, s) for s in ("train", "validation")}
-    model_config = encoder_model_config(config.model, num_chars)
-    eval_key = jax.random.fold_in(jax.random.key(config.seed), 3)  # fixed masks for every eval
-    task = MaskedLMTask(model_config, transformer.encoder_token_ids(num_chars), eval_key, config.mask_rate)
+    task = MaskedLMTask(encoder_config(config.model, num_chars), transformer.encoder_token_ids(num_chars),
+                        config.mask_rate)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     length = config.model.max_len
     val = pipeline.WindowBatcher(splits["validation"], length, config.eval_batch_size * config.eval_batches,
@@ -62,4 +61,4 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, malloc_tuning=True)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)

@@ -61,6 +61,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.schedule = "warmup_cosine"
     c.optimizer.warmup_steps = 300
     c.optimizer.end_learning_rate = 1e-5
+    c.optimizer.decay_steps = ml_collections.FieldReference(None, field_type=int)  # cosine horizon; None: num_train_steps
 
     if variant in (None, ""):
         return c

@@ -109,7 +109,8 @@ def _classification(key: str, scale: float | None):
 def _describe_classification(input_shape: tuple[int, ...]):
     def describe(builder):
         names = builder.info.features["label"].names
-        return {"num_classes": len(names), "input_shape": input_shape, "class_names": list(names)}
+        return {"num_classes": len(names), "input_shape": input_shape,
+                "class_names": {"label": list(names)}}
 
     return describe
 
@@ -129,6 +130,7 @@ def _describe_char(builder):
         "num_speeches": meta["num_speeches"],
         # Characters (= tokens) per split, not TFDS chunks.
         "splits": dict(meta["split_chars"]),
+        "class_names": {},  # no labels
     }
 
 
@@ -149,6 +151,7 @@ def _describe_plays(builder):
         "play_genre": [st.GENRES.index(st.PLAY_GENRE[p]) for p in st.PLAYS],
         "num_classes": len(st.PLAYS),
         "num_genres": len(st.GENRES),
+        "class_names": {"play": [st.PLAY_TITLES[p] for p in st.PLAYS], "genre": list(st.GENRES)},
     }
 
 
@@ -235,12 +238,16 @@ def info(name: str, *, data_dir: str | None = None) -> dict[str, Any]:
     """Static facts about a dataset, building it first if needed.
 
     Returns:
-      For classification: ``{'num_classes', 'input_shape', 'class_names',
-      'splits': {split: num_examples}}``. For shakespeare_char: ``{'vocab',
-      'vocab_size', 'sha256', 'num_chars', 'num_speeches', 'splits': {split:
-      num_chars}}``. For shakespeare_plays: ``{'plays', 'genres',
-      'play_genre' (genre id per play), 'num_classes', 'num_genres', 'splits'}``.
-      Always also ``'name'`` and ``'tfds_name'`` (the TFDS builder used).
+      For classification: ``{'num_classes', 'input_shape', 'splits': {split:
+      num_examples}}``. For shakespeare_char: ``{'vocab', 'vocab_size',
+      'sha256', 'num_chars', 'num_speeches', 'splits': {split: num_chars}}``.
+      For shakespeare_plays: ``{'plays' (ids), 'genres', 'play_genre' (genre
+      id per play), 'num_classes', 'num_genres', 'splits'}``. Always also
+      ``'name'``, ``'tfds_name'`` (the TFDS builder used) and
+      ``'class_names'``: label key -> readable class names in label-id order
+      (``{'label': ['0', ..., '9']}``; ``{'play': [37 titles such as
+      'Hamlet'], 'genre': ['comedy', 'history', 'tragedy']}``; ``{}`` for
+      shakespeare_char), the form ``lab.report.plot_run`` takes.
 
     Raises:
       DataError: as for ``load``.

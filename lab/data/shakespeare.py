@@ -91,7 +91,8 @@ class CharTokenizer:
         pos = np.minimum(pos, len(self._sorted_codes) - 1)
         bad = self._sorted_codes[pos] != codes
         if bad.any():
-            raise ValueError(f"Character {chr(codes[bad][0])!r} is not in the vocabulary.")
+            raise DataError(f"character {chr(codes[bad][0])!r} is not in the vocabulary: use only the "
+                            f"{len(self.vocab)} characters the model was trained on")
         return self._order[pos].astype(self.dtype)
 
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:

@@ -140,6 +140,49 @@ PLAY_GENRE: dict[str, str] = {
 PLAYS: tuple[str, ...] = tuple(sorted(PLAY_GENRE))
 assert len(PLAYS) == 37
 
+# Short readable titles, for plots and reports: a leading "The"/"A" is dropped where the rest
+# stays recognisable, so tick labels stay short. The ids above stay the class order.
+PLAY_TITLES: dict[str, str] = {
+    "alls_well_that_ends_well": "All's Well That Ends Well",
+    "antony_and_cleopatra": "Antony and Cleopatra",
+    "as_you_like_it": "As You Like It",
+    "comedy_of_errors": "Comedy of Errors",
+    "coriolanus": "Coriolanus",
+    "cymbeline": "Cymbeline",
+    "hamlet": "Hamlet",
+    "henry_iv_part_1": "Henry IV, Part 1",
+    "henry_iv_part_2": "Henry IV, Part 2",
+    "henry_v": "Henry V",
+    "henry_vi_part_1": "Henry VI, Part 1",
+    "henry_vi_part_2": "Henry VI, Part 2",
+    "henry_vi_part_3": "Henry VI, Part 3",
+    "henry_viii": "Henry VIII",
+    "john": "King John",
+    "julius_caesar": "Julius Caesar",
+    "lear": "King Lear",
+    "loves_labours_lost": "Love's Labour's Lost",
+    "macbeth": "Macbeth",
+    "measure_for_measure": "Measure for Measure",
+    "merchant_of_venice": "Merchant of Venice",
+    "merry_wives_of_windsor": "Merry Wives of Windsor",
+    "midsummer_nights_dream": "Midsummer Night's Dream",
+    "much_ado_about_nothing": "Much Ado About Nothing",
+    "othello": "Othello",
+    "pericles": "Pericles",
+    "richard_ii": "Richard II",
+    "richard_iii": "Richard III",
+    "romeo_and_juliet": "Romeo and Juliet",
+    "taming_of_the_shrew": "Taming of the Shrew",
+    "tempest": "The Tempest",
+    "timon_of_athens": "Timon of Athens",
+    "tragedy_of_titus_andronicus": "Titus Andronicus",
+    "troilus_and_cressida": "Troilus and Cressida",
+    "twelfth_night": "Twelfth Night",
+    "two_gentlemen_of_verona": "Two Gentlemen of Verona",
+    "winters_tale": "Winter's Tale",
+}
+assert set(PLAY_TITLES) == set(PLAYS)
+
 
 @dataclasses.dataclass(frozen=True)
 class Speech:

@@ -17,10 +17,13 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import inspect
+import io
 import json
+import logging
 import os
 import re
 import tempfile
+import time
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from array_record.python import array_record_data_source
 from etils import epath
-from tensorflow_datasets.core.utils import py_utils
+from tensorflow_datasets.core.utils import py_utils, tqdm_utils
 
 from lab.data.errors import DataError
 
@@ -96,16 +99,48 @@ def build_lock(data_dir: str, name: str):
         yield
 
 
+@contextlib.contextmanager
+def _quiet_tfds():
+    """Silences TFDS's console output inside the block and restores it after.
+
+    A first build would otherwise print a size banner of "Unknown size"s, nested tqdm bars
+    ("Generating splits...", "Shuffling .../incomplete.*") and absl warnings about the
+    half-made folder; ``prepare`` prints two short lines of its own instead. Errors still
+    propagate.
+    """
+    # TFDS offers a setter for its progress bars but no getter.
+    bars = getattr(tqdm_utils, "_active", True)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    tfds.display_progress_bar(False)
+    absl_logger.setLevel(logging.ERROR)
+    try:
+        # The size banner and the "downloaded and prepared" line are prints to stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        tfds.display_progress_bar(bars)
+        absl_logger.setLevel(level)
+
+
 def prepare(builder: tfds.core.DatasetBuilder) -> tfds.core.DatasetBuilder:
     """Builds ``builder`` as array_record files unless already built.
 
-    A second call is a no-op (TFDS sees the finished version folder).
+    A build prints ``building dataset NAME once into DIR ...`` and ``dataset NAME ready (T s)``
+    to stdout instead of TFDS's banners and progress bars. A second call is a no-op (TFDS sees
+    the finished version folder).
 
     Returns:
       The same builder, ready for ``as_data_source``.
     """
-    if not builder.is_prepared():
+    with _quiet_tfds():  # is_prepared warns about the empty folder of a dataset not built yet
+        if builder.is_prepared():
+            return builder
+    print(f"building dataset {builder.name} once into {builder.data_dir} ...", flush=True)
+    start = time.perf_counter()
+    with _quiet_tfds():
         builder.download_and_prepare(file_format="array_record")
+    print(f"dataset {builder.name} ready ({time.perf_counter() - start:.1f} s)", flush=True)
     return builder
 
 

@@ -7,7 +7,7 @@ same family as the MLP digit classifier.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -15,10 +15,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import metrics
+from lab.task import Task
 
 
-class ClassificationTask:
-    """`lab.train.Task` for models `apply({'params': p}, inputs, train=..., **model_kwargs)`.
+class ClassificationTask(Task):
+    """`lab.task.Task` for models `apply(variables, inputs, *extra_inputs, train=...)`.
 
     Args:
       model: a flax.linen module; returns logits (B, C), or a dict of them for several heads.
@@ -27,41 +28,36 @@ class ClassificationTask:
         head uses ('label',).
       extra_input_keys: further batch keys passed to the model as positional arguments after
         the inputs (e.g. 'token_mask' for the padding mask of token inputs).
-      init_params_fn: optional `(rng) -> params` replacing the fresh init (e.g. fresh params with
-        a pretrained sub-tree loaded in).
+    Models whose only variables are `params` train with the default update; a model with
+    mutable collections (BatchNorm) needs an update that carries them (see tests/test_contract.py).
     """
 
     count_unit = "examples"
 
     def __init__(self, model: nn.Module, example_inputs: dict[str, np.ndarray],
-                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = (),
-                 init_params_fn: Callable[[jax.Array], Any] | None = None):
+                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = ()):
         self.model = model
         self.example_inputs = example_inputs
         self.label_keys = tuple(label_keys)
         self.extra_input_keys = tuple(extra_input_keys)
-        self._init_params_fn = init_params_fn
 
-    def fresh_params(self, rng: jax.Array) -> Any:
-        """Randomly initialised parameters from `rng`."""
+    def init(self, rng: jax.Array) -> dict:
+        """The model's variables, randomly initialised from `rng`."""
         params_rng, dropout_rng = jax.random.split(rng)
         x = self.example_inputs
-        return self.model.init({"params": params_rng, "dropout": dropout_rng}, x["inputs"],
-                               *[x[k] for k in self.extra_input_keys], train=False)["params"]
+        return dict(self.model.init({"params": params_rng, "dropout": dropout_rng}, x["inputs"],
+                                    *[x[k] for k in self.extra_input_keys], train=False))
 
-    def init_params(self, rng: jax.Array) -> Any:
-        return (self._init_params_fn or self.fresh_params)(rng)
-
-    def _heads(self, params, batch, *, train: bool, rng=None) -> dict[str, jax.Array]:
-        out = self.model.apply({"params": params}, batch["inputs"],
+    def _heads(self, variables, batch, *, train: bool, rng=None) -> dict[str, jax.Array]:
+        out = self.model.apply(variables, batch["inputs"],
                                *[batch[k] for k in self.extra_input_keys], train=train,
                                rngs={"dropout": rng} if train else None)
         if not isinstance(out, dict):
             out = {self.label_keys[0]: out}
         return out
 
-    def _sums(self, params, batch, *, train: bool, rng=None, confusion: bool) -> dict:
-        heads = self._heads(params, batch, train=train, rng=rng)
+    def _sums(self, variables, batch, *, train: bool, rng=None, confusion: bool) -> dict:
+        heads = self._heads(variables, batch, train=train, rng=rng)
         mask = batch.get("mask")
         per_head = {k: metrics.classification_sums(heads[k], batch[k], mask, confusion=confusion)
                     for k in self.label_keys}
@@ -75,12 +71,12 @@ class ClassificationTask:
 
     def loss(self, params, batch: dict, rng: jax.Array):
         """(summed cross-entropy over heads and examples, sums); `count` counts examples."""
-        sums = self._sums(params, batch, train=True, rng=rng, confusion=False)
+        sums = self._sums({"params": params}, batch, train=True, rng=rng, confusion=False)
         return sums.pop("loss"), sums
 
-    def evaluate(self, params, batch: dict) -> dict:
+    def evaluate(self, variables, batch: dict, rng: jax.Array) -> dict:
         """Masked sums with confusion matrices, for exact metrics over padded eval batches."""
-        return self._sums(params, batch, train=False, confusion=True)
+        return self._sums(variables, batch, train=False, confusion=True)
 
     def summarize(self, sums: dict) -> dict:
         """loss, accuracy, macro precision/recall/F1, confusion matrix (per head if several)."""
@@ -93,8 +89,8 @@ class ClassificationTask:
             out.update({f"{head}_{k}": v for k, v in metrics.classification_summary(head_sums).items()})
         return out
 
-    def predict(self, params, batch: dict) -> Any:
+    def predict(self, variables, batch: dict) -> Any:
         """Class ids (B,) (or a dict of them) of a batch of inputs, in eval mode."""
-        heads = self._heads(params, batch, train=False)
+        heads = self._heads(variables, batch, train=False)
         ids = {k: jnp.argmax(v, -1) for k, v in heads.items()}
         return ids if len(ids) > 1 else next(iter(ids.values()))

@@ -15,6 +15,36 @@ import numpy as np
 
 from lab import metrics
 from lab.models import transformer
+from lab.task import Task
+
+
+def gpt_config(model_cfg, vocab_size: int) -> transformer.TransformerConfig:
+    """The GPT's TransformerConfig from an experiment's `model` block (`transformer_lm`).
+
+    A workdir written before `model.use_bias` existed holds a model with biases: absent means True.
+    """
+    m = model_cfg
+    return transformer.TransformerConfig(
+        vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
+        max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True))
+
+
+def encoder_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
+    """The character encoder's TransformerConfig from a `model` block: chars 0..N-1, PAD = N,
+    MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts from it)."""
+    return transformer.TransformerConfig(
+        vocab_size=transformer.encoder_token_ids(num_chars).vocab_size,
+        num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, width=model_cfg.width,
+        max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate)
+
+
+def sample_text(gpt_cfg: transformer.TransformerConfig, params, tokenizer, prompt: str,
+                num_tokens: int, rng: jax.Array, temperature: float, top_k: int | None) -> str:
+    """`prompt` followed by `num_tokens` sampled characters (a sliding window past max_len)."""
+    ids = tokenizer.encode(prompt).astype(np.int32)[None]
+    out = transformer.generate_long(gpt_cfg, params, ids, num_tokens, rng,
+                                    temperature=temperature, top_k=top_k or None)
+    return tokenizer.decode(np.asarray(out[0]))
 
 
 def _token_sums(logits_BxLxV, targets_BxL, weights_BxL) -> dict:
@@ -31,8 +61,8 @@ def lm_summary(sums: dict) -> dict:
     return out
 
 
-class CausalLMTask:
-    """`lab.train.Task` for a GPT on batches {'inputs', 'targets'} int32 (B, L).
+class CausalLMTask(Task):
+    """`lab.task.Task` for a GPT on batches {'inputs', 'targets'} int32 (B, L).
 
     Eval batches may carry `mask` (B,) from padded batching: padded rows carry no loss.
 
@@ -50,9 +80,9 @@ class CausalLMTask:
         self.model = transformer.GPT(config)
         self._sample = sample
 
-    def init_params(self, rng: jax.Array):
+    def init(self, rng: jax.Array) -> dict:
         tokens = jnp.zeros((1, self.config.max_len), jnp.int32)
-        return self.model.init({"params": rng}, tokens, train=False)["params"]
+        return {"params": self.model.init({"params": rng}, tokens, train=False)["params"]}
 
     def loss(self, params, batch: dict, rng: jax.Array):
         """(sum of next-token CE over all B*L positions, sums incl. `count` tokens)."""
@@ -60,8 +90,8 @@ class CausalLMTask:
         sums = _token_sums(logits, batch["targets"], jnp.ones(batch["targets"].shape, jnp.float32))
         return sums.pop("loss"), sums
 
-    def evaluate(self, params, batch: dict) -> dict:
-        logits = self.model.apply({"params": params}, batch["inputs"], train=False)
+    def evaluate(self, variables, batch: dict, rng: jax.Array) -> dict:
+        logits = self.model.apply(variables, batch["inputs"], train=False)
         weights = jnp.ones(batch["targets"].shape, jnp.float32)
         if "mask" in batch:
             weights = weights * batch["mask"][:, None]
@@ -70,21 +100,22 @@ class CausalLMTask:
     def summarize(self, sums: dict) -> dict:
         return lm_summary(sums)
 
-    def on_eval(self, params, step: int, workdir: str, rng: jax.Array) -> None:
+    def on_eval(self, variables, step: int, workdir: str, rng: jax.Array) -> None:
         """Writes a text sample from the current params (process 0 only; the loop checks)."""
         if self._sample is None:
             return
-        text = self._sample(params, step, rng)
+        text = self._sample(variables["params"], step, rng)
         os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
         with open(os.path.join(workdir, "samples", f"step_{step}.txt"), "w") as f:
             f.write(text)
 
 
-class MaskedLMTask:
-    """`lab.train.Task` for BERT-style masked-LM pretraining on batches of token `inputs` (B, L).
+class MaskedLMTask(Task):
+    """`lab.task.Task` for BERT-style masked-LM pretraining on batches of token `inputs` (B, L).
 
-    Masking (15%, 80/10/10) happens on device from the step's rng in training, and from a
-    fixed key (derived from the run's seed) in eval, so eval numbers are comparable across steps.
+    Masking (15%, 80/10/10) happens on device from the step's rng in training, and from the
+    loop's fixed eval rng (derived from the run's seed) in eval, so eval numbers are comparable
+    across steps and, drawn over the global batch, do not depend on the device count.
     An optional `token_mask` (B, L) marks real tokens (1) against padding (0); without it every
     token is real (windows of a text stream). Eval batches may carry `mask` (B,) (padded rows).
     """
@@ -92,16 +123,15 @@ class MaskedLMTask:
     count_unit = "tokens"
 
     def __init__(self, config: transformer.TransformerConfig, token_ids: transformer.TokenIds,
-                 eval_key: jax.Array, mask_rate: float = 0.15):
+                 mask_rate: float = 0.15):
         self.config = config
         self.ids = token_ids
         self.model = transformer.MaskedLM(config)
-        self.eval_key = eval_key
         self.mask_rate = mask_rate
 
-    def init_params(self, rng: jax.Array):
+    def init(self, rng: jax.Array) -> dict:
         tokens = jnp.zeros((1, self.config.max_len), jnp.int32)
-        return self.model.init({"params": rng}, tokens, jnp.ones_like(tokens), train=False)["params"]
+        return {"params": self.model.init({"params": rng}, tokens, jnp.ones_like(tokens), train=False)["params"]}
 
     def _sums(self, params, batch, rng, *, train: bool) -> dict:
         mask_rng, dropout_rng = jax.random.split(rng)
@@ -119,8 +149,8 @@ class MaskedLMTask:
         sums = self._sums(params, batch, rng, train=True)
         return sums.pop("loss"), sums
 
-    def evaluate(self, params, batch: dict) -> dict:
-        return self._sums(params, batch, self.eval_key, train=False)
+    def evaluate(self, variables, batch: dict, rng: jax.Array) -> dict:
+        return self._sums(variables["params"], batch, rng, train=False)
 
     def summarize(self, sums: dict) -> dict:
         return lm_summary(sums)

@@ -1,6 +1,8 @@
 """lab.data public API: names, errors, data_dir, TFDS registration, caching."""
 
+import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -9,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from tensorflow_datasets.core.utils import tqdm_utils
 
 from lab import data
-from lab.data import storage
+from lab.data import images, storage
 
 
 def test_datasets_names():
@@ -140,3 +143,39 @@ def test_a_second_process_waits_for_the_build_and_then_reads_it(tmp_path):
         assert proc.poll() is None and not list(tmp_path.glob("digits/*/dataset_info.json"))
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 0 and out.strip().splitlines()[-1] == "1437"
+
+
+def test_first_build_prints_one_lab_line_instead_of_tfds_output(tmp_path):
+    root = str(Path(__file__).resolve().parents[2])
+    code = (
+        "import logging, sys, lab.data\n"
+        "from tensorflow_datasets.core.utils import tqdm_utils\n"
+        "state = lambda: (tqdm_utils._active, logging.getLogger('absl').level)\n"
+        "before = state()\n"
+        "lab.data.load('digits', 'train', data_dir=sys.argv[1])\n"
+        "print('second load', flush=True)\n"
+        "lab.data.load('digits', 'test', data_dir=sys.argv[1])\n"
+        # TFDS's progress bars and the absl log level are back as they were.
+        "print('restored', state() == before)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=root, timeout=120,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.returncode == 0, proc.stdout
+    lines = proc.stdout.splitlines()
+    assert lines[0] == f"building dataset digits once into {tmp_path}/digits/1.0.0 ...", lines
+    assert re.fullmatch(r"dataset digits ready \(\d+\.\d s\)", lines[1]), lines
+    assert lines[2:] == ["second load", "restored True"], lines
+    for noise in ("Downloading and preparing", "incomplete", "Generating splits", "Variant folder"):
+        assert noise not in proc.stdout
+
+
+def test_a_failed_build_still_raises_and_restores_tfds_output(tmp_path, monkeypatch):
+    def fails(*args, **kwargs):
+        raise OSError("disk full")
+
+    absl_level = logging.getLogger("absl").level
+    builder = images.Digits(data_dir=str(tmp_path))
+    monkeypatch.setattr(builder, "download_and_prepare", fails)
+    with pytest.raises(OSError, match="disk full"):
+        storage.prepare(builder)
+    assert tqdm_utils._active and logging.getLogger("absl").level == absl_level

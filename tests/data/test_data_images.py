@@ -36,7 +36,7 @@ def test_digits_info(digits, data_dir):
     info = data.info("digits", data_dir=data_dir)
     assert info["splits"] == {"train": 1437, "test": 360}
     assert info["num_classes"] == 10 and info["input_shape"] == (8, 8, 1)
-    assert info["class_names"] == [str(d) for d in range(10)]
+    assert info["class_names"] == {"label": [str(d) for d in range(10)]}
 
 
 def test_digits_split_is_stratified_disjoint_and_complete(digits, data_dir):
@@ -77,6 +77,7 @@ def test_mnist1d_matches_generator_and_is_deterministic(data_dir):
     info = data.info("mnist1d", data_dir=data_dir)
     assert info["splits"] == {"train": 4000, "test": 1000}
     assert info["input_shape"] == (40,)
+    assert info["class_names"] == {"label": [str(d) for d in range(10)]}
 
 
 # ------------------------------------------------------------------- mnist --
@@ -92,6 +93,7 @@ def test_mnist_via_mock_data(tmp_path):
     assert y.dtype == np.int32 and ((0 <= y) & (y < 10)).all()
     assert info["num_classes"] == 10 and info["input_shape"] == (28, 28, 1)
     assert info["splits"] == {"train": 60000, "test": 10000}
+    assert info["class_names"] == {"label": [str(d) for d in range(10)]}
     # The mock's data_dir is inside the TFDS package: no cache written there.
     assert not list(Path(tfds.__file__).parent.rglob("lab-numpy-cache-*"))
 
@@ -136,7 +138,9 @@ def test_fashion_from_idx_files(fake_fashion, tmp_path):
     info = data.info("fashion_mnist", data_dir=str(tmp_path / "tfds"))
     assert info["tfds_name"] == "fashion_mnist_local"
     assert info["splits"] == {"train": 30, "test": 10}
-    assert info["class_names"][9] == "Ankle boot"
+    assert info["class_names"] == {"label": [
+        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]}
     # Second load: served from the numpy cache, same values.
     again = data.load("fashion_mnist", "test", data_dir=str(tmp_path / "tfds"))
     np.testing.assert_array_equal(again["label"], arrays["test"][1])

@@ -123,6 +123,7 @@ def test_char_dataset(char_splits, data_dir):
     assert info["splits"] == {"train": len(train), "validation": len(val)}
     vocab = info["vocab"]
     assert info["vocab_size"] == len(vocab) and list(vocab) == sorted(set(vocab))
+    assert info["class_names"] == {}  # a corpus, no labels
     assert max(train.max(), val.max()) < len(vocab)
     tok = data.char_tokenizer(data_dir)
     text = tok.decode(np.concatenate([train, val]))
@@ -151,6 +152,13 @@ def test_plays_dataset(plays, data_dir):
     assert info["plays"] == list(st.PLAYS) and info["num_classes"] == 37
     assert info["genres"] == ["comedy", "history", "tragedy"]
     assert len(info["play_genre"]) == 37
+    names = info["class_names"]
+    assert set(names) == {"play", "genre"} and names["genre"] == info["genres"]
+    # Titles in label-id order: id i of the `play` label is titled names['play'][i].
+    assert len(names["play"]) == len(set(names["play"])) == 37
+    assert names["play"][st.PLAYS.index("hamlet")] == "Hamlet"
+    assert names["play"][st.PLAYS.index("midsummer_nights_dream")] == "Midsummer Night's Dream"
+    assert names["play"][st.PLAYS.index("tragedy_of_titus_andronicus")] == "Titus Andronicus"
     play_genre = np.array(info["play_genre"])
     sizes = {s: len(v["play"]) for s, v in plays.items()}
     assert info["splits"] == sizes and sum(sizes.values()) == NUM_SPEECHES

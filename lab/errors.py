@@ -1,0 +1,26 @@
+"""lab's user-facing error classes: bad input a person can fix, each with a one-line message.
+
+Entry points (the experiments' CLI, the sample CLI) turn exactly these (and a few OS errors such
+as a full disk) into one `error: ...` line and a non-zero exit. Anything else, a bug in lab or in
+a family's own code (a shape mismatch in a new model, say), keeps its traceback.
+"""
+
+
+class LabError(Exception):
+    """Bad input from the user: the message says what is wrong and what to do."""
+
+
+class ConfigValueError(LabError, ValueError):
+    """A config value the run cannot use (wrong type, range or name)."""
+
+
+class WorkdirConfigError(LabError, ValueError):
+    """The workdir holds a run of a different config."""
+
+
+class CheckpointError(LabError, RuntimeError):
+    """A checkpoint that cannot be used: missing, unreadable, or of another model."""
+
+
+class NonFiniteLossError(LabError, FloatingPointError):
+    """A loss, gradient or parameter became NaN or infinite."""

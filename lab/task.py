@@ -1,0 +1,147 @@
+"""The contract between the one train loop and a model family: `Task`, `TrainState`, `StepTools`.
+
+A family subclasses `Task` and writes, at the least, `init`, `loss`, `evaluate` and `summarize`.
+The loop builds the state, the optimizers (from the config), the data-parallel step, evaluation,
+logging, checkpoints and resume around them. A family needs more only when its update is not
+"one gradient of one loss, one optimizer step": then it overrides `update` and builds it from
+`StepTools` (the exact global-mean gradient, an optimizer step on one named parameter set):
+
+    class GANTask(Task):
+        def update(self, state, batch, rng, tools):
+            d_rng, g_rng = jax.random.split(rng)
+            d_grads, d_sums = tools.mean_grads(self.d_loss(state.params['generator']),
+                                               state.params['discriminator'], batch, d_rng)
+            state = tools.apply_gradients(state, d_grads, 'discriminator')
+            g_grads, g_sums = tools.mean_grads(self.g_loss(state.params['discriminator']),
+                                               state.params['generator'], batch, g_rng)
+            state = tools.apply_gradients(state, g_grads, 'generator')
+            return state, {'count': d_sums['count'], 'd_loss': d_sums['loss'], 'g_loss': g_sums['loss']}
+
+`rng` is already this step's (and, under pmap, this device's) key. A family never writes a
+collective: `mean_grads` returns gradients of the *global* mean loss, and the loop adds the
+returned sums over devices (keys ending in `_norm` are per-step values: averaged instead).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import optax
+
+from lab import parallel
+
+PyTree = Any
+Optimizers = optax.GradientTransformation | Mapping[str, optax.GradientTransformation]
+
+
+@flax.struct.dataclass
+class TrainState:
+    """The whole train state as one pytree: what a checkpoint holds.
+
+    Attributes:
+      step: int32 scalar, the number of updates applied.
+      params: the trained parameters; with named optimizers, a dict with one entry per name
+        (e.g. {'generator': ..., 'discriminator': ...}).
+      opt_state: the optimizer's state; with named optimizers, {name: state}.
+      extra: non-trained state a family keeps across steps, as named collections
+        (e.g. {'batch_stats': ...} or {'ema': ...}); {} when there is none.
+    """
+
+    step: jax.Array
+    params: PyTree
+    opt_state: PyTree
+    extra: PyTree
+
+    def variables(self) -> dict:
+        """`{'params': params, **extra}`: what `model.apply` takes."""
+        return {"params": self.params, **self.extra}
+
+
+@dataclass(frozen=True)
+class StepTools:
+    """lab's helpers for a family's `update`: gradients and optimizer steps, parallel-correct."""
+
+    optimizers: Optimizers
+    axis_name: str | None
+
+    def mean_grads(self, loss_fn: Callable, params: PyTree, batch: dict, rng: jax.Array, *,
+                   with_state: bool = False):
+        """Gradient of the global mean of `loss_fn`'s loss sum (see `parallel.global_mean_grads`).
+
+        Returns (grads, sums) or, `with_state`, (grads, sums, new_state) where `loss_fn` returned
+        a third value (e.g. updated BatchNorm statistics; averaged over devices under pmap).
+        """
+        return parallel.global_mean_grads(loss_fn, params, batch, rng, self.axis_name,
+                                          with_state=with_state)
+
+    def apply_gradients(self, state: TrainState, grads: PyTree, name: str | None = None) -> TrainState:
+        """One optimizer step.
+
+        Args:
+          state: the train state.
+          grads: with `name`, gradients of `state.params[name]`; otherwise of all `state.params`.
+          name: which named optimizer (config `optimizers.<name>`) steps `params[name]`; None for
+            the single `optimizer` (or, with named optimizers, every one on its own parameters).
+        Returns:
+          The state with new params and optimizer state (the step counter is the loop's).
+        """
+        if name is None and not isinstance(self.optimizers, Mapping):
+            updates, opt_state = self.optimizers.update(grads, state.opt_state, state.params)
+            return state.replace(params=optax.apply_updates(state.params, updates), opt_state=opt_state)
+        names = list(self.optimizers) if name is None else [name]
+        params, opt_state = dict(state.params), dict(state.opt_state)
+        for n in names:
+            g = grads[n] if name is None else grads
+            updates, opt_state[n] = self.optimizers[n].update(g, opt_state[n], params[n])
+            params[n] = optax.apply_updates(params[n], updates)
+        return state.replace(params=params, opt_state=opt_state)
+
+
+class Task:
+    """What a model family gives the loop. All methods are pure and jit-able except `summarize`
+    and `on_eval` (host side).
+
+    Attributes:
+      count_unit: what the sums' `count` counts, for throughput: 'examples' or 'tokens'.
+      partition_rules: ((regex, PartitionSpec), ...) for sharded parameters (see
+        `parallel.shardings_from_rules`); empty: every parameter replicated.
+    """
+
+    count_unit: str = "examples"
+    partition_rules: parallel.PartitionRules = ()
+
+    def init(self, rng: jax.Array) -> dict:
+        """Fresh variables from `rng`: `{'params': ..., <other collection>: ...}` (flax style)."""
+        raise NotImplementedError
+
+    def loss(self, params: PyTree, batch: dict, rng: jax.Array) -> tuple[jax.Array, dict]:
+        """Train loss for the default update: (sum of per-example losses, dict of sums incl.
+        `count`). No means, no collectives."""
+        raise NotImplementedError
+
+    def update(self, state: TrainState, batch: dict, rng: jax.Array,
+               tools: StepTools) -> tuple[TrainState, dict]:
+        """One training update: `(state, batch, rng) -> (state, metric sums)`.
+
+        The default: the gradient of the global mean of `loss`, one step of the optimizer(s).
+        """
+        grads, sums = tools.mean_grads(self.loss, state.params, batch, rng)
+        return tools.apply_gradients(state, grads), dict(sums, grad_norm=optax.tree.norm(grads))
+
+    def evaluate(self, variables: dict, batch: dict, rng: jax.Array) -> dict:
+        """Eval sums over a batch with `batch['mask']` (1 real, 0 padding); incl. `loss`, `count`.
+
+        `rng` is the same for every batch of every evaluation (derived from the seed), so evals
+        that sample (masks, latents) compare across steps.
+        """
+        raise NotImplementedError
+
+    def summarize(self, sums: dict) -> dict:
+        """Host-side: metrics (means, rates, matrices) from summed arrays."""
+        raise NotImplementedError
+
+    def on_eval(self, variables: dict, step: int, workdir: str, rng: jax.Array) -> None:
+        """Host-side hook after each evaluation (process 0 only), e.g. writing samples."""
