@@ -39,12 +39,15 @@ class ToyGAN(Task):
             "generator": self.generator.init(g_rng, jnp.zeros((1, NOISE)))["params"],
             "discriminator": self.discriminator.init(d_rng, jnp.zeros((1, FEATURES)))["params"]}}
 
+    def _d_per_example(self, g_params, d_params, batch):
+        fake = self.generator.apply({"params": g_params}, batch["noise"])
+        real_logit = self.discriminator.apply({"params": d_params}, batch["inputs"])[:, 0]
+        fake_logit = self.discriminator.apply({"params": d_params}, fake)[:, 0]
+        return jax.nn.softplus(-real_logit) + jax.nn.softplus(fake_logit)  # (B,)
+
     def d_loss(self, g_params):
         def loss(d_params, batch, rng):
-            fake = self.generator.apply({"params": g_params}, batch["noise"])
-            real_logit = self.discriminator.apply({"params": d_params}, batch["inputs"])[:, 0]
-            fake_logit = self.discriminator.apply({"params": d_params}, fake)[:, 0]
-            per_example = jax.nn.softplus(-real_logit) + jax.nn.softplus(fake_logit)
+            per_example = self._d_per_example(g_params, d_params, batch)
             return jnp.sum(per_example), {"count": jnp.asarray(per_example.shape[0], jnp.float32)}
         return loss
 
@@ -66,14 +69,9 @@ class ToyGAN(Task):
                        "d_grad_norm": optax.tree.norm(d_grads), "g_grad_norm": optax.tree.norm(g_grads)}
 
     def evaluate(self, variables, batch, rng):
-        d_loss_sum, _ = self.d_loss(variables["params"]["generator"])(
-            variables["params"]["discriminator"], batch, rng)
-        mask = batch["mask"]
-        fake = self.generator.apply({"params": variables["params"]["generator"]}, batch["noise"])
-        real_logit = self.discriminator.apply({"params": variables["params"]["discriminator"]}, batch["inputs"])[:, 0]
-        fake_logit = self.discriminator.apply({"params": variables["params"]["discriminator"]}, fake)[:, 0]
-        per_example = jax.nn.softplus(-real_logit) + jax.nn.softplus(fake_logit)
-        return {"loss": jnp.sum(per_example * mask), "count": jnp.sum(mask)}
+        params = variables["params"]
+        per_example = self._d_per_example(params["generator"], params["discriminator"], batch)
+        return {"loss": jnp.sum(per_example * batch["mask"]), "count": jnp.sum(batch["mask"])}
 
     def summarize(self, sums):
         count = max(float(sums["count"]), 1.0)
