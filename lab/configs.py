@@ -17,6 +17,7 @@ them (`--config.key=value`). The keys every experiment has (the train loop reads
     optimizer.*             see `lab.optim` (or `optimizers.<name>.*`, one block per parameter set)
     init_from               optional: workdir of a finished run whose params seed this one
     init_from_params        optional: the top-level param names taken from it, e.g. ('encoder',)
+    init_from_step          optional: which of its checkpoints (None: the latest)
     reference               optional: {'metric', 'value', 'source'} shown beside the result
 
 `base_config()` returns these with defaults: the start of a config for your own model.

@@ -197,9 +197,9 @@ def _warm_start(config, state: TrainState, shardings: TrainState) -> tuple[Train
     source = config.get("init_from")
     if not source:
         return state, None
-    host = jax.tree.map(np.asarray, state.params)
-    names = tuple(config.get("init_from_params") or tuple(host))
-    params, where = ckpt_lib.load_pretrained(source, names, host, config.get("init_from_step"))
+    names = tuple(config.get("init_from_params") or tuple(state.params))
+    # The fresh params serve as the target (names, shapes, dtypes); only the loaded entries move.
+    params, where = ckpt_lib.load_pretrained(source, names, state.params, config.get("init_from_step"))
     print(f"initialised params {list(names)} from {where}", flush=True)
     return state.replace(params=jax.device_put(params, shardings.params)), where
 
