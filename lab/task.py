@@ -126,6 +126,8 @@ class Task:
                tools: StepTools) -> tuple[TrainState, dict]:
         """One training update: `(state, batch, rng) -> (state, metric sums)`.
 
+        The sums are over this device's batch and must include `count` (examples or tokens, for
+        `summarize` and the throughput); keys ending in `_norm` are per-step values (grad norms).
         The default: the gradient of the global mean of `loss`, one step of the optimizer(s).
         """
         grads, sums = tools.mean_grads(self.loss, state.params, batch, rng)
