@@ -51,6 +51,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.grad_clip_norm = 1.0
     c.optimizer.frozen = ()  # ('encoder',) trains only the head
 
+    # Shown beside the result in the closing summary; no effect on the run.
+    c.reference = ml_collections.ConfigDict(dict(
+        metric="test_play_accuracy", value=0.242,
+        source="TF-IDF + logistic regression on the same first 128 characters (the baseline to beat)"))
+
     if variant in (None, "", "scratch"):
         return c
     if variant == "pretrained":
