@@ -197,19 +197,20 @@ def check_block(block: Any, where: str, *, positive_ints: tuple[str, ...] = (),
 
     Args:
       block: a ConfigDict (e.g. `config.model`).
-      where: its name in the config, for the message (e.g. 'model').
+      where: its name in the config, for the message (e.g. 'model'; '' for top-level keys).
       positive_ints: keys that must be integers >= 1 (a tuple of them is checked element-wise).
       fractions: keys that must be numbers in [0, 1).
     Raises:
       ConfigValueError: naming the first bad key.
     """
+    prefix = f"config.{where}." if where else "config."
     for key in positive_ints:
         value = block.get(key)
         values = value if isinstance(value, (tuple, list)) else (value,)
         if not values or any(not isinstance(v, int) or isinstance(v, bool) or v < 1 for v in values):
-            raise ConfigValueError(f"config.{where}.{key}={value!r} is invalid: use a positive integer"
+            raise ConfigValueError(f"{prefix}{key}={value!r} is invalid: use a positive integer"
                                    + (" for each entry" if isinstance(value, (tuple, list)) else ""))
     for key in fractions:
         value = block.get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value < 1:
-            raise ConfigValueError(f"config.{where}.{key}={value!r} is invalid: use a number in [0, 1)")
+            raise ConfigValueError(f"{prefix}{key}={value!r} is invalid: use a number in [0, 1)")

@@ -379,8 +379,8 @@ def _print_summary(config, results: dict, workdir: str, wall_seconds: float) -> 
     """The block a run ends with: headline metrics, the reference they compare to, time, files."""
     if jax.process_index() != 0:
         return
-    headline = {k: v for k, v in results.items()
-                if isinstance(v, (int, float)) and not isinstance(v, bool)
+    headline = {k: v for k, v in results.items()  # `<split>_<metric>` (not the unprefixed copies)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and "_" in k
                 and k.split("_")[-1] in ("accuracy", "loss", "perplexity", "f1")}
     lines = [f"done: step {results.get('step')} in {wall_seconds:.1f} s wall "
              f"({results.get('train_seconds', 0.0):.1f} s in the loop)"]

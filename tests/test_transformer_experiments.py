@@ -110,6 +110,9 @@ def test_mlm_pretraining_text_is_the_classifiers_train_speeches_only():
     config.dataset = "digits"
     with pytest.raises(ConfigValueError, match="not a pretraining text"):
         mlm.validate(config)
+    config.dataset, config.mask_rate = "shakespeare_char", 1.5
+    with pytest.raises(ConfigValueError, match=r"^config\.mask_rate=1\.5 is invalid"):
+        mlm.validate(config)
 
 
 def test_init_from_is_read_at_the_first_start_only_and_recorded(tmp_path):

@@ -9,13 +9,12 @@ from lab.tasks.classification import ClassificationTask
 
 
 def validate(config) -> None:
-    """This experiment's own keys, checked before any data is read."""
+    """This experiment's own keys; the CLI checks them (and lab's) before `main` reads any data."""
     configs.check_block(config.model, "model", positive_ints=("features",), fractions=("dropout_rate",))
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains and evaluates the MLP classifier of `config` in `workdir`; returns the results."""
-    validate(config)
     train_arrays = lab.data.load(config.dataset, "train", data_dir=config.data_dir)
     test_arrays = lab.data.load(config.dataset, "test", data_dir=config.data_dir)
     info = lab.data.info(config.dataset, data_dir=config.data_dir)

@@ -12,7 +12,7 @@ LABELS = ("play", "genre")
 
 
 def validate(config) -> None:
-    """This experiment's own keys, checked before any data is read."""
+    """This experiment's own keys; the CLI checks them (and lab's) before `main` reads any data."""
     configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len",
                                                                "head_hidden"),
                         fractions=("dropout_rate", "head_dropout"))
@@ -32,7 +32,6 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     With `config.init_from`, the loop takes `params['encoder']` from that run's checkpoint at the
     first start only (`config.init_from_params`).
     """
-    validate(config)
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     ids = transformer.encoder_token_ids(tokenizer.vocab_size)
     plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)

@@ -10,7 +10,7 @@ from lab.tasks.language_model import CausalLMTask, gpt_config, sample_text
 
 
 def validate(config) -> None:
-    """This experiment's own keys, checked before any data is read."""
+    """This experiment's own keys; the CLI checks them (and lab's) before `main` reads any data."""
     configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "block_size"),
                         fractions=("dropout_rate",))
     configs.check_block(config, "", positive_ints=("eval_batches",))
@@ -19,7 +19,6 @@ def validate(config) -> None:
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains the GPT of `config` on shakespeare_char in `workdir`; returns the results."""
-    validate(config)
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     splits = {s: lab.data.load(config.dataset, s, data_dir=config.data_dir)["tokens"]
               for s in ("train", "validation")}

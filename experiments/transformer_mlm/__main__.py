@@ -15,7 +15,7 @@ PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
 
 
 def validate(config) -> None:
-    """This experiment's own keys, checked before any data is read."""
+    """This experiment's own keys; the CLI checks them (and lab's) before `main` reads any data."""
     if config.dataset not in PRETRAINING_DATASETS:
         raise ConfigValueError(f"config.dataset={config.dataset!r} is not a pretraining text; "
                                f"use one of {', '.join(PRETRAINING_DATASETS)}")
@@ -40,7 +40,6 @@ def text_stream(config, tokenizer, split: str) -> np.ndarray:
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Pretrains a MaskedLM on windows of a Shakespeare text in `workdir`; returns the results."""
-    validate(config)
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     num_chars = tokenizer.vocab_size
     splits = {s: text_stream(config, tokenizer, s) for s in ("train", "validation")}
