@@ -30,10 +30,10 @@ def run_cli():
 
     from experiments.cli import MALLOC_ENV
 
-    def run(module, *args, env=None, timeout=300):
+    def run(module, *args, env=None, timeout=300, input=None):
         # The malloc settings up front: the CLI would otherwise re-exec itself to get them.
         full_env = {**MALLOC_ENV, **os.environ, **(env or {})}
         return subprocess.run([sys.executable, "-m", module, *args], cwd=_ROOT, env=full_env,
-                              capture_output=True, text=True, timeout=timeout)
+                              capture_output=True, text=True, timeout=timeout, input=input)
 
     return run

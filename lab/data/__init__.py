@@ -13,14 +13,26 @@ Only numpy crosses this boundary.
     10
 
 Datasets (``DATASETS``): digits, fashion_mnist, mnist1d, mnist,
-shakespeare_char, shakespeare_plays. See ``registry`` for the output keys,
-``images`` and ``shakespeare`` for sources and splits.
+shakespeare_char, shakespeare_plays, co2, sunspots, shakespeare_dialogue.
+See ``registry`` for the output keys; ``images``, ``shakespeare``,
+``timeseries`` and ``dialogue`` for sources and splits.
+
+Time series come back whole with their chronological split bounds, and are
+cut into forecasting windows:
+
+    >>> s = data.series('co2')
+    >>> s['value'].shape, s['bounds']['test'], s['season']
+    ((526,), (421, 526), 12)
+    >>> x, y = data.windows(s['value'], 24, *s['bounds']['test'])
+    >>> x.shape, y.shape
+    ((105, 24), (105,))
 """
 
 from lab.data.errors import DataError
 from lab.data.registry import DATASETS, char_tokenizer, info, load
 from lab.data.shakespeare import CharTokenizer, corpus_checksum
 from lab.data.storage import default_data_dir
+from lab.data.timeseries import series, windows
 
 __all__ = [
     "DATASETS",
@@ -31,4 +43,6 @@ __all__ = [
     "default_data_dir",
     "info",
     "load",
+    "series",
+    "windows",
 ]

@@ -9,6 +9,10 @@
 * shakespeare_char: ``{'tokens': uint8 (num_chars,)}``.
 * shakespeare_plays: ``{'text': object (N,) of str, 'play': int32 (N,),
   'genre': int32 (N,)}``.
+* time series (co2, sunspots): ``{'time': float64 (N,) decimal years,
+  'value': float32 (N,)}``, one entry per time step in time order.
+* shakespeare_dialogue: ``{'prompt': object (N,) of str, 'reply': object (N,)
+  of str, 'play': int32 (N,), 'scene': int32 (N,)}``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
-from lab.data import images, shakespeare, storage
+from lab.data import dialogue, images, shakespeare, storage, timeseries
 from lab.data import shakespeare_text as st
 from lab.data.errors import DataError
 
@@ -155,6 +159,42 @@ def _describe_plays(builder):
     }
 
 
+def _timeseries_canonical(raw, builder):
+    del builder
+    return {"time": raw["time"].astype(np.float64), "value": raw["value"].astype(np.float32)}
+
+
+def _describe_timeseries(builder):
+    meta = builder.info.metadata
+    return {
+        "unit": meta["unit"],
+        "frequency": meta["frequency"],
+        "season": int(meta["season"]),
+        "source": meta["source"],
+        "num_interpolated": int(meta["num_interpolated"]),
+        "class_names": {},  # no labels
+    }
+
+
+def _dialogue_canonical(raw, builder):
+    del builder
+    return {
+        "prompt": raw["prompt"],
+        "reply": raw["reply"],
+        "play": raw["play"].astype(np.int32),
+        "scene": raw["scene"].astype(np.int32),
+    }
+
+
+def _describe_dialogue(builder):
+    return {
+        "plays": list(st.PLAYS),
+        "num_pairs": {k: v.num_examples for k, v in builder.info.splits.items()},
+        "num_scenes": dict(builder.info.metadata["split_scenes"]),
+        "class_names": {},  # 'play' is a feature here, not a target
+    }
+
+
 _SPECS: dict[str, _Spec] = {
     "digits": _Spec(
         _own(images.Digits),
@@ -188,6 +228,18 @@ _SPECS: dict[str, _Spec] = {
         ("text", "play", "genre"),
         _plays_canonical,
         _describe_plays,
+    ),
+    "co2": _Spec(
+        _own(timeseries.Co2), ("time", "value"), _timeseries_canonical, _describe_timeseries
+    ),
+    "sunspots": _Spec(
+        _own(timeseries.Sunspots), ("time", "value"), _timeseries_canonical, _describe_timeseries
+    ),
+    "shakespeare_dialogue": _Spec(
+        _own(dialogue.ShakespeareDialogue),
+        ("prompt", "reply", "play", "scene"),
+        _dialogue_canonical,
+        _describe_dialogue,
     ),
 }
 
@@ -242,12 +294,16 @@ def info(name: str, *, data_dir: str | None = None) -> dict[str, Any]:
       num_examples}}``. For shakespeare_char: ``{'vocab', 'vocab_size',
       'sha256', 'num_chars', 'num_speeches', 'splits': {split: num_chars}}``.
       For shakespeare_plays: ``{'plays' (ids), 'genres', 'play_genre' (genre
-      id per play), 'num_classes', 'num_genres', 'splits'}``. Always also
+      id per play), 'num_classes', 'num_genres', 'splits'}``. For co2 and
+      sunspots: ``{'unit', 'frequency', 'season' (seasonal-naive period in
+      steps), 'source', 'num_interpolated', 'splits'}``. For
+      shakespeare_dialogue: ``{'plays', 'num_pairs' (per split), 'num_scenes'
+      (per split), 'splits'}``. Always also
       ``'name'``, ``'tfds_name'`` (the TFDS builder used) and
       ``'class_names'``: label key -> readable class names in label-id order
       (``{'label': ['0', ..., '9']}``; ``{'play': [37 titles such as
       'Hamlet'], 'genre': ['comedy', 'history', 'tragedy']}``; ``{}`` for
-      shakespeare_char), the form ``lab.report.plot_run`` takes.
+      shakespeare_char, the time series and shakespeare_dialogue), the form ``lab.report.plot_run`` takes.
 
     Raises:
       DataError: as for ``load``.

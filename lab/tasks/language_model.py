@@ -47,7 +47,7 @@ def sample_text(gpt_cfg: transformer.TransformerConfig, params, tokenizer, promp
     return tokenizer.decode(np.asarray(out[0]))
 
 
-def _token_sums(logits_BxLxV, targets_BxL, weights_BxL) -> dict:
+def token_sums(logits_BxLxV, targets_BxL, weights_BxL) -> dict:
     """Token-level CE sums: the classification sums over the B*L positions."""
     vocab = logits_BxLxV.shape[-1]
     return metrics.classification_sums(logits_BxLxV.reshape(-1, vocab), targets_BxL.reshape(-1),
@@ -87,7 +87,7 @@ class CausalLMTask(Task):
     def loss(self, params, batch: dict, rng: jax.Array):
         """(sum of next-token CE over all B*L positions, sums incl. `count` tokens)."""
         logits = self.model.apply({"params": params}, batch["inputs"], train=True, rngs={"dropout": rng})
-        sums = _token_sums(logits, batch["targets"], jnp.ones(batch["targets"].shape, jnp.float32))
+        sums = token_sums(logits, batch["targets"], jnp.ones(batch["targets"].shape, jnp.float32))
         return sums.pop("loss"), sums
 
     def evaluate(self, variables, batch: dict, rng: jax.Array) -> dict:
@@ -95,7 +95,7 @@ class CausalLMTask(Task):
         weights = jnp.ones(batch["targets"].shape, jnp.float32)
         if "mask" in batch:
             weights = weights * batch["mask"][:, None]
-        return _token_sums(logits, batch["targets"], weights)
+        return token_sums(logits, batch["targets"], weights)
 
     def summarize(self, sums: dict) -> dict:
         return lm_summary(sums)
@@ -143,7 +143,7 @@ class MaskedLMTask(Task):
                                   rngs={"dropout": dropout_rng} if train else None)
         if "mask" in batch:  # padded eval rows
             weights = weights * batch["mask"][:, None]
-        return _token_sums(logits, targets, weights)
+        return token_sums(logits, targets, weights)
 
     def loss(self, params, batch: dict, rng: jax.Array):
         sums = self._sums(params, batch, rng, train=True)

@@ -30,3 +30,11 @@ def plays(data_dir):
         s: data.load("shakespeare_plays", s, data_dir=data_dir)
         for s in ("train", "validation", "test")
     }
+
+
+@pytest.fixture(scope="session")
+def dialogue(data_dir):
+    return {
+        s: data.load("shakespeare_dialogue", s, data_dir=data_dir)
+        for s in ("train", "validation", "test")
+    }

@@ -25,6 +25,9 @@ def test_datasets_names():
         "mnist",
         "shakespeare_char",
         "shakespeare_plays",
+        "co2",
+        "sunspots",
+        "shakespeare_dialogue",
     )
 
 

@@ -1,0 +1,289 @@
+"""LSTM train-step speed: lab's step for the forecaster and the chatbot recipes, against PyTorch.
+
+    python -m benchmarks.lstm [--steps=N] [--rounds=3] [--configs=forecast,chatbot,chatbot_additive]
+                              [--torch_python=PYTHON] [--out=FILE]
+
+Configs (each lab's own step, `lab.train.build_train_step`: loss, grads, Adam, metrics, on random
+data of the recipe's shapes):
+  forecast          experiments/lstm_forecast's default config: LSTMRegressor(50) -> Dense(1) on
+                    windows of 12 values, predict_change, batch 32, MSE, Adam 1e-3. Measured twice:
+                    `forecast_relu` (the article's relu LSTM, the config's) and `forecast_tanh`.
+  chatbot           experiments/lstm_chatbot's default config: Seq2Seq, embed 64, hidden 256, no
+                    attention, batch 64, source and target rows of 96 ids (all real), Adam 1e-3,
+                    gradient clipping at 1.0.
+  chatbot_additive  its `additive` variant (additive attention over the encoder outputs).
+For each: compile time, median step time (each step waited for), the mean time of steps run in a
+row (how lab's loop runs them), examples/s (forecast) or target tokens/s (chatbot), and model
+FLOP/s as a fraction of this machine's jit'd float32 matmul peak (`transformer_lm.matmul_peak`).
+Model FLOPs per step: 3 x forward, forward = 2 * B * T * (F + H) * 4H per LSTM layer plus the
+output layer (and, with attention, its query/key/output projections, score and context).
+
+The yardstick runs side by side: `benchmarks/lstm_torch.py` (the same recipes in eager PyTorch,
+`nn.LSTM(batch_first=True)`, PyTorch's default threads) under `--torch_python` (a Python with
+torch; default: this one, skipped if it has no torch), in its own process without lab's malloc
+settings. nn.LSTM has no relu, so the forecaster has three yardsticks: nn.LSTM (tanh), and a
+Python loop over time with relu (the exact recipe) and with tanh. Pairings: forecast_relu against
+the relu loop and nn.LSTM; forecast_tanh against nn.LSTM and the tanh loop; each chatbot against
+its recipe. Measurements alternate, lab then PyTorch, for `--rounds` rounds; each side reports the
+median of its round medians. Prints a table and writes JSON (default
+`benchmarks/results/lstm.json`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+
+from benchmarks import common
+from benchmarks.transformer_lm import has_torch, matmul_peak
+from experiments.cli import MALLOC_ENV, ensure_malloc_env
+from experiments.lstm_chatbot.config import get_config as chatbot_config
+from experiments.lstm_forecast.config import get_config as forecast_config
+from lab import optim, parallel, train
+from lab.models.lstm import LSTMRegressor
+from lab.task import StepTools
+from lab.tasks import forecast, seq2seq
+
+NUM_CHARS = 76  # the shakespeare_char vocabulary the chatbot reads (vocab_size 79 with PAD/BOS/EOS)
+
+# config -> (lab rows, torch recipes, default timed steps per round, torch warm-up steps).
+GROUPS = {
+    "forecast": (("forecast_relu", "forecast_tanh"),
+                 ("forecast_lstm", "forecast_manual_relu", "forecast_manual_tanh"), 200, 10),
+    "chatbot": (("chatbot",), ("chatbot",), 3, 1),
+    "chatbot_additive": (("chatbot_additive",), ("chatbot_additive",), 3, 1),
+}
+# lab row -> the torch recipes it is compared with (first: the headline pairing).
+PAIRINGS = {
+    "forecast_relu": ("forecast_manual_relu", "forecast_lstm"),
+    "forecast_tanh": ("forecast_lstm", "forecast_manual_tanh"),
+    "chatbot": ("chatbot",),
+    "chatbot_additive": ("chatbot_additive",),
+}
+
+
+def lstm_flops(batch: int, steps: int, features: int, hidden: int) -> float:
+    """Forward FLOPs of one LSTM layer: the input and recurrent matmuls into the 4 gates."""
+    return 2.0 * batch * steps * (features + hidden) * 4 * hidden
+
+
+def _forecast_setup(activation: str):
+    config = forecast_config()
+    config.num_train_steps = 100
+    m = config.model
+    model = LSTMRegressor(features=m.features, num_layers=m.num_layers, activation=activation)
+    task = forecast.ForecastTask(model, config.timesteps, forecast.Scaler(0.0, 1.0),
+                                 predict_change=m.predict_change)
+    b, t = config.batch_size, config.timesteps
+    rng = np.random.default_rng(0)
+    batches = [{"inputs": rng.random((b, t, 1), np.float32), "target": rng.random((b,), np.float32)}
+               for _ in range(4)]
+    forward = sum(lstm_flops(b, t, 1 if i == 0 else m.features, m.features)
+                  for i in range(m.num_layers)) + 2.0 * b * m.features
+    shape = {"batch": b, "timesteps": t, "units": m.features}
+    info = {"activation": activation, "layers": m.num_layers, "hidden": m.features,
+            "timesteps": t, "batch": b, "unit": "examples", "units_per_step": b}
+    return config, task, batches, 3 * forward, info, shape
+
+
+def _chatbot_setup(variant: str | None):
+    config = chatbot_config(variant)
+    ids = seq2seq.Seq2SeqIds(NUM_CHARS)
+    cfg = seq2seq.model_config(config.model, ids)
+    task = seq2seq.Seq2SeqTask(cfg)
+    b, s, t = config.batch_size, config.max_src, config.max_tgt
+    rng = np.random.default_rng(0)
+    batches = [{"src": rng.integers(0, NUM_CHARS, (b, s)).astype(np.int32),
+                "src_len": np.full((b,), s, np.int32),
+                "tgt_in": rng.integers(0, NUM_CHARS, (b, t)).astype(np.int32),
+                "tgt_out": rng.integers(0, NUM_CHARS, (b, t)).astype(np.int32),
+                "tgt_mask": np.ones((b, t), np.float32)} for _ in range(4)]
+    e, h, v, a = cfg.embed_dim, cfg.hidden, cfg.vocab_size, cfg.attention_dim
+    forward = 0.0
+    for side_len in (s, t):  # encoder, decoder
+        forward += sum(lstm_flops(b, side_len, e if i == 0 else h, h) for i in range(cfg.num_layers))
+    forward += 2.0 * b * t * h * v  # the output layer
+    if cfg.attention == "additive":
+        forward += (2.0 * b * t * h * a + 2.0 * b * s * h * a  # query, key projections
+                    + 2.0 * b * t * s * a  # v . tanh(q + k)
+                    + 2.0 * b * t * s * h  # context
+                    + 2.0 * b * t * 2 * h * h)  # W_c [h; ctx]
+    shape = {"batch": b, "src_len": s, "tgt_len": t, "embed": e, "hidden": h, "vocab": v,
+             "attention_dim": a}
+    info = {"attention": cfg.attention, "layers": cfg.num_layers, "embed": e, "hidden": h,
+            "src_len": s, "tgt_len": t, "batch": b, "vocab": v, "unit": "target tokens",
+            "units_per_step": b * t}
+    return config, task, batches, 3 * forward, info, shape
+
+
+def lab_step(name: str):
+    """Compiles lab's train step for lab row `name`; -> (info dict, run, torch shape flags)."""
+    if name.startswith("forecast_"):
+        config, task, batches, flops, info, shape = _forecast_setup(name.split("_", 1)[1])
+    else:
+        config, task, batches, flops, info, shape = _chatbot_setup(
+            None if name == "chatbot" else name.split("_", 1)[1])
+    tools = StepTools(optim.make_optimizers(config, config.num_train_steps), axis_name=None)
+    strategy = parallel.make_parallel("jit")
+    key = jax.random.key(0)
+    init_state = train.init_state_fn(task, tools.optimizers)
+    shardings = strategy.state_shardings(jax.eval_shape(init_state, key), task.partition_rules)
+    state = strategy.init_state(init_state, key, shardings)
+    params = state.params
+    step, layout = train.build_train_step(task, tools, key, strategy, shardings, state, batches[0])
+    acc = strategy.put_acc(layout.zeros())
+    t = time.perf_counter()
+    compiled = step.lower(state, acc, batches[0]).compile()
+    compile_s = time.perf_counter() - t
+    carry = list(compiled(state, acc, batches[0]))
+    carry[1].block_until_ready()
+
+    def run(steps: int) -> tuple[list[float], float]:
+        """-> (times of `steps` steps each waited for, mean time of `steps` steps in a row).
+
+        The second is how lab's loop runs (it syncs only at log points, so it dispatches a step
+        while the previous one computes); the first adds the dispatch to each step.
+        """
+        times = []
+        for i in range(steps):
+            t = time.perf_counter()
+            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
+            carry[1].block_until_ready()
+            times.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for i in range(steps):
+            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
+        carry[1].block_until_ready()
+        return times, (time.perf_counter() - t) / steps
+
+    n_params = sum(x.size for x in jax.tree.leaves(params))
+    info = dict(info, config=name, params=int(n_params), compile_s=compile_s,
+                model_gflop_per_step=flops / 1e9)
+    return info, run, shape
+
+
+def torch_steps(python: str, recipes: tuple[str, ...], shape: dict, steps: int, warmup: int
+                ) -> dict | None:
+    """One run of benchmarks/lstm_torch.py under `python` in a fresh process (without lab's malloc
+    settings): its JSON ({'torch', 'threads', 'recipes': {name: {'median_step_ms', ...}}}), or
+    None (and its error on stderr) if it fails."""
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    flags = [f"--{k}={v}" for k, v in shape.items()]
+    out = subprocess.run([python, "-m", "benchmarks.lstm_torch", f"--recipes={','.join(recipes)}",
+                          f"--steps={steps}", f"--warmup={warmup}", *flags],
+                         capture_output=True, text=True, cwd=root, env=env)
+    if out.returncode != 0:
+        print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | None) -> list[dict]:
+    """Measures the lab rows of config `group` and its torch recipes, alternating per round;
+    -> one row per lab row, its yardsticks and ratios attached."""
+    lab_names, recipes, default_steps, warmup = GROUPS[group]
+    steps = steps or default_steps
+    built = [lab_step(name) for name in lab_names]
+    shape = built[0][2]
+    waited = {name: [] for name in lab_names}
+    in_a_row = {name: [] for name in lab_names}
+    torch_medians = {r: [] for r in recipes}
+    torch_meta = {}
+    for _ in range(rounds):
+        for name, (_, run, _) in zip(lab_names, built):
+            times, pipelined = run(steps)
+            waited[name].append(float(np.median(times)) * 1e3)
+            in_a_row[name].append(pipelined * 1e3)
+        if torch_python:
+            out = torch_steps(torch_python, recipes, shape, steps, warmup)
+            if out is None:
+                torch_python = None
+                continue
+            torch_meta = {"torch": out["torch"], "threads": out["threads"]}
+            for r in recipes:
+                torch_medians[r].append(out["recipes"][r]["median_step_ms"])
+    rows = []
+    for name, (info, _, _) in zip(lab_names, built):
+        median_ms = float(np.median(waited[name]))
+        row = dict(info, steps=steps, rounds=rounds, median_step_ms=median_ms,
+                   round_medians_ms=waited[name],
+                   pipelined_step_ms=float(np.median(in_a_row[name])),
+                   round_pipelined_ms=in_a_row[name],
+                   units_per_sec=info["units_per_step"] / median_ms * 1e3,
+                   model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
+        if torch_python and all(len(torch_medians[r]) == rounds for r in PAIRINGS[name]):
+            row["torch_threads"] = torch_meta["threads"]
+            row["torch"] = {}
+            for r in PAIRINGS[name]:
+                torch_ms = float(np.median(torch_medians[r]))
+                row["torch"][r] = {"median_step_ms": torch_ms, "round_medians_ms": torch_medians[r],
+                                   "lab_over_torch": median_ms / torch_ms,
+                                   "lab_pipelined_over_torch": row["pipelined_step_ms"] / torch_ms}
+        rows.append(row)
+    return rows
+
+
+def cpu_info() -> dict:
+    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo, Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    return {"model_name": fields.get("model name", ""), "avx2": "avx2" in flags,
+            "avx512f": "avx512f" in flags}
+
+
+def main() -> None:
+    """Parses the flags, measures each config, prints the table and saves the JSON."""
+    ensure_malloc_env()  # measure the process the experiments run in
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None,
+                        help="timed steps per round (default: 200 forecast, 3 chatbot)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(GROUPS))
+    parser.add_argument("--torch_python", default=sys.executable,
+                        help="a Python with torch for the PyTorch yardstick; '' skips it")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lstm.json"))
+    args = parser.parse_args()
+    groups = args.configs.split(",")
+    for g in groups:
+        if g not in GROUPS:
+            parser.error(f"unknown config {g!r}: use {', '.join(GROUPS)}")
+    torch_version = has_torch(args.torch_python) if args.torch_python else None
+    if args.torch_python and not torch_version:
+        print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
+    torch_python = args.torch_python if torch_version else None
+    peak = matmul_peak()
+    rows = [row for g in groups for row in bench_group(g, args.steps, args.rounds, torch_python)]
+    for r in rows:
+        r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
+    cpu = cpu_info()
+    result = {"matmul_peak": peak, "configs": rows, "torch": torch_version, "cpu": cpu,
+              "machine": common.machine()}
+    print(f"CPU {cpu.get('model_name', '?')} (AVX-512: {'yes' if cpu.get('avx512f') else 'no'}); "
+          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit)")
+    for r in rows:
+        print(f"{r['config']:17s} compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.2f} ms "
+              f"({r['pipelined_step_ms']:.2f} ms in a row), {r['units_per_sec']:.0f} {r['unit']}/s, "
+              f"{r['model_gflops']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.1f}% of peak")
+        for recipe, t in r.get("torch", {}).items():
+            print(f"{'':17s} PyTorch {torch_version} ({r['torch_threads']} threads) {recipe}: "
+                  f"step {t['median_step_ms']:.2f} ms; lab / PyTorch = {t['lab_over_torch']:.2f} "
+                  f"({t['lab_pipelined_over_torch']:.2f} in a row)")
+    common.save(result, args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,242 @@
+"""One-step-ahead forecasting: a window of `timesteps` past values -> the next value.
+
+The data side (`forecast_splits`) turns a whole series into windows per chronological split,
+scaled by a `Scaler` fitted on the train part only, and attaches to every eval window the
+predictions of three classical baselines computed from the same series:
+
+  * last value      y_t = y_{t-1}
+  * seasonal naive  y_t = y_{t-season} (co2: 12 months; sunspots: the ~11-year cycle)
+  * linear AR       y_t = [y_{t-T}, ..., y_{t-1}, 1] . w, w fitted by least squares on the train
+                    windows (the same window length T as the network's)
+
+`ForecastTask.evaluate` scores the network and the baselines with the same sums, so every RMSE
+and MAE in `results.json` (in the series' original units) comes out of one piece of code.
+
+Shape suffixes: B batch, T timesteps (window length), M windows of a split.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lab.task import Task
+
+BASELINES = ("last_value", "seasonal_naive", "linear_ar")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaler:
+    """An affine map `scaled = (value - offset) / scale`, fitted on the train part only.
+
+    Attributes:
+      offset, scale: floats (scale > 0).
+    """
+
+    offset: float
+    scale: float
+
+    @classmethod
+    def fit(cls, values: np.ndarray, kind: str) -> "Scaler":
+        """'minmax' (to [0, 1] on these values, sklearn's MinMaxScaler) or 'standard' (z-score)."""
+        values = np.asarray(values, np.float64)
+        if kind == "minmax":
+            lo, hi = float(values.min()), float(values.max())
+            return cls(lo, max(hi - lo, 1e-12))
+        if kind == "standard":
+            return cls(float(values.mean()), max(float(values.std()), 1e-12))
+        raise ValueError(f"scaling must be 'minmax' or 'standard', not {kind!r}")
+
+    def transform(self, values):
+        return (values - self.offset) / self.scale
+
+    def inverse(self, scaled):
+        return scaled * self.scale + self.offset
+
+
+def fit_linear_ar(values: np.ndarray, timesteps: int, start: int, stop: int) -> np.ndarray:
+    """Least-squares AR(timesteps) with intercept on the targets values[start:stop].
+
+    Returns:
+      w float64 (timesteps + 1,): y_t ~= values[t - T: t] . w[:T] + w[T].
+    """
+    x, y = _windows(np.asarray(values, np.float64), timesteps, start, stop)
+    design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
+    w, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return w
+
+
+def baseline_predictions(values: np.ndarray, timesteps: int, season: int, start: int, stop: int,
+                         ar_weights: np.ndarray) -> dict[str, np.ndarray]:
+    """The three baselines' predictions for the targets values[start:stop].
+
+    Returns:
+      name -> float64 (stop - start,) in the series' units, for each name in `BASELINES`.
+    """
+    if start < max(timesteps, season):
+        raise ValueError(f"targets from index {start} have no {max(timesteps, season)} past values")
+    values = np.asarray(values, np.float64)
+    x, _ = _windows(values, timesteps, start, stop)
+    t = np.arange(start, stop)
+    return {
+        "last_value": values[t - 1],
+        "seasonal_naive": values[t - season],
+        "linear_ar": x @ ar_weights[:timesteps] + ar_weights[timesteps],
+    }
+
+
+def _windows(values: np.ndarray, timesteps: int, start: int, stop: int):
+    """(inputs (M, T), targets (M,)): targets values[start:stop], each with its T past values."""
+    if start < timesteps:
+        raise ValueError(f"the first target (index {start}) needs {timesteps} past values")
+    idx = np.arange(start, stop)[:, None] + np.arange(-timesteps, 0)[None, :]
+    return values[idx], values[start:stop]
+
+
+def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], timesteps: int,
+                    season: int, scaling: str) -> tuple[dict[str, dict[str, np.ndarray]], Scaler]:
+    """Windows of each chronological split, scaled on train, with baselines on eval splits.
+
+    Args:
+      values: the whole series (N,) in its units, time order.
+      bounds: split -> (start, stop) target indices; 'train' starts at 0 (its first `timesteps`
+        values are inputs only), the others follow it in time and take their inputs from before
+        their start where needed.
+      timesteps: window length T.
+      season: the seasonal-naive lag.
+      scaling: 'minmax' or 'standard', fitted on values[train] only.
+
+    Returns:
+      ({split: arrays}, scaler). Every split has `inputs` float32 (M, T, 1) and `target` float32
+      (M,), scaled; eval splits (all but 'train') also `truth` (M,) and one (M,) array per
+      baseline, in the series' units, and `index` int32 (M,), the target's position in `values`.
+    """
+    values = np.asarray(values, np.float64)
+    train_start, train_stop = bounds["train"]
+    scaler = Scaler.fit(values[train_start:train_stop], scaling)
+    ar_weights = fit_linear_ar(values, timesteps, train_start + timesteps, train_stop)
+    scaled = scaler.transform(values)
+    out = {}
+    for split, (start, stop) in bounds.items():
+        first = start + timesteps if split == "train" else start
+        x, y = _windows(scaled, timesteps, first, stop)
+        arrays = {"inputs": x[..., None].astype(np.float32), "target": y.astype(np.float32)}
+        if split != "train":
+            arrays["truth"] = values[first:stop].astype(np.float32)
+            arrays["index"] = np.arange(first, stop, dtype=np.int32)
+            for name, pred in baseline_predictions(values, timesteps, season, first, stop,
+                                                   ar_weights).items():
+                arrays[name] = pred.astype(np.float32)
+        out[split] = arrays
+    return out, scaler
+
+
+class ForecastTask(Task):
+    """`lab.task.Task` for a one-step regressor on batches {'inputs' (B, T, 1), 'target' (B,)}.
+
+    The loss is the summed squared error in scaled units (Keras' 'mse' up to the mean the loop
+    takes). Eval batches also carry `truth` and the baselines' predictions (see
+    `forecast_splits`) and, padded, `mask` (B,); eval sums give RMSE and MAE of the network and
+    of each baseline in the series' units.
+
+    Args:
+      model: a flax module mapping inputs (B, T, 1) -> (B,) (e.g. `lstm.LSTMRegressor`).
+      timesteps: the window length T.
+      scaler: the train part's `Scaler`, to report errors in the series' units.
+      predict_change: the network sees the window relative to its last value and predicts the
+        change from it (prediction = last + network(window - last)), not the level itself: a
+        series that leaves the train part's range (co2's trend) then looks like the train part.
+      plot_split: host-side (eval arrays, times (N,) of the whole series) drawn by `on_eval` into
+        `workdir/forecast.png`; None: no plot.
+    """
+
+    def __init__(self, model, timesteps: int, scaler: Scaler, *, predict_change: bool = False,
+                 plot_split: tuple[dict, np.ndarray] | None = None, title: str = ""):
+        self.model = model
+        self.timesteps = timesteps
+        self.scaler = scaler
+        self.predict_change = predict_change
+        self.plot_split = plot_split
+        self.title = title
+
+    def init(self, rng: jax.Array) -> dict:
+        return {"params": self.model.init(rng, jnp.zeros((1, self.timesteps, 1), jnp.float32))["params"]}
+
+    def predict(self, params, inputs_BxTx1: jax.Array) -> jax.Array:
+        """Scaled predictions (B,) of the next value."""
+        if not self.predict_change:
+            return self.model.apply({"params": params}, inputs_BxTx1)
+        last_Bx1x1 = inputs_BxTx1[:, -1:, :]
+        return last_Bx1x1[:, 0, 0] + self.model.apply({"params": params}, inputs_BxTx1 - last_Bx1x1)
+
+    def loss(self, params, batch: dict, rng: jax.Array):
+        del rng  # no dropout
+        err_B = self.predict(params, batch["inputs"]) - batch["target"]
+        return jnp.sum(err_B**2), {"count": jnp.float32(err_B.shape[0])}
+
+    def evaluate(self, variables, batch: dict, rng: jax.Array) -> dict:
+        del rng
+        w_B = batch.get("mask", jnp.ones(batch["target"].shape, jnp.float32)).astype(jnp.float32)
+        pred_B = self.predict(variables["params"], batch["inputs"])
+        sums = {"loss": jnp.sum((pred_B - batch["target"]) ** 2 * w_B), "count": jnp.sum(w_B)}
+        predictions = {"": self.scaler.inverse(pred_B)}
+        predictions.update({"_" + name: batch[name] for name in BASELINES})
+        for suffix, p_B in predictions.items():
+            err_B = (p_B - batch["truth"]) * w_B
+            sums["se" + suffix] = jnp.sum(err_B**2)
+            sums["ae" + suffix] = jnp.sum(jnp.abs(err_B))
+        return sums
+
+    def summarize(self, sums: dict) -> dict:
+        """loss (MSE, scaled units); on eval splits also rmse / mae (series' units), and
+        rmse_<baseline> / mae_<baseline> for each baseline."""
+        count = max(float(sums["count"]), 1.0)
+        out = {"loss": float(sums["loss"]) / count}
+        for key in sums:
+            if key.startswith("se"):
+                out["rmse" + key[2:]] = float(np.sqrt(float(sums[key]) / count))
+                out["mae" + key[2:]] = float(sums["ae" + key[2:]]) / count
+        return out
+
+    def on_eval(self, variables, step: int, workdir: str, rng: jax.Array) -> None:
+        """Draws the plot split's forecast against the truth and the baselines."""
+        if self.plot_split is None:
+            return
+        arrays, times = self.plot_split
+        pred = np.asarray(self.scaler.inverse(
+            jax.jit(self.predict)(variables["params"], jnp.asarray(arrays["inputs"]))))
+        figure = forecast_figure(times[arrays["index"]], arrays["truth"], pred,
+                                 {name: arrays[name] for name in BASELINES},
+                                 title=f"{self.title} (step {step})")
+        figure.savefig(os.path.join(workdir, "forecast.png"), dpi=100)
+
+
+def forecast_figure(times_M: np.ndarray, truth_M: np.ndarray, pred_M: np.ndarray,
+                    baselines: dict[str, np.ndarray], title: str = ""):
+    """A Figure: truth, the network's forecast and each baseline over one span (M points)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    ax.plot(times_M, truth_M, color="black", linewidth=2, label="truth")
+    ax.plot(times_M, pred_M, color="tab:red", linewidth=1.5,
+            label=f"LSTM (RMSE {_rmse(pred_M, truth_M):.3g})")
+    styles = {"last_value": ":", "seasonal_naive": "--", "linear_ar": "-."}
+    for name, pred in baselines.items():
+        ax.plot(times_M, pred, linestyle=styles.get(name, ":"), linewidth=1,
+                label=f"{name.replace('_', ' ')} (RMSE {_rmse(pred, truth_M):.3g})")
+    ax.set_xlabel("time")
+    ax.set_title(title)
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _rmse(pred, truth) -> float:
+    return float(np.sqrt(np.mean((np.asarray(pred, np.float64) - np.asarray(truth, np.float64)) ** 2)))
