@@ -381,7 +381,7 @@ def _print_summary(config, results: dict, workdir: str, wall_seconds: float) -> 
         return
     headline = {k: v for k, v in results.items()  # `<split>_<metric>` (not the unprefixed copies)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and "_" in k
-                and k.split("_")[-1] in ("accuracy", "loss", "perplexity", "f1")}
+                and set(k.split("_")[1:]) & {"accuracy", "loss", "perplexity", "f1", "rmse", "mae"}}
     lines = [f"done: step {results.get('step')} in {wall_seconds:.1f} s wall "
              f"({results.get('train_seconds', 0.0):.1f} s in the loop)"]
     lines += [f"  {k:<24} {v:.4f}" for k, v in headline.items()]
