@@ -1,7 +1,7 @@
 """LSTM train-step speed: lab's step for the forecaster and the chatbot recipes, against PyTorch.
 
     python -m benchmarks.lstm [--steps=N] [--rounds=3] [--configs=forecast,chatbot,chatbot_additive]
-                              [--torch_python=PYTHON] [--out=FILE]
+                              [--torch_python=PYTHON] [--torch_threads=0] [--out=FILE]
 
 Configs (each lab's own step, `lab.train.build_train_step`: loss, grads, Adam, metrics, on random
 data of the recipe's shapes):
@@ -19,9 +19,9 @@ Model FLOPs per step: 3 x forward, forward = 2 * B * T * (F + H) * 4H per LSTM l
 output layer (and, with attention, its query/key/output projections, score and context).
 
 The yardstick runs side by side: `benchmarks/lstm_torch.py` (the same recipes in eager PyTorch,
-`nn.LSTM(batch_first=True)`, PyTorch's default threads) under `--torch_python` (a Python with
-torch; default: this one, skipped if it has no torch), in its own process without lab's malloc
-settings. nn.LSTM has no relu, so the forecaster has three yardsticks: nn.LSTM (tanh), and a
+`nn.LSTM(batch_first=True)`, PyTorch's default threads unless `--torch_threads`) under
+`--torch_python` (a Python with torch; default: this one, skipped if it has no torch), in its
+own process without lab's malloc settings. nn.LSTM has no relu, so the forecaster has three yardsticks: nn.LSTM (tanh), and a
 Python loop over time with relu (the exact recipe) and with tanh. Pairings: forecast_relu against
 the relu loop and nn.LSTM; forecast_tanh against nn.LSTM and the tanh loop; each chatbot against
 its recipe. Measurements alternate, lab then PyTorch, for `--rounds` rounds; each side reports the
@@ -57,8 +57,8 @@ NUM_CHARS = 76  # the shakespeare_char vocabulary the chatbot reads (vocab_size 
 GROUPS = {
     "forecast": (("forecast_relu", "forecast_tanh"),
                  ("forecast_lstm", "forecast_manual_relu", "forecast_manual_tanh"), 200, 10),
-    "chatbot": (("chatbot",), ("chatbot",), 3, 1),
-    "chatbot_additive": (("chatbot_additive",), ("chatbot_additive",), 3, 1),
+    "chatbot": (("chatbot",), ("chatbot",), 5, 1),
+    "chatbot_additive": (("chatbot_additive",), ("chatbot_additive",), 5, 1),
 }
 # lab row -> the torch recipes it is compared with (first: the headline pairing).
 PAIRINGS = {
@@ -75,6 +75,8 @@ def lstm_flops(batch: int, steps: int, features: int, hidden: int) -> float:
 
 
 def _forecast_setup(activation: str):
+    """(config, task, 4 random batches, model FLOPs per step, info, torch shape flags) of the
+    forecaster's default config with this LSTM activation."""
     config = forecast_config()
     config.num_train_steps = 100
     m = config.model
@@ -94,6 +96,8 @@ def _forecast_setup(activation: str):
 
 
 def _chatbot_setup(variant: str | None):
+    """(config, task, 4 random batches, model FLOPs per step, info, torch shape flags) of the
+    chatbot's config `variant` (None: default), sources and targets all full length."""
     config = chatbot_config(variant)
     ids = seq2seq.Seq2SeqIds(NUM_CHARS)
     cfg = seq2seq.model_config(config.model, ids)
@@ -169,16 +173,16 @@ def lab_step(name: str):
     return info, run, shape
 
 
-def torch_steps(python: str, recipes: tuple[str, ...], shape: dict, steps: int, warmup: int
-                ) -> dict | None:
+def torch_steps(python: str, recipes: tuple[str, ...], shape: dict, steps: int, warmup: int,
+                threads: int = 0) -> dict | None:
     """One run of benchmarks/lstm_torch.py under `python` in a fresh process (without lab's malloc
-    settings): its JSON ({'torch', 'threads', 'recipes': {name: {'median_step_ms', ...}}}), or
-    None (and its error on stderr) if it fails."""
+    settings) with `threads` torch threads (0: PyTorch's default): its JSON ({'torch', 'threads',
+    'recipes': {name: {'median_step_ms', ...}}}), or None (and its error on stderr) if it fails."""
     env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     flags = [f"--{k}={v}" for k, v in shape.items()]
     out = subprocess.run([python, "-m", "benchmarks.lstm_torch", f"--recipes={','.join(recipes)}",
-                          f"--steps={steps}", f"--warmup={warmup}", *flags],
+                          f"--steps={steps}", f"--warmup={warmup}", f"--threads={threads}", *flags],
                          capture_output=True, text=True, cwd=root, env=env)
     if out.returncode != 0:
         print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
@@ -186,7 +190,8 @@ def torch_steps(python: str, recipes: tuple[str, ...], shape: dict, steps: int, 
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | None) -> list[dict]:
+def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | None,
+                torch_threads: int = 0) -> list[dict]:
     """Measures the lab rows of config `group` and its torch recipes, alternating per round;
     -> one row per lab row, its yardsticks and ratios attached."""
     lab_names, recipes, default_steps, warmup = GROUPS[group]
@@ -203,7 +208,7 @@ def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | 
             waited[name].append(float(np.median(times)) * 1e3)
             in_a_row[name].append(pipelined * 1e3)
         if torch_python:
-            out = torch_steps(torch_python, recipes, shape, steps, warmup)
+            out = torch_steps(torch_python, recipes, shape, steps, warmup, torch_threads)
             if out is None:
                 torch_python = None
                 continue
@@ -250,11 +255,13 @@ def main() -> None:
     ensure_malloc_env()  # measure the process the experiments run in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per round (default: 200 forecast, 3 chatbot)")
+                        help="timed steps per round (default: 200 forecast, 5 chatbot)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--configs", default=",".join(GROUPS))
     parser.add_argument("--torch_python", default=sys.executable,
                         help="a Python with torch for the PyTorch yardstick; '' skips it")
+    parser.add_argument("--torch_threads", type=int, default=0,
+                        help="torch.set_num_threads for the yardstick; 0 (default): PyTorch's default")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lstm.json"))
     args = parser.parse_args()
     groups = args.configs.split(",")
@@ -265,15 +272,20 @@ def main() -> None:
     if args.torch_python and not torch_version:
         print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
     torch_python = args.torch_python if torch_version else None
+    load_before = os.getloadavg()
     peak = matmul_peak()
-    rows = [row for g in groups for row in bench_group(g, args.steps, args.rounds, torch_python)]
+    rows = [row for g in groups for row in bench_group(g, args.steps, args.rounds, torch_python,
+                                                  args.torch_threads)]
     for r in rows:
         r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
     cpu = cpu_info()
+    # Other work on the machine skews both sides (PyTorch's OpenMP threads most): say how busy it was.
     result = {"matmul_peak": peak, "configs": rows, "torch": torch_version, "cpu": cpu,
+              "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
               "machine": common.machine()}
     print(f"CPU {cpu.get('model_name', '?')} (AVX-512: {'yes' if cpu.get('avx512f') else 'no'}); "
-          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit)")
+          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit); load average "
+          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
     for r in rows:
         print(f"{r['config']:17s} compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.2f} ms "
               f"({r['pipelined_step_ms']:.2f} ms in a row), {r['units_per_sec']:.0f} {r['unit']}/s, "

@@ -1,6 +1,6 @@
 """The yardstick for the LSTM steps: the forecaster and chatbot recipes in eager PyTorch.
 
-    python -m benchmarks.lstm_torch --recipes=NAME[,NAME...] [--steps=50] [--warmup=3] [shape flags]
+    python -m benchmarks.lstm_torch --recipes=NAME[,NAME...] [--steps=50] [--warmup=3] [--threads=0] [shape flags]
 
 Recipes (written for this benchmark, not taken from any project; shapes default to the lab
 experiments' default configs, and `benchmarks/lstm.py` passes them explicitly):
@@ -129,6 +129,8 @@ class Seq2Seq(nn.Module):
 
 
 def _forecast(kind: str, args, rng):
+    """(model, 4 random batches, loss of a batch, clip norm) of the forecaster; kind: 'lstm'
+    (nn.LSTM), 'relu' or 'tanh' (the loop)."""
     model = Forecaster(args.units, kind)
     batches = [(torch.from_numpy(rng.random((args.batch, args.timesteps, 1), np.float32)),
                 torch.from_numpy(rng.random((args.batch,), np.float32))) for _ in range(4)]
@@ -141,6 +143,7 @@ def _forecast(kind: str, args, rng):
 
 
 def _chatbot(attention: bool, args, rng):
+    """(model, 4 random batches, loss of a batch, clip norm) of the chatbot, full-length rows."""
     model = Seq2Seq(args.vocab, args.embed, args.hidden, args.attention_dim, attention)
     b, s, t = args.batch, args.src_len, args.tgt_len
 
@@ -192,12 +195,15 @@ def main() -> None:
     parser.add_argument("--recipes", default="forecast_lstm", help=f"comma-separated, of {RECIPES}")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0: PyTorch's default")
     # Defaults: experiments/lstm_forecast's and experiments/lstm_chatbot's default configs.
     for name, default in (("batch", 32), ("timesteps", 12), ("units", 50), ("vocab", 79),
                           ("embed", 64), ("hidden", 256), ("attention_dim", 64), ("src_len", 96),
                           ("tgt_len", 96)):
         parser.add_argument(f"--{name}", type=int, default=default)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     recipes = args.recipes.split(",")
     for r in recipes:
         if r not in RECIPES:
