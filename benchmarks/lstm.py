@@ -202,6 +202,7 @@ def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | 
     in_a_row = {name: [] for name in lab_names}
     torch_medians = {r: [] for r in recipes}
     torch_meta = {}
+    loads = []  # the 1-minute load average after each round: other work on the machine shows here
     for _ in range(rounds):
         for name, (_, run, _) in zip(lab_names, built):
             times, pipelined = run(steps)
@@ -211,17 +212,18 @@ def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | 
             out = torch_steps(torch_python, recipes, shape, steps, warmup, torch_threads)
             if out is None:
                 torch_python = None
-                continue
-            torch_meta = {"torch": out["torch"], "threads": out["threads"]}
-            for r in recipes:
-                torch_medians[r].append(out["recipes"][r]["median_step_ms"])
+            else:
+                torch_meta = {"torch": out["torch"], "threads": out["threads"]}
+                for r in recipes:
+                    torch_medians[r].append(out["recipes"][r]["median_step_ms"])
+        loads.append(os.getloadavg()[0])
     rows = []
     for name, (info, _, _) in zip(lab_names, built):
         median_ms = float(np.median(waited[name]))
         row = dict(info, steps=steps, rounds=rounds, median_step_ms=median_ms,
                    round_medians_ms=waited[name],
                    pipelined_step_ms=float(np.median(in_a_row[name])),
-                   round_pipelined_ms=in_a_row[name],
+                   round_pipelined_ms=in_a_row[name], load_average_after_rounds=loads,
                    units_per_sec=info["units_per_step"] / median_ms * 1e3,
                    model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
         if torch_python and all(len(torch_medians[r]) == rounds for r in PAIRINGS[name]):

@@ -3,7 +3,7 @@
 Data: `shakespeare_dialogue` pairs (a speech, the next speech of another speaker in the same
 scene), split by scene; characters as tokens. Validation per-character cross-entropy after 2,000
 steps, seed 0, measured on the 2-core CPU machine (AMD EPYC Zen 3, AVX2, no AVX-512) with two or
-three of these runs sharing it (alone, a step of the default takes 0.31 s: ~11 minutes a run);
+three of these runs sharing it (alone, a step of the default takes 0.31-0.43 s: 11-15 minutes a run);
 BUILD_NOTES.md has the table and sample replies:
   (default)     python -m experiments.lstm_chatbot --workdir=runs/chatbot
                 The article's recipe: Embedding -> LSTM encoder -> LSTM decoder (initialised with
