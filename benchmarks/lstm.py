@@ -36,9 +36,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import jax
 import numpy as np
 
 from benchmarks import common
@@ -46,9 +44,7 @@ from benchmarks.transformer_lm import has_torch, matmul_peak
 from experiments.cli import MALLOC_ENV, ensure_malloc_env
 from experiments.lstm_chatbot.config import get_config as chatbot_config
 from experiments.lstm_forecast.config import get_config as forecast_config
-from lab import optim, parallel, train
 from lab.models.lstm import LSTMRegressor
-from lab.task import StepTools
 from lab.tasks import forecast, seq2seq
 
 NUM_CHARS = 76  # the shakespeare_char vocabulary the chatbot reads (vocab_size 79 with PAD/BOS/EOS)
@@ -134,40 +130,7 @@ def lab_step(name: str):
     else:
         config, task, batches, flops, info, shape = _chatbot_setup(
             None if name == "chatbot" else name.split("_", 1)[1])
-    tools = StepTools(optim.make_optimizers(config, config.num_train_steps), axis_name=None)
-    strategy = parallel.make_parallel("jit")
-    key = jax.random.key(0)
-    init_state = train.init_state_fn(task, tools.optimizers)
-    shardings = strategy.state_shardings(jax.eval_shape(init_state, key), task.partition_rules)
-    state = strategy.init_state(init_state, key, shardings)
-    params = state.params
-    step, layout = train.build_train_step(task, tools, key, strategy, shardings, state, batches[0])
-    acc = strategy.put_acc(layout.zeros())
-    t = time.perf_counter()
-    compiled = step.lower(state, acc, batches[0]).compile()
-    compile_s = time.perf_counter() - t
-    carry = list(compiled(state, acc, batches[0]))
-    carry[1].block_until_ready()
-
-    def run(steps: int) -> tuple[list[float], float]:
-        """-> (times of `steps` steps each waited for, mean time of `steps` steps in a row).
-
-        The second is how lab's loop runs (it syncs only at log points, so it dispatches a step
-        while the previous one computes); the first adds the dispatch to each step.
-        """
-        times = []
-        for i in range(steps):
-            t = time.perf_counter()
-            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
-            carry[1].block_until_ready()
-            times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for i in range(steps):
-            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
-        carry[1].block_until_ready()
-        return times, (time.perf_counter() - t) / steps
-
-    n_params = sum(x.size for x in jax.tree.leaves(params))
+    run, compile_s, n_params = common.compiled_train_step(task, config, batches)
     info = dict(info, config=name, params=int(n_params), compile_s=compile_s,
                 model_gflop_per_step=flops / 1e9)
     return info, run, shape

@@ -33,8 +33,6 @@ import numpy as np
 from benchmarks import common
 from experiments.transformer_lm.config import get_config
 from experiments.cli import MALLOC_ENV, ensure_malloc_env
-from lab import optim, parallel, train
-from lab.task import StepTools
 from lab.tasks.language_model import CausalLMTask, gpt_config
 
 VOCAB = 76  # the shakespeare_char vocabulary
@@ -69,44 +67,11 @@ def lab_step(name: str):
     config = get_config(None if name == "default" else name)
     cfg = gpt_config(config.model, VOCAB)
     task = CausalLMTask(cfg)
-    tools = StepTools(optim.make_optimizers(config, config.num_train_steps), axis_name=None)
-    strategy = parallel.make_parallel("jit")
-    key = jax.random.key(0)
     rng = np.random.default_rng(0)
     b, length = config.batch_size, cfg.max_len
     batches = [{"inputs": rng.integers(0, VOCAB, (b, length)).astype(np.int32),
                 "targets": rng.integers(0, VOCAB, (b, length)).astype(np.int32)} for _ in range(4)]
-    init_state = train.init_state_fn(task, tools.optimizers)
-    shardings = strategy.state_shardings(jax.eval_shape(init_state, key), task.partition_rules)
-    state = strategy.init_state(init_state, key, shardings)
-    params = state.params
-    step, layout = train.build_train_step(task, tools, key, strategy, shardings, state, batches[0])
-    acc = strategy.put_acc(layout.zeros())
-    t = time.perf_counter()
-    compiled = step.lower(state, acc, batches[0]).compile()
-    compile_s = time.perf_counter() - t
-    carry = list(compiled(state, acc, batches[0]))
-    carry[1].block_until_ready()
-
-    def run(steps: int) -> tuple[list[float], float]:
-        """-> (times of `steps` steps each waited for, mean time of `steps` steps in a row).
-
-        The second is how lab's loop runs (it syncs only at log points, so it dispatches a step
-        while the previous one computes); the first adds the dispatch to each step.
-        """
-        times = []
-        for i in range(steps):
-            t = time.perf_counter()
-            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
-            carry[1].block_until_ready()
-            times.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        for i in range(steps):
-            carry[:] = compiled(carry[0], carry[1], batches[i % 4])
-        carry[1].block_until_ready()
-        return times, (time.perf_counter() - t) / steps
-
-    n_params = sum(x.size for x in jax.tree.leaves(params))
+    run, compile_s, n_params = common.compiled_train_step(task, config, batches)
     info = {"config": name, "layers": cfg.num_layers, "heads": cfg.num_heads, "width": cfg.width,
             "block": length, "batch": b, "params": int(n_params), "use_bias": cfg.use_bias,
             "compile_s": compile_s, "model_gflop_per_step": flops_per_step(cfg, b) / 1e9}
