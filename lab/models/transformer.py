@@ -377,8 +377,8 @@ def init_cache(config: TransformerConfig, batch_size: int) -> dict:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def _sample(logits_BxV: Array, key: Array, temperature: Array, top_k: Array) -> Array:
-    """Next token ids (int32 B) from float32 logits_BxV.
+def sample_logits(logits_BxV: Array, key: Array, temperature: Array, top_k: Array) -> Array:
+    """Next token ids (int32 B) from float32 logits_BxV (every family's decoding samples here).
 
     temperature (float32 scalar): 0 = greedy argmax, else sample softmax(logits / temperature);
     top_k (int32 scalar in [1, V]): sample among the k largest logits (V = no filtering). Both
@@ -407,12 +407,12 @@ def _generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_toke
 
     # Prefill: the whole prompt in one call, which also gives the first new token.
     logits_BxV, cache = last_logits(init_cache(config, prompt_BxP.shape[0]), prompt_BxP)
-    first_B = _sample(logits_BxV, keys[0], temperature, top_k)
+    first_B = sample_logits(logits_BxV, keys[0], temperature, top_k)
 
     def step(carry, key):
         cache, token_B = carry
         logits_BxV, cache = last_logits(cache, token_B[:, None])
-        token_B = _sample(logits_BxV, key, temperature, top_k)
+        token_B = sample_logits(logits_BxV, key, temperature, top_k)
         return (cache, token_B), token_B
 
     _, rest_NxB = lax.scan(step, (cache, first_B), keys[1:])
