@@ -232,7 +232,7 @@ def series(name: str, data_dir: str | None = None) -> dict[str, Any]:
 
 
 def windows(
-    values: np.ndarray, timesteps: int, start: int, stop: int
+    values: np.ndarray, timesteps: int, start: int, stop: int, dtype=np.float32
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sliding windows for one-step-ahead forecasting.
 
@@ -241,10 +241,11 @@ def windows(
       timesteps: window length T >= 1.
       start, stop: the target indices are ``start <= t < stop``; the inputs may
         reach back before ``start`` (test windows read the end of validation).
+      dtype: of both outputs (float64 for least-squares fits).
 
     Returns:
-      ``(inputs, targets)``: float32 (M, T) with ``inputs[i] = values[t - T : t]``
-      and float32 (M,) with ``targets[i] = values[t]``, for ``t = start + i``,
+      ``(inputs, targets)``: dtype (M, T) with ``inputs[i] = values[t - T : t]``
+      and dtype (M,) with ``targets[i] = values[t]``, for ``t = start + i``,
       ``M = stop - start``.
 
     Raises:
@@ -264,5 +265,5 @@ def windows(
     if not start <= stop <= len(values):
         raise ValueError(f"need start <= stop <= len(values)={len(values)}, got {start}, {stop}.")
     view = np.lib.stride_tricks.sliding_window_view(values, timesteps)  # (N - T + 1, T)
-    inputs = view[start - timesteps : stop - timesteps].astype(np.float32)
-    return inputs, values[start:stop].astype(np.float32)
+    inputs = view[start - timesteps : stop - timesteps].astype(dtype)
+    return inputs, values[start:stop].astype(dtype)

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab.data import timeseries
 from lab.task import Task
 
 BASELINES = ("last_value", "seasonal_naive", "linear_ar")
@@ -64,7 +65,7 @@ def fit_linear_ar(values: np.ndarray, timesteps: int, start: int, stop: int) -> 
     Returns:
       w float64 (timesteps + 1,): y_t ~= values[t - T: t] . w[:T] + w[T].
     """
-    x, y = _windows(np.asarray(values, np.float64), timesteps, start, stop)
+    x, y = timeseries.windows(np.asarray(values, np.float64), timesteps, start, stop, dtype=np.float64)
     design = np.concatenate([x, np.ones((len(x), 1))], axis=1)
     w, *_ = np.linalg.lstsq(design, y, rcond=None)
     return w
@@ -80,21 +81,13 @@ def baseline_predictions(values: np.ndarray, timesteps: int, season: int, start:
     if start < max(timesteps, season):
         raise ValueError(f"targets from index {start} have no {max(timesteps, season)} past values")
     values = np.asarray(values, np.float64)
-    x, _ = _windows(values, timesteps, start, stop)
+    x, _ = timeseries.windows(values, timesteps, start, stop, dtype=np.float64)
     t = np.arange(start, stop)
     return {
         "last_value": values[t - 1],
         "seasonal_naive": values[t - season],
         "linear_ar": x @ ar_weights[:timesteps] + ar_weights[timesteps],
     }
-
-
-def _windows(values: np.ndarray, timesteps: int, start: int, stop: int):
-    """(inputs (M, T), targets (M,)): targets values[start:stop], each with its T past values."""
-    if start < timesteps:
-        raise ValueError(f"the first target (index {start}) needs {timesteps} past values")
-    idx = np.arange(start, stop)[:, None] + np.arange(-timesteps, 0)[None, :]
-    return values[idx], values[start:stop]
 
 
 def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], timesteps: int,
@@ -123,7 +116,7 @@ def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], time
     out = {}
     for split, (start, stop) in bounds.items():
         first = start + timesteps if split == "train" else start
-        x, y = _windows(scaled, timesteps, first, stop)
+        x, y = timeseries.windows(scaled, timesteps, first, stop, dtype=np.float64)
         arrays = {"inputs": x[..., None].astype(np.float32), "target": y.astype(np.float32)}
         if split != "train":
             arrays["truth"] = values[first:stop].astype(np.float32)
