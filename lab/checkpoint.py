@@ -11,6 +11,7 @@ latest step -> restore state and meta onto that target -> continue from `meta['s
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, Sequence
 
@@ -106,8 +107,16 @@ def load_state(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         raise CheckpointError(f"no checkpoints in {directory}: train that run first")
-    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True),
-                                    item_handlers={"state": ocp.StandardCheckpointHandler()})
+    options = ocp.CheckpointManagerOptions(read_only=True, create=False, save_interval_steps=0)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.ERROR)  # Orbax warns that a read-only manager is read-only
+    try:
+        manager = ocp.CheckpointManager(directory, options=options,
+                                        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                                                       "meta": ocp.JsonCheckpointHandler()})
+    finally:
+        absl_logger.setLevel(level)
     try:
         step = manager.latest_step() if step is None else step
         if step is None:
@@ -118,7 +127,9 @@ def load_state(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                 manager.item_metadata(step)["state"])
-        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))
+        # meta is read too (small): leaving it out makes Orbax warn about an unrestored item.
+        restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
+                                                                 meta=ocp.args.JsonRestore()))
     except CheckpointError:
         raise
     except Exception as e:

@@ -58,3 +58,49 @@ def classification_summary(sums: dict) -> dict:
         out.update(precision=float(precision[present].mean()), recall=float(recall[present].mean()),
                    f1=float(f1[present].mean()), confusion_matrix=np.rint(cm).astype(np.int64).tolist())
     return out
+
+
+def feature_moment_sums(features_BxF: jax.Array, mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+    """Masked first and second moment sums of a batch of features: (sum_b f_b (F,),
+    sum_b f_b f_b^T (F, F)). Added over batches and devices, they give the exact mean and
+    covariance of a whole split (`gaussian_from_sums`)."""
+    if mask_B is not None:
+        weighted = features_BxF * mask_B[:, None]
+    else:
+        weighted = features_BxF
+    return jnp.sum(weighted, axis=0), weighted.T @ features_BxF
+
+
+def gaussian_from_sums(feature_sum: np.ndarray, outer_sum: np.ndarray, count: float) -> tuple[np.ndarray, np.ndarray]:
+    """(mean (F,), unbiased covariance (F, F)) in float64 from `feature_moment_sums` over `count`
+    examples."""
+    n = float(count)
+    mean = np.asarray(feature_sum, np.float64) / n
+    cov = (np.asarray(outer_sum, np.float64) - n * np.outer(mean, mean)) / max(n - 1.0, 1.0)
+    return mean, (cov + cov.T) / 2
+
+
+def frechet_distance(mean1: np.ndarray, cov1: np.ndarray, mean2: np.ndarray, cov2: np.ndarray) -> float:
+    """The Frechet distance between N(mean1, cov1) and N(mean2, cov2) (the FID formula):
+    |m1 - m2|^2 + tr(C1 + C2 - 2 (C1 C2)^(1/2)).
+
+    tr((C1 C2)^(1/2)) is computed as the sum of the square roots of the eigenvalues of the
+    symmetric PSD matrix C1^(1/2) C2 C1^(1/2) (same spectrum as C1 C2), so no non-symmetric
+    matrix square root (and none of its complex round-off) is needed. float64 throughout.
+    """
+    mean1, mean2 = np.asarray(mean1, np.float64), np.asarray(mean2, np.float64)
+    cov1, cov2 = np.asarray(cov1, np.float64), np.asarray(cov2, np.float64)
+    w, v = np.linalg.eigh(cov1)
+    sqrt1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    middle = sqrt1 @ cov2 @ sqrt1
+    trace_sqrt = np.sum(np.sqrt(np.clip(np.linalg.eigvalsh((middle + middle.T) / 2), 0, None)))
+    return float(np.sum(np.square(mean1 - mean2)) + np.trace(cov1) + np.trace(cov2) - 2 * trace_sqrt)
+
+
+def class_entropy(counts_C: np.ndarray) -> float:
+    """Entropy in nats of the class histogram `counts_C` (log C when every class is equally
+    frequent, 0 when one class takes all)."""
+    p = np.asarray(counts_C, np.float64)
+    p = p / max(p.sum(), 1e-12)
+    nz = p[p > 0]
+    return float(-np.sum(nz * np.log(nz)))

@@ -139,3 +139,43 @@ def encode_padded(encode, texts, max_len: int, pad_id: int) -> tuple[np.ndarray,
         ids[i, :len(row)] = row
         mask[i, :len(row)] = 1
     return ids, mask
+
+
+# Stream tags: train noise is `default_rng([seed, LATENT_STREAM, step])`, eval latents
+# `default_rng([seed, EVAL_LATENT_STREAM, stream])`, apart from the epoch permutations'
+# `default_rng([seed, epoch])`.
+LATENT_STREAM = 0x6C61
+EVAL_LATENT_STREAM = 0x6C62
+
+
+class LatentBatcher:
+    """Another batcher's batches plus `key`: standard normal noise (B/processes, dim) float32.
+
+    The noise of global batch `step` is `default_rng([seed, LATENT_STREAM, step])`'s, and each
+    process takes its rows of it, so the generator's input is the same whatever the device or
+    process count (a noise drawn from a pmap'd step's per-device key would not be). Resume
+    stays exact: the noise, like the batch, is a function of the step.
+    """
+
+    def __init__(self, base, dim: int, seed: int, key: str = "noise",
+                 process_index: int = 0, process_count: int = 1):
+        self.base, self.dim, self.seed, self.key = base, dim, seed, key
+        local = base.batch_size // process_count
+        self.batch_size = base.batch_size
+        self._slice = slice(process_index * local, (process_index + 1) * local)
+
+    def position(self, step: int) -> dict:
+        return self.base.position(step)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The base batch of `step` with `key`: float32 (B/processes, dim)."""
+        rng = np.random.default_rng([self.seed, LATENT_STREAM, step])
+        noise = rng.standard_normal((self.batch_size, self.dim), dtype=np.float32)
+        return {**self.base.batch(step), self.key: noise[self._slice]}
+
+
+def fixed_latents(num: int, dim: int, seed: int, stream: int) -> np.ndarray:
+    """A fixed standard normal array (num, dim) float32 for eval examples: row i belongs to
+    example i at every eval, so the evals of a run compare."""
+    rng = np.random.default_rng([seed, EVAL_LATENT_STREAM, stream])
+    return rng.standard_normal((num, dim), dtype=np.float32)

@@ -114,10 +114,12 @@ def _split_head(stem: str, heads: Sequence[str]) -> tuple[str, str | None]:
 
 
 def plot_run(workdir: str, results: dict,
-             class_names: Mapping[str, Sequence[str]] | None = None) -> list[str]:
+             class_names: Mapping[str, Sequence[str]] | None = None,
+             panels: Sequence[str] = ("loss", "accuracy")) -> list[str]:
     """Writes a finished run's PNGs into `workdir`.
 
-    `curves.png`: loss and accuracy per split over steps, from `metrics.jsonl`. One
+    `curves.png`: one panel per metric of `panels` (by default loss and accuracy), each metric
+    per split over steps, from `metrics.jsonl`. One
     `<key>.png` per `<split>_confusion_matrix` or `<split>_<head>_confusion_matrix` key of
     `results` (the unprefixed `confusion_matrix` copy is skipped).
 
@@ -128,6 +130,7 @@ def plot_run(workdir: str, results: dict,
         ['class_names']` gives them: a `<split>_confusion_matrix` takes the names of 'label'
         (single-head classifiers), a `<split>_<head>_confusion_matrix` those of `head`.
         Missing names (or names of the wrong length) give class indices.
+      panels: metric names to plot (a task's `curves`), those that were logged.
 
     Returns:
       The paths written.
@@ -135,7 +138,7 @@ def plot_run(workdir: str, results: dict,
     class_names = dict(class_names or {})
     written = []
     records = read_metrics(workdir)
-    panels = [(name, _curves(records, name)) for name in ("loss", "accuracy")]
+    panels = [(name, _curves(records, name)) for name in panels]
     panels = [(n, c) for n, c in panels if c]
     if panels:
         fig = _figure(5.5 * len(panels), 4)
@@ -161,3 +164,33 @@ def plot_run(workdir: str, results: dict,
         fig.savefig(path, dpi=100)
         written.append(path)
     return written
+
+
+def image_grid(images: np.ndarray, cols: int, pad: int = 1, upscale: int = 1) -> np.ndarray:
+    """Tiles images (N, H, W[, C]) in [0, 1] into one (rows*(H+pad)+pad, cols*(W+pad)+pad[, C])
+    array on a blank (0: no ink) background, each image enlarged `upscale` times (nearest), so
+    small digits stay readable."""
+    images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
+    if images.ndim == 4 and images.shape[-1] == 1:
+        images = images[..., 0]
+    if upscale > 1:
+        images = images.repeat(upscale, axis=1).repeat(upscale, axis=2)
+    n, h, w = images.shape[:3]
+    rows = -(-n // cols)
+    grid = np.zeros((rows * (h + pad) + pad, cols * (w + pad) + pad) + images.shape[3:], np.float32)
+    for i, image in enumerate(images):
+        r, c = divmod(i, cols)
+        grid[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = image
+    return grid
+
+
+def save_image(path: str, image: np.ndarray) -> None:
+    """Writes an (H, W) grey or (H, W, 3) array in [0, 1] as a PNG (dark ink on white: 1 - x for
+    grey, as the datasets store ink as high values)."""
+    from matplotlib import image as mpimage  # imsave draws no pyplot figure
+
+    image = np.asarray(image)
+    if image.ndim == 2:
+        mpimage.imsave(path, 1.0 - image, cmap="gray", vmin=0.0, vmax=1.0)
+    else:
+        mpimage.imsave(path, np.clip(image, 0.0, 1.0))

@@ -167,6 +167,12 @@ def _scalars(metrics: dict) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
 
 
+def _vectors(metrics: dict, max_size: int = 64) -> dict[str, list[float]]:
+    """The short 1-D metrics (a histogram over classes, say) as lists, for metrics.jsonl."""
+    return {k: np.asarray(v, np.float64).tolist() for k, v in metrics.items()
+            if np.ndim(v) == 1 and np.size(v) <= max_size}
+
+
 def _headline(metrics: dict) -> dict[str, float]:
     """The metrics a person reads in a progress line: the scalars, without norms and rates."""
     return {k.split("/", 1)[-1]: v for k, v in metrics.items()
@@ -283,7 +289,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                 total = sums if total is None else jax.tree.map(np.add, total, sums)
             results[split] = task.summarize(jax.tree.map(np.asarray, total))
             scalars = _scalars(results[split])
-            logger.write(step, {f"{split}/{k}": v for k, v in scalars.items()})
+            logged = dict(scalars, **_vectors(results[split]))  # e.g. a class histogram, in metrics.jsonl
+            logger.write(step, {f"{split}/{k}": v for k, v in logged.items()})
             logger.eval_line(step, split, scalars)
         if jax.process_index() == 0:
             task.on_eval(variables, step, workdir, jax.random.fold_in(sample_key, step))
@@ -357,7 +364,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "results.json"), "w") as f:
             json.dump(results, f, indent=2)
-        report.plot_run(workdir, results, data.class_names)
+        report.plot_run(workdir, results, data.class_names, task.curves)
         _print_summary(config, results, workdir, time.perf_counter() - t_begin)
     return results
 
@@ -381,7 +388,8 @@ def _print_summary(config, results: dict, workdir: str, wall_seconds: float) -> 
         return
     headline = {k: v for k, v in results.items()  # `<split>_<metric>` (not the unprefixed copies)
                 if isinstance(v, (int, float)) and not isinstance(v, bool) and "_" in k
-                and set(k.split("_")[1:]) & {"accuracy", "loss", "perplexity", "f1", "rmse", "mae"}}
+                and set(k.split("_")[1:]) & {"accuracy", "loss", "perplexity", "f1", "rmse", "mae",
+                                                   "fd", "elbo", "entropy"}}
     lines = [f"done: step {results.get('step')} in {wall_seconds:.1f} s wall "
              f"({results.get('train_seconds', 0.0):.1f} s in the loop)"]
     lines += [f"  {k:<24} {v:.4f}" for k, v in headline.items()]

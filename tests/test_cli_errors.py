@@ -120,7 +120,8 @@ def test_config_values_are_checked_before_any_data_is_read(run_cli, tmp_path):
                       ("--config.max_checkpoints_to_keep=0", "max_checkpoints_to_keep"),
                       ("--config.optimizer.learning_rate=-1.0", "optimizer.learning_rate"),
                       ("--config.model.dropout_rate=1.5", "model.dropout_rate"),
-                      ("--config.parallel=tpu", "parallel")):
+                      ("--config.parallel=tpu", "parallel"),
+                      ("--config.model.name=resnet", "model.name")):
         proc = run_cli(MODULE, f"--workdir={tmp_path / 'run'}", flag, env={"LAB_DATA_DIR": str(data_dir)})
         assert proc.returncode == 2, (flag, proc.stderr[-2000:])
         assert key in error_line(proc) and "Traceback" not in proc.stderr, flag

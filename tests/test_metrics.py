@@ -29,3 +29,35 @@ def test_classification_metrics_match_sklearn_with_padding():
     np.testing.assert_array_equal(out["confusion_matrix"], confusion_matrix(labels, pred))
     logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
     np.testing.assert_allclose(out["loss"], -logp[np.arange(n), labels].mean(), rtol=1e-5)
+
+
+def test_frechet_distance_matches_scipy_and_is_zero_for_identical_sets():
+    import scipy.linalg
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((40, 6))
+    b = rng.standard_normal((50, 6)) @ rng.standard_normal((6, 6)) + 0.7
+    m1, c1 = a.mean(0), np.cov(a, rowvar=False)
+    m2, c2 = b.mean(0), np.cov(b, rowvar=False)
+    reference = np.sum((m1 - m2) ** 2) + np.trace(c1 + c2 - 2 * scipy.linalg.sqrtm(c1 @ c2).real)
+    np.testing.assert_allclose(metrics.frechet_distance(m1, c1, m2, c2), reference, rtol=1e-9)
+    assert abs(metrics.frechet_distance(m1, c1, m1, c1)) < 1e-9
+    # A rank-deficient covariance (fewer samples than features) stays real and finite.
+    few = rng.standard_normal((3, 6))
+    assert np.isfinite(metrics.frechet_distance(few.mean(0), np.cov(few, rowvar=False), m2, c2))
+
+
+def test_feature_moment_sums_give_the_masked_mean_and_covariance():
+    rng = np.random.default_rng(1)
+    features = rng.standard_normal((10, 4)).astype(np.float32)
+    mask = np.array([1] * 7 + [0] * 3, np.float32)
+    first, outer = metrics.feature_moment_sums(features, mask)
+    mean, cov = metrics.gaussian_from_sums(first, outer, mask.sum())
+    np.testing.assert_allclose(mean, features[:7].mean(0), atol=1e-6)
+    np.testing.assert_allclose(cov, np.cov(features[:7], rowvar=False), atol=1e-5)
+
+
+def test_class_entropy():
+    np.testing.assert_allclose(metrics.class_entropy(np.full(10, 7.0)), np.log(10))
+    assert metrics.class_entropy(np.array([0, 5.0, 0])) == 0.0
+    np.testing.assert_allclose(metrics.class_entropy(np.array([1.0, 1.0, 0.0])), np.log(2))

@@ -61,3 +61,19 @@ def test_window_batcher_targets_are_inputs_shifted():
 def test_batch_larger_than_dataset_is_refused():
     with pytest.raises(ValueError, match="exceeds"):
         pipeline.EpochBatcher(arrays(5), 10, seed=0)
+
+
+def test_latent_noise_is_a_function_of_the_step_and_split_over_processes():
+    arrays = {"inputs": np.arange(40, dtype=np.float32).reshape(20, 2)}
+    whole = pipeline.LatentBatcher(pipeline.EpochBatcher(arrays, 8, seed=3), dim=5, seed=3)
+    parts = [pipeline.LatentBatcher(pipeline.EpochBatcher(arrays, 8, seed=3, process_index=i, process_count=2),
+                                    dim=5, seed=3, process_index=i, process_count=2) for i in range(2)]
+    first = whole.batch(4)
+    assert first["noise"].shape == (8, 5) and first["noise"].dtype == np.float32
+    np.testing.assert_array_equal(first["noise"], whole.batch(4)["noise"])  # resume reads the same
+    assert not np.array_equal(first["noise"], whole.batch(5)["noise"])
+    np.testing.assert_array_equal(np.concatenate([p.batch(4)["noise"] for p in parts]), first["noise"])
+    assert whole.position(4) == whole.base.position(4)
+    eval_noise = pipeline.fixed_latents(6, 5, seed=3, stream=0)
+    np.testing.assert_array_equal(eval_noise, pipeline.fixed_latents(6, 5, seed=3, stream=0))
+    assert not np.array_equal(eval_noise, pipeline.fixed_latents(6, 5, seed=3, stream=1))

@@ -18,6 +18,14 @@ see BUILD_NOTES.md for the table and the load it was measured under):
                  169 s of training (machine shared with other jobs); test accuracy 0.9033 (target >= 0.89).
   mnist1d        python -m experiments.mlp_classifier --workdir=runs/mlp_mnist1d --config=experiments/mlp_classifier/config.py:mnist1d
                  The seed recipe on MNIST-1D, 4,000 steps. 4.7 s; test accuracy 0.471 (paper's MLP: 68%).
+  cnn_fashion    python -m experiments.mlp_classifier --workdir=runs/cnn_fashion --config=experiments/mlp_classifier/config.py:cnn_fashion
+                 CNN (lab.models.cnn): 3x3 conv 32, 64 (each + 2x2 max pool) -> Dense 128 -> 10, Adam
+                 1e-3 warmup + cosine, batch 128, 5 epochs. 429 s of training (2-core Zen 3 EPYC, shared
+                 with other jobs); test accuracy 0.9113 (fashion_tuned MLP: 0.9033). The feature network
+                 of experiments.gan and experiments.vae.
+  cnn_digits     python -m experiments.mlp_classifier --workdir=runs/cnn_digits --config=experiments/mlp_classifier/config.py:cnn_digits
+                 CNN 16, 32 -> 64 on digits, 700 steps. 5.1 s; test accuracy 0.9861. The digits
+                 feature network.
 """
 
 import ml_collections
@@ -39,8 +47,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
 
     c.model = ml_collections.ConfigDict()
-    c.model.features = (128, 64)  # hidden widths
+    c.model.name = "mlp"  # mlp | cnn (lab.models.cnn: conv blocks, then the hidden Dense layers)
+    c.model.features = (128, 64)  # hidden Dense widths; the last is the feature layer (cnn runs as features_run)
     c.model.dropout_rate = 0.0
+    c.model.channels = (32, 64)  # cnn only: conv widths, each block 3x3 conv -> relu -> 2x2 max pool
+    c.model.kernel_size = 3  # cnn only
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "sgd"  # sgd | adam | adamw | adagrad
@@ -109,4 +120,36 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.reference.value = 0.68
         c.reference.source = "the MNIST-1D paper's MLP (a tuned recipe; this is the seed recipe)"
         return c
-    raise ValueError(f"unknown variant {variant!r}: use digits, fashion, digits_tuned, fashion_tuned or mnist1d")
+    if variant == "cnn_fashion":
+        c.dataset = "fashion_mnist"
+        c.batch_size = 128
+        c.num_train_steps = 2340  # 5 epochs of 468 batches
+        c.log_every_steps = 468
+        c.eval_every_steps = 1170
+        c.checkpoint_every_steps = 1170
+        c.eval_batch_size = 1000
+        c.model.name = "cnn"
+        c.model.features = (128,)
+        c.optimizer.name = "adam"
+        c.optimizer.learning_rate = 1e-3
+        c.optimizer.schedule = "warmup_cosine"
+        c.optimizer.warmup_steps = 200
+        c.reference.value = 0.9033
+        c.reference.source = "the tuned MLP (fashion_tuned) on the same test split"
+        return c
+    if variant == "cnn_digits":
+        c.num_train_steps = 700  # 50 epochs
+        c.log_every_steps = 140
+        c.eval_every_steps = 350
+        c.checkpoint_every_steps = 350
+        c.model.name = "cnn"
+        c.model.channels = (16, 32)
+        c.model.features = (64,)
+        c.optimizer.name = "adam"
+        c.optimizer.learning_rate = 3e-3
+        c.optimizer.schedule = "warmup_cosine"
+        c.optimizer.warmup_steps = 50
+        c.reference.source = "the tuned MLP (digits_tuned)"
+        return c
+    raise ValueError(f"unknown variant {variant!r}: use digits, fashion, digits_tuned, fashion_tuned, mnist1d, "
+                     f"cnn_fashion or cnn_digits")

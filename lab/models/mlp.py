@@ -28,11 +28,13 @@ class MLP(nn.Module):
     dropout_rate: float = 0.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        """x: (B, ...) float -> logits (B, num_classes)."""
+    def __call__(self, x: jax.Array, train: bool = False, return_features: bool = False):
+        """x: (B, ...) float -> logits (B, num_classes), or (logits, the last hidden layer's
+        activations (B, features[-1])) with `return_features`."""
         x = x.reshape((x.shape[0], -1))
         for i, width in enumerate(self.features):
             x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
             if self.dropout_rate > 0:
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        return nn.Dense(self.num_classes, name="logits")(x)
+        logits = nn.Dense(self.num_classes, name="logits")(x)
+        return (logits, x) if return_features else logits
