@@ -192,3 +192,19 @@ def test_missing_feature_run_is_one_line_before_any_work(run_cli, tmp_path):
         line = proc.stderr.strip().splitlines()[-1]
         assert "holds no trained classifier" in line and "python -m experiments.mlp_classifier" in line, line
         assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+def test_experiment_keys_are_checked_before_any_work(features_run):
+    from experiments.gan.__main__ import validate as gan_validate
+    from experiments.vae.__main__ import validate as vae_validate
+    for bad, match in (({"model.architecture": "resnet"}, "model.architecture"),
+                       ({"model.likelihood": "poisson"}, "model.likelihood"),
+                       ({"model.latent_dim": 0}, "model.latent_dim"),
+                       ({"dataset": "mnist1d"}, "not an image dataset"),
+                       ({"model.channels": (4, 4, 4, 4)}, "do not halve 4 times")):
+        with pytest.raises(ConfigValueError, match=match):
+            vae_validate(vae_config(features_run, **bad))
+    with pytest.raises(ConfigValueError, match="model.generator_channels"):
+        gan_validate(gan_config(features_run, **{"model.generator_channels": (8, -1)}))
+    gan_validate(gan_config(features_run))
+    vae_validate(vae_config(features_run, **{"model.architecture": "mlp", "model.channels": (4, 4, 4, 4)}))
