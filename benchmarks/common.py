@@ -13,6 +13,54 @@ def machine() -> dict:
             "devices": str(jax.devices())}
 
 
+def cpu_info() -> dict:
+    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo, Linux only)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    return {"model_name": fields.get("model name", ""), "avx2": "avx2" in flags,
+            "avx512f": "avx512f" in flags}
+
+
+def report_against_torch(rows: list[dict], peak: dict, load_before: tuple, torch_version: str | None,
+                         out: str, width: int) -> None:
+    """Prints the table of a lab-vs-PyTorch benchmark and saves its JSON to `out`.
+
+    Args:
+      rows: one dict per config: `config`, `compile_s`, `median_step_ms`, `pipelined_step_ms`,
+        `units_per_sec`, `unit`, `model_gflops`, and `torch` (recipe -> `median_step_ms`,
+        `lab_over_torch`, `lab_pipelined_over_torch`), `torch_threads`.
+      peak: `transformer_lm.matmul_peak()`'s result; each row gets `fraction_of_matmul_peak`.
+      load_before: `os.getloadavg()` before the measurements.
+      torch_version: the yardstick's torch version (None: no yardstick ran).
+      width: the config column's width.
+    """
+    for r in rows:
+        r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
+    cpu = cpu_info()
+    # Other work on the machine skews both sides (PyTorch's OpenMP threads most): say how busy it was.
+    result = {"matmul_peak": peak, "configs": rows, "torch": torch_version, "cpu": cpu,
+              "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
+              "machine": machine()}
+    print(f"CPU {cpu.get('model_name', '?')} (AVX-512: {'yes' if cpu.get('avx512f') else 'no'}); "
+          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit); load average "
+          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
+    for r in rows:
+        print(f"{r['config']:{width}s} compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.2f} ms "
+              f"({r['pipelined_step_ms']:.2f} ms in a row), {r['units_per_sec']:.0f} {r['unit']}/s, "
+              f"{r['model_gflops']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.1f}% of peak")
+        for recipe, t in r.get("torch", {}).items():
+            print(f"{'':{width}s} PyTorch {torch_version} ({r['torch_threads']} threads) {recipe}: "
+                  f"step {t['median_step_ms']:.2f} ms; lab / PyTorch = {t['lab_over_torch']:.2f} "
+                  f"({t['lab_pipelined_over_torch']:.2f} in a row)")
+    save(result, out)
+
+
 def save(result: dict, path: str) -> None:
     """Writes `result` as indented JSON to `path` (folders created) and says where."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -55,7 +55,6 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from benchmarks.lstm import cpu_info
 from benchmarks.transformer_lm import has_torch, matmul_peak
 from experiments.cli import MALLOC_ENV, ensure_malloc_env
 from experiments.gan.config import get_config as gan_config
@@ -266,25 +265,7 @@ def main() -> None:
     load_before = os.getloadavg()
     peak = matmul_peak()
     rows = [bench_config(n, args.steps, args.rounds, torch_python, args.torch_threads) for n in names]
-    for r in rows:
-        r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
-    cpu = cpu_info()
-    # Other work on the machine skews both sides (PyTorch's OpenMP threads most): say how busy it was.
-    result = {"matmul_peak": peak, "configs": rows, "torch": torch_version, "cpu": cpu,
-              "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
-              "machine": common.machine()}
-    print(f"CPU {cpu.get('model_name', '?')} (AVX-512: {'yes' if cpu.get('avx512f') else 'no'}); "
-          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit); load average "
-          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
-    for r in rows:
-        print(f"{r['config']:5s} compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.2f} ms "
-              f"({r['pipelined_step_ms']:.2f} ms in a row), {r['units_per_sec']:.0f} {r['unit']}/s, "
-              f"{r['model_gflops']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.1f}% of peak")
-        for recipe, t in r.get("torch", {}).items():
-            print(f"{'':5s} PyTorch {torch_version} ({r['torch_threads']} threads) {recipe}: "
-                  f"step {t['median_step_ms']:.2f} ms; lab / PyTorch = {t['lab_over_torch']:.2f} "
-                  f"({t['lab_pipelined_over_torch']:.2f} in a row)")
-    common.save(result, args.out)
+    common.report_against_torch(rows, peak, load_before, torch_version, args.out, width=5)
 
 
 if __name__ == "__main__":

@@ -201,20 +201,6 @@ def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | 
     return rows
 
 
-def cpu_info() -> dict:
-    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo, Linux only)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = fields.get("flags", "").split()
-    return {"model_name": fields.get("model name", ""), "avx2": "avx2" in flags,
-            "avx512f": "avx512f" in flags}
-
-
 def main() -> None:
     """Parses the flags, measures each config, prints the table and saves the JSON."""
     ensure_malloc_env()  # measure the process the experiments run in
@@ -241,25 +227,7 @@ def main() -> None:
     peak = matmul_peak()
     rows = [row for g in groups for row in bench_group(g, args.steps, args.rounds, torch_python,
                                                   args.torch_threads)]
-    for r in rows:
-        r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
-    cpu = cpu_info()
-    # Other work on the machine skews both sides (PyTorch's OpenMP threads most): say how busy it was.
-    result = {"matmul_peak": peak, "configs": rows, "torch": torch_version, "cpu": cpu,
-              "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
-              "machine": common.machine()}
-    print(f"CPU {cpu.get('model_name', '?')} (AVX-512: {'yes' if cpu.get('avx512f') else 'no'}); "
-          f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit); load average "
-          f"{load_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after")
-    for r in rows:
-        print(f"{r['config']:17s} compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.2f} ms "
-              f"({r['pipelined_step_ms']:.2f} ms in a row), {r['units_per_sec']:.0f} {r['unit']}/s, "
-              f"{r['model_gflops']:.2f} GFLOP/s = {100 * r['fraction_of_matmul_peak']:.1f}% of peak")
-        for recipe, t in r.get("torch", {}).items():
-            print(f"{'':17s} PyTorch {torch_version} ({r['torch_threads']} threads) {recipe}: "
-                  f"step {t['median_step_ms']:.2f} ms; lab / PyTorch = {t['lab_over_torch']:.2f} "
-                  f"({t['lab_pipelined_over_torch']:.2f} in a row)")
-    common.save(result, args.out)
+    common.report_against_torch(rows, peak, load_before, torch_version, args.out, width=17)
 
 
 if __name__ == "__main__":
