@@ -150,10 +150,10 @@ def quality_summary(sums: dict) -> dict:
             "max_class_fraction": float(histogram.max()), "class_histogram": histogram}
 
 
-def _per_example(sums: dict, skip: tuple[str, ...] = ()) -> dict:
+def _per_example(sums: dict) -> dict:
+    """Every scalar sum but `count`, divided by it."""
     count = max(float(sums["count"]), 1.0)
-    return {k: float(v) / count for k, v in sums.items()
-            if k != "count" and np.ndim(v) == 0 and k not in skip}
+    return {k: float(v) / count for k, v in sums.items() if k != "count" and np.ndim(v) == 0}
 
 
 def _has_quality(sums: dict) -> bool:
@@ -218,6 +218,7 @@ class GANTask(Task):
         self.features, self.grid_noise = features, grid_noise
 
     def init(self, rng: jax.Array) -> dict:
+        """`{'params': {'generator': ..., 'discriminator': ...}}`, each from its own key."""
         g_rng, d_rng = jax.random.split(rng)
         z = jnp.zeros((1, self.latent_dim))
         x = jnp.zeros((1, *self.image_shape))
@@ -250,6 +251,8 @@ class GANTask(Task):
         return loss
 
     def update(self, state, batch, rng, tools):
+        """The discriminator's step, then the generator's (see the class docstring); sums of both
+        losses, the discriminator's mean outputs on real and generated images, the grad norms."""
         d_grads, d_sums = tools.mean_grads(self.d_loss(state.params["generator"]),
                                            state.params["discriminator"], batch, rng)
         state = tools.apply_gradients(state, d_grads, "discriminator")
@@ -310,6 +313,7 @@ class VAETask(Task):
         self.grid_noise, self.shown_images = grid_noise, shown_images
 
     def init(self, rng: jax.Array) -> dict:
+        """The VAE's `{'params': ...}` from `rng`."""
         x = jnp.zeros((1, *self.model.image_shape))
         return {"params": self.model.init(rng, x, jnp.zeros((1, self.model.latent_dim)))["params"]}
 
@@ -317,6 +321,8 @@ class VAETask(Task):
         return vae.elbo_terms(self.model, params, images, eps)
 
     def loss(self, params, batch, rng):
+        """(sum of -ELBO over the batch, sums of its reconstruction and KL parts); one
+        reparameterisation sample per image, eps ~ N(0, I) (B, Z) drawn from `rng`."""
         eps = jax.random.normal(rng, (batch["inputs"].shape[0], self.model.latent_dim))
         recon, kl = self._terms(params, batch["inputs"], eps)
         return jnp.sum(recon + kl), {"count": jnp.asarray(recon.shape[0], jnp.float32),

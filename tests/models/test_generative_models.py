@@ -8,21 +8,27 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lab import parallel
 from lab.models import cnn, gan, vae
+
+
+def once(fn, *args):
+    """fn(*args), jitted and compiled without LLVM's expensive passes (each runs once here)."""
+    return parallel.compile_once(fn, *args)(*args)
 
 
 @pytest.mark.parametrize("size", [28, 8])
 def test_gan_shapes_and_ranges(size):
     key = jax.random.key(0)
     generator = gan.Generator(image_shape=(size, size, 1), channels=(16, 8))
-    g_params = generator.init(key, jnp.zeros((1, 12)))["params"]
-    images = jax.jit(generator.apply)({"params": g_params}, jax.random.normal(key, (5, 12)))
+    g_params = once(generator.init, key, jnp.zeros((1, 12)))["params"]
+    images = once(generator.apply, {"params": g_params}, jax.random.normal(key, (5, 12)))
     assert images.shape == (5, size, size, 1)
     assert float(jnp.max(jnp.abs(images))) <= 1.0
     discriminator = gan.Discriminator(channels=(8, 16))
-    d_params = discriminator.init(key, images)["params"]
-    assert discriminator.apply({"params": d_params}, images).shape == (5,)
-    samples = gan.generate(generator, g_params, key, 3, latent_dim=12)
+    d_params = once(discriminator.init, key, images)["params"]
+    assert once(discriminator.apply, {"params": d_params}, images).shape == (5,)
+    samples = once(lambda p, k: gan.generate(generator, p, k, 3, latent_dim=12), g_params, key)
     assert samples.shape == (3, size, size, 1) and float(samples.min()) >= 0 and float(samples.max()) <= 1
 
 
@@ -41,12 +47,13 @@ def test_generator_refuses_a_size_its_upsamplings_cannot_reach():
 
 @pytest.mark.parametrize("architecture,size", [("conv", 28), ("mlp", 28), ("conv", 8)])
 def test_vae_shapes(architecture, size):
-    model = vae.VAE(image_shape=(size, size, 1), latent_dim=6, architecture=architecture, channels=(8, 16), hidden=32)
+    model = vae.VAE(image_shape=(size, size, 1), latent_dim=6, architecture=architecture, channels=(8, 16),
+                    hidden=32)
     x = jnp.full((4, size, size, 1), 0.5)
-    params = model.init(jax.random.key(0), x, jnp.zeros((4, 6)))["params"]
-    decoded, mean, logvar = model.apply({"params": params}, x, jnp.ones((4, 6)))
+    params = once(model.init, jax.random.key(0), x, jnp.zeros((4, 6)))["params"]
+    decoded, mean, logvar = once(model.apply, {"params": params}, x, jnp.ones((4, 6)))
     assert decoded.shape == x.shape and mean.shape == (4, 6) and logvar.shape == (4, 6)
-    samples = vae.generate(model, params, jax.random.key(1), 3)
+    samples = once(lambda p, k: vae.generate(model, p, k, 3), params, jax.random.key(1))
     assert samples.shape == (3, size, size, 1) and float(samples.min()) >= 0 and float(samples.max()) <= 1
 
 
@@ -54,16 +61,16 @@ def test_reparameterisation_gradient_reaches_the_encoder_mean_and_variance():
     model = vae.VAE(image_shape=(8, 8, 1), latent_dim=4, architecture="mlp", hidden=32)
     x = jax.random.uniform(jax.random.key(0), (6, 8, 8, 1))
     eps = jax.random.normal(jax.random.key(1), (6, 4))
-    params = model.init(jax.random.key(2), x, eps)["params"]
+    params = once(model.init, jax.random.key(2), x, eps)["params"]
 
     def recon_only(p):  # no KL: any encoder gradient must come through z = mean + sigma * eps
         return jnp.sum(vae.elbo_terms(model, p, x, eps)[0])
 
-    kernel = jax.jit(jax.grad(recon_only))(params)["encoder"]["stats"]["kernel"]  # (hidden, 2 * latent)
+    kernel = once(jax.grad(recon_only), params)["encoder"]["stats"]["kernel"]  # (hidden, 2 * latent)
     assert float(jnp.abs(kernel[:, :4]).sum()) > 0  # the mean's columns
     assert float(jnp.abs(kernel[:, 4:]).sum()) > 0  # the log-variance's columns
     # With eps = 0 the sample is the mean: the variance gets no reconstruction gradient.
-    zero = jax.jit(jax.grad(lambda p: jnp.sum(vae.elbo_terms(model, p, x, jnp.zeros_like(eps))[0])))(params)
+    zero = once(jax.grad(lambda p: jnp.sum(vae.elbo_terms(model, p, x, jnp.zeros_like(eps))[0])), params)
     assert float(jnp.abs(zero["encoder"]["stats"]["kernel"][:, 4:]).sum()) == 0
 
 
@@ -73,25 +80,26 @@ def test_elbo_of_a_hand_computable_model():
     for likelihood in ("bernoulli", "gaussian"):
         model = vae.VAE(image_shape=(8, 8, 1), latent_dim=3, architecture="mlp", hidden=8, likelihood=likelihood)
         x = jax.random.uniform(jax.random.key(0), (2, 8, 8, 1))
-        params = jax.tree.map(jnp.zeros_like, model.init(jax.random.key(1), x, jnp.zeros((2, 3)))["params"])
-        nll, kl = jax.jit(lambda p: vae.elbo_terms(model, p, x, jnp.ones((2, 3))))(params)
+        params = jax.tree.map(jnp.zeros_like, once(model.init, jax.random.key(1), x, jnp.zeros((2, 3)))["params"])
+        nll, kl = once(lambda p: vae.elbo_terms(model, p, x, jnp.ones((2, 3))), params)
         np.testing.assert_allclose(kl, 0.0, atol=1e-7)
         if likelihood == "bernoulli":
             np.testing.assert_allclose(nll, 64 * math.log(2), rtol=1e-6)
         else:
             expected = np.sum(0.5 * (np.asarray(x) - 0.5) ** 2 + 0.5 * math.log(2 * math.pi), axis=(1, 2, 3))
             np.testing.assert_allclose(nll, expected, rtol=1e-6)
-    np.testing.assert_allclose(vae.kl_to_standard_normal(jnp.array([[1.0, 0.0]]), jnp.array([[0.0, math.log(4.0)]])),
+    kl = vae.kl_to_standard_normal(jnp.array([[1.0, 0.0]]), jnp.array([[0.0, math.log(4.0)]]))
+    np.testing.assert_allclose(kl,
                                [0.5 * (1 + 1 - 1) + 0.5 * (4 - 1 - math.log(4.0))], rtol=1e-6)
 
 
 def test_cnn_logits_and_features():
     model = cnn.CNN(channels=(4, 8), features=(16,), num_classes=10)
     x = jnp.ones((3, 28, 28, 1))
-    variables = model.init(jax.random.key(0), x)
-    logits, features = model.apply(variables, x, return_features=True)
+    variables = once(model.init, jax.random.key(0), x)
+    logits, features = once(lambda v: model.apply(v, x, return_features=True), variables)
     assert logits.shape == (3, 10) and features.shape == (3, 16) and float(features.min()) >= 0
-    np.testing.assert_array_equal(model.apply(variables, x), logits)
+    np.testing.assert_allclose(once(model.apply, variables, x), logits, atol=1e-6)
 
 
 def test_max_pool_matches_flax_on_even_and_odd_sizes():
@@ -119,11 +127,11 @@ def test_phase_transposed_conv_is_flax_conv_transpose():
     for shape, features in (((2, 7, 5, 6), 4), ((2, 2, 2, 3), 1)):
         x = jax.random.normal(jax.random.key(0), shape)
         reference = nn.ConvTranspose(features, (4, 4), strides=(2, 2), padding="SAME")
-        variables = reference.init(jax.random.key(1), x)
+        variables = once(reference.init, jax.random.key(1), x)
         ours = ConvTranspose2x(features)
-        assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)) == jax.tree.map(jnp.shape, variables)
-        np.testing.assert_allclose(jax.jit(ours.apply)(variables, x), jax.jit(reference.apply)(variables, x),
-                                   atol=1e-5)
-        loss = lambda module: jax.jit(jax.grad(lambda v: jnp.sum(jnp.sin(module.apply(v, x)))))(variables)
+        assert jax.tree.map(jnp.shape, jax.eval_shape(ours.init, jax.random.key(1), x)) == \
+            jax.tree.map(jnp.shape, variables)
+        np.testing.assert_allclose(once(ours.apply, variables, x), once(reference.apply, variables, x), atol=1e-5)
+        loss = lambda module: once(jax.grad(lambda v: jnp.sum(jnp.sin(module.apply(v, x)))), variables)
         for a, b in zip(jax.tree.leaves(loss(ours)), jax.tree.leaves(loss(reference))):
             np.testing.assert_allclose(a, b, atol=1e-4)
