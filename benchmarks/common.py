@@ -1,8 +1,11 @@
 """What every benchmark records beside its numbers, and how it saves them."""
 
+import argparse
 import json
 import os
 import platform
+import sys
+from typing import Sequence
 
 import jax
 
@@ -11,6 +14,35 @@ def machine() -> dict:
     """The machine and stack a result was measured on."""
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "jax": jax.__version__,
             "devices": str(jax.devices())}
+
+
+def against_torch_flags(doc: str, configs: Sequence[str], steps_help: str, out_name: str):
+    """The flags of a lab-vs-PyTorch benchmark, parsed: (args, the chosen configs, the torch
+    Python (None: no yardstick), its torch version).
+
+    Flags: --steps, --rounds, --configs (comma-separated names of `configs`), --torch_python,
+    --torch_threads, --out (default `benchmarks/results/<out_name>`).
+    """
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=None, help=f"timed steps per round ({steps_help})")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--configs", default=",".join(configs))
+    parser.add_argument("--torch_python", default=sys.executable,
+                        help="a Python with torch for the PyTorch yardstick; '' skips it")
+    parser.add_argument("--torch_threads", type=int, default=0,
+                        help="torch.set_num_threads for the yardstick; 0 (default): PyTorch's default")
+    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", out_name))
+    args = parser.parse_args()
+    chosen = args.configs.split(",")
+    for name in chosen:
+        if name not in configs:
+            parser.error(f"unknown config {name!r}: use {', '.join(configs)}")
+    from benchmarks.transformer_lm import has_torch
+
+    torch_version = has_torch(args.torch_python) if args.torch_python else None
+    if args.torch_python and not torch_version:
+        print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
+    return args, chosen, (args.torch_python if torch_version else None), torch_version
 
 
 def cpu_info() -> dict:

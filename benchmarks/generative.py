@@ -45,7 +45,6 @@ that they compute the same thing. Prints a table and writes JSON (default
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -55,7 +54,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from benchmarks.transformer_lm import has_torch, matmul_peak
+from benchmarks.transformer_lm import matmul_peak
 from experiments.cli import MALLOC_ENV, ensure_malloc_env
 from experiments.gan.config import get_config as gan_config
 from experiments.vae.config import get_config as vae_config
@@ -243,25 +242,8 @@ def bench_config(name: str, steps: int | None, rounds: int, torch_python: str | 
 def main() -> None:
     """Parses the flags, measures each config, prints the table and saves the JSON."""
     ensure_malloc_env()  # measure the process the experiments run in
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None,
-                        help=f"timed steps per round (default: {GROUPS['gan'][1]})")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default=",".join(GROUPS))
-    parser.add_argument("--torch_python", default=sys.executable,
-                        help="a Python with torch for the PyTorch yardstick; '' skips it")
-    parser.add_argument("--torch_threads", type=int, default=0,
-                        help="torch.set_num_threads for the yardstick; 0 (default): PyTorch's default")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "generative.json"))
-    args = parser.parse_args()
-    names = args.configs.split(",")
-    for n in names:
-        if n not in GROUPS:
-            parser.error(f"unknown config {n!r}: use {', '.join(GROUPS)}")
-    torch_version = has_torch(args.torch_python) if args.torch_python else None
-    if args.torch_python and not torch_version:
-        print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
-    torch_python = args.torch_python if torch_version else None
+    args, names, torch_python, torch_version = common.against_torch_flags(
+        __doc__, tuple(GROUPS), f"default: {GROUPS['gan'][1]}", "generative.json")
     load_before = os.getloadavg()
     peak = matmul_peak()
     rows = [bench_config(n, args.steps, args.rounds, torch_python, args.torch_threads) for n in names]

@@ -31,7 +31,6 @@ median of its round medians. Prints a table and writes JSON (default
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -40,7 +39,7 @@ import sys
 import numpy as np
 
 from benchmarks import common
-from benchmarks.transformer_lm import has_torch, matmul_peak
+from benchmarks.transformer_lm import matmul_peak
 from experiments.cli import MALLOC_ENV, ensure_malloc_env
 from experiments.lstm_chatbot.config import get_config as chatbot_config
 from experiments.lstm_forecast.config import get_config as forecast_config
@@ -204,25 +203,8 @@ def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | 
 def main() -> None:
     """Parses the flags, measures each config, prints the table and saves the JSON."""
     ensure_malloc_env()  # measure the process the experiments run in
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=None,
-                        help="timed steps per round (default: 200 forecast, 5 chatbot)")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default=",".join(GROUPS))
-    parser.add_argument("--torch_python", default=sys.executable,
-                        help="a Python with torch for the PyTorch yardstick; '' skips it")
-    parser.add_argument("--torch_threads", type=int, default=0,
-                        help="torch.set_num_threads for the yardstick; 0 (default): PyTorch's default")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "lstm.json"))
-    args = parser.parse_args()
-    groups = args.configs.split(",")
-    for g in groups:
-        if g not in GROUPS:
-            parser.error(f"unknown config {g!r}: use {', '.join(GROUPS)}")
-    torch_version = has_torch(args.torch_python) if args.torch_python else None
-    if args.torch_python and not torch_version:
-        print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
-    torch_python = args.torch_python if torch_version else None
+    args, groups, torch_python, torch_version = common.against_torch_flags(
+        __doc__, tuple(GROUPS), "default: 200 forecast, 5 chatbot", "lstm.json")
     load_before = os.getloadavg()
     peak = matmul_peak()
     rows = [row for g in groups for row in bench_group(g, args.steps, args.rounds, torch_python,
