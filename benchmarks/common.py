@@ -149,3 +149,85 @@ def compiled_train_step(task, config, batches: list[dict]):
         return times, (time.perf_counter() - t) / steps
 
     return run, compile_s, int(n_params)
+
+
+def torch_yardstick(module: str, python: str, recipes: Sequence[str], flags: dict, steps: int, warmup: int,
+                    threads: int = 0) -> dict | None:
+    """One run of the PyTorch script `module` (e.g. 'benchmarks.lstm_torch') under `python` in a
+    fresh process (without lab's malloc settings) with `threads` torch threads (0: PyTorch's
+    default): its JSON ({'torch', 'threads', 'recipes': {name: {'median_step_ms', ...}}}), or
+    None (and its error on stderr) if it fails."""
+    import subprocess
+
+    from experiments.cli import MALLOC_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([python, "-m", module, f"--recipes={','.join(recipes)}", f"--steps={steps}",
+                          f"--warmup={warmup}", f"--threads={threads}",
+                          *[f"--{k}={v}" for k, v in flags.items()]],
+                         capture_output=True, text=True, cwd=root, env=env)
+    if out.returncode != 0:
+        print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def alternate_with_torch(lab_steps: dict, pairings: dict, torch_module: str, torch_flags: dict,
+                         steps: int, warmup: int, rounds: int, torch_python: str | None,
+                         torch_threads: int = 0) -> list[dict]:
+    """Measures lab's compiled steps and their PyTorch yardsticks, alternating, round by round.
+
+    Args:
+      lab_steps: row name -> (info, run): `info` with `units_per_step` and `model_gflop_per_step`,
+        `run(steps) -> (per-step seconds, mean seconds of steps in a row)`.
+      pairings: row name -> the torch recipes it is compared with.
+      torch_module, torch_flags: the yardstick script and its shape flags (`torch_yardstick`).
+      steps, warmup, rounds: timed steps per round, torch warm-up steps, rounds.
+      torch_python: a Python with torch; None: lab only.
+    Returns:
+      One row per lab step: the medians over rounds of the round medians (each step waited for)
+      and of the in-a-row means, rates, the load average after each round, and per paired recipe
+      its median step and the lab / PyTorch ratios (plus what the yardstick reports of it).
+    """
+    import numpy as np
+
+    recipes = list(dict.fromkeys(r for name in lab_steps for r in pairings[name]))
+    waited = {name: [] for name in lab_steps}
+    in_a_row = {name: [] for name in lab_steps}
+    torch_medians = {r: [] for r in recipes}
+    torch_out = None
+    loads = []  # the 1-minute load average after each round: other work on the machine shows here
+    for _ in range(rounds):
+        for name, (_, run) in lab_steps.items():
+            times, pipelined = run(steps)
+            waited[name].append(float(np.median(times)) * 1e3)
+            in_a_row[name].append(pipelined * 1e3)
+        if torch_python:
+            out = torch_yardstick(torch_module, torch_python, recipes, torch_flags, steps, warmup, torch_threads)
+            if out is None:
+                torch_python = None
+            else:
+                torch_out = out
+                for r in recipes:
+                    torch_medians[r].append(out["recipes"][r]["median_step_ms"])
+        loads.append(os.getloadavg()[0])
+    rows = []
+    for name, (info, _) in lab_steps.items():
+        median_ms = float(np.median(waited[name]))
+        row = dict(info, steps=steps, rounds=rounds, median_step_ms=median_ms, round_medians_ms=waited[name],
+                   pipelined_step_ms=float(np.median(in_a_row[name])), round_pipelined_ms=in_a_row[name],
+                   load_average_after_rounds=loads,
+                   units_per_sec=info["units_per_step"] / median_ms * 1e3,
+                   model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
+        if torch_python and torch_out and all(len(torch_medians[r]) == rounds for r in pairings[name]):
+            row["torch_threads"] = torch_out["threads"]
+            row["torch"] = {}
+            for r in pairings[name]:
+                torch_ms = float(np.median(torch_medians[r]))
+                reported = {k: v for k, v in torch_out["recipes"][r].items() if k != "median_step_ms"}
+                row["torch"][r] = dict(reported, median_step_ms=torch_ms, round_medians_ms=torch_medians[r],
+                                       lab_over_torch=median_ms / torch_ms,
+                                       lab_pipelined_over_torch=row["pipelined_step_ms"] / torch_ms)
+        rows.append(row)
+    return rows

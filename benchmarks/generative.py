@@ -45,17 +45,14 @@ that they compute the same thing. Prints a table and writes JSON (default
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
 
 from benchmarks import common
 from benchmarks.transformer_lm import matmul_peak
-from experiments.cli import MALLOC_ENV, ensure_malloc_env
+from experiments.cli import ensure_malloc_env
 from experiments.gan.config import get_config as gan_config
 from experiments.vae.config import get_config as vae_config
 from lab.models import gan, vae
@@ -179,64 +176,14 @@ def lab_step(name: str):
     return info, run, flags
 
 
-def torch_steps(python: str, recipes: tuple[str, ...], flags: dict, steps: int, warmup: int,
-                threads: int = 0) -> dict | None:
-    """One run of benchmarks/generative_torch.py under `python` in a fresh process (without lab's
-    malloc settings) with `threads` torch threads (0: PyTorch's default): its JSON ({'torch',
-    'threads', 'recipes': {name: {'median_step_ms', ...}}}), or None (and its error on stderr)
-    if it fails."""
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [f"--{k}={v}" for k, v in flags.items()]
-    out = subprocess.run([python, "-m", "benchmarks.generative_torch", f"--recipes={','.join(recipes)}",
-                          f"--steps={steps}", f"--warmup={warmup}", f"--threads={threads}", *args],
-                         capture_output=True, text=True, cwd=root, env=env)
-    if out.returncode != 0:
-        print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def bench_config(name: str, steps: int | None, rounds: int, torch_python: str | None,
                  torch_threads: int = 0) -> dict:
-    """Measures lab's step of config `name` and its torch recipes, alternating per round; -> its
-    row, the yardsticks and ratios attached."""
+    """Measures lab's step of config `name` against its torch recipes (`common.alternate_with_torch`)."""
     recipes, default_steps, warmup = GROUPS[name]
-    steps = steps or default_steps
     info, run, flags = lab_step(name)
-    waited, in_a_row, loads = [], [], []  # loads: the 1-minute load average after each round
-    torch_medians = {r: [] for r in recipes}
-    torch_out = None
-    for _ in range(rounds):
-        times, pipelined = run(steps)
-        waited.append(float(np.median(times)) * 1e3)
-        in_a_row.append(pipelined * 1e3)
-        if torch_python:
-            out = torch_steps(torch_python, recipes, flags, steps, warmup, torch_threads)
-            if out is None:
-                torch_python = None
-            else:
-                torch_out = out
-                for r in recipes:
-                    torch_medians[r].append(out["recipes"][r]["median_step_ms"])
-        loads.append(os.getloadavg()[0])
-    median_ms = float(np.median(waited))
-    row = dict(info, steps=steps, rounds=rounds, median_step_ms=median_ms, round_medians_ms=waited,
-               pipelined_step_ms=float(np.median(in_a_row)), round_pipelined_ms=in_a_row,
-               load_average_after_rounds=loads,
-               units_per_sec=info["units_per_step"] / median_ms * 1e3,
-               model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
-    if torch_python and torch_out and all(len(torch_medians[r]) == rounds for r in recipes):
-        row["torch_threads"] = torch_out["threads"]
-        row["torch"] = {}
-        for r in recipes:
-            torch_ms = float(np.median(torch_medians[r]))
-            got = torch_out["recipes"][r]
-            row["torch"][r] = {"median_step_ms": torch_ms, "round_medians_ms": torch_medians[r],
-                               "params": got["params"], "first_losses": got["first_losses"],
-                               "lab_over_torch": median_ms / torch_ms,
-                               "lab_pipelined_over_torch": row["pipelined_step_ms"] / torch_ms}
-    return row
+    return common.alternate_with_torch({name: (info, run)}, {name: recipes}, "benchmarks.generative_torch",
+                                       flags, steps or default_steps, warmup, rounds, torch_python,
+                                       torch_threads)[0]
 
 
 def main() -> None:

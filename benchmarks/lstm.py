@@ -31,16 +31,13 @@ median of its round medians. Prints a table and writes JSON (default
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 
 from benchmarks import common
 from benchmarks.transformer_lm import matmul_peak
-from experiments.cli import MALLOC_ENV, ensure_malloc_env
+from experiments.cli import ensure_malloc_env
 from experiments.lstm_chatbot.config import get_config as chatbot_config
 from experiments.lstm_forecast.config import get_config as forecast_config
 from lab.models.lstm import LSTMRegressor
@@ -48,12 +45,12 @@ from lab.tasks import forecast, seq2seq
 
 NUM_CHARS = 76  # the shakespeare_char vocabulary the chatbot reads (vocab_size 79 with PAD/BOS/EOS)
 
-# config -> (lab rows, torch recipes, default timed steps per round, torch warm-up steps).
+# config -> (lab rows, default timed steps per round, torch warm-up steps); the torch recipes
+# are those the rows are paired with (PAIRINGS).
 GROUPS = {
-    "forecast": (("forecast_relu", "forecast_tanh"),
-                 ("forecast_lstm", "forecast_manual_relu", "forecast_manual_tanh"), 200, 10),
-    "chatbot": (("chatbot",), ("chatbot",), 5, 1),
-    "chatbot_additive": (("chatbot_additive",), ("chatbot_additive",), 5, 1),
+    "forecast": (("forecast_relu", "forecast_tanh"), 200, 10),
+    "chatbot": (("chatbot",), 5, 1),
+    "chatbot_additive": (("chatbot_additive",), 5, 1),
 }
 # lab row -> the torch recipes it is compared with (first: the headline pairing).
 PAIRINGS = {
@@ -135,69 +132,17 @@ def lab_step(name: str):
     return info, run, shape
 
 
-def torch_steps(python: str, recipes: tuple[str, ...], shape: dict, steps: int, warmup: int,
-                threads: int = 0) -> dict | None:
-    """One run of benchmarks/lstm_torch.py under `python` in a fresh process (without lab's malloc
-    settings) with `threads` torch threads (0: PyTorch's default): its JSON ({'torch', 'threads',
-    'recipes': {name: {'median_step_ms', ...}}}), or None (and its error on stderr) if it fails."""
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    flags = [f"--{k}={v}" for k, v in shape.items()]
-    out = subprocess.run([python, "-m", "benchmarks.lstm_torch", f"--recipes={','.join(recipes)}",
-                          f"--steps={steps}", f"--warmup={warmup}", f"--threads={threads}", *flags],
-                         capture_output=True, text=True, cwd=root, env=env)
-    if out.returncode != 0:
-        print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])
-
-
 def bench_group(group: str, steps: int | None, rounds: int, torch_python: str | None,
                 torch_threads: int = 0) -> list[dict]:
-    """Measures the lab rows of config `group` and its torch recipes, alternating per round;
-    -> one row per lab row, its yardsticks and ratios attached."""
-    lab_names, recipes, default_steps, warmup = GROUPS[group]
-    steps = steps or default_steps
-    built = [lab_step(name) for name in lab_names]
-    shape = built[0][2]
-    waited = {name: [] for name in lab_names}
-    in_a_row = {name: [] for name in lab_names}
-    torch_medians = {r: [] for r in recipes}
-    torch_meta = {}
-    loads = []  # the 1-minute load average after each round: other work on the machine shows here
-    for _ in range(rounds):
-        for name, (_, run, _) in zip(lab_names, built):
-            times, pipelined = run(steps)
-            waited[name].append(float(np.median(times)) * 1e3)
-            in_a_row[name].append(pipelined * 1e3)
-        if torch_python:
-            out = torch_steps(torch_python, recipes, shape, steps, warmup, torch_threads)
-            if out is None:
-                torch_python = None
-            else:
-                torch_meta = {"torch": out["torch"], "threads": out["threads"]}
-                for r in recipes:
-                    torch_medians[r].append(out["recipes"][r]["median_step_ms"])
-        loads.append(os.getloadavg()[0])
-    rows = []
-    for name, (info, _, _) in zip(lab_names, built):
-        median_ms = float(np.median(waited[name]))
-        row = dict(info, steps=steps, rounds=rounds, median_step_ms=median_ms,
-                   round_medians_ms=waited[name],
-                   pipelined_step_ms=float(np.median(in_a_row[name])),
-                   round_pipelined_ms=in_a_row[name], load_average_after_rounds=loads,
-                   units_per_sec=info["units_per_step"] / median_ms * 1e3,
-                   model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
-        if torch_python and all(len(torch_medians[r]) == rounds for r in PAIRINGS[name]):
-            row["torch_threads"] = torch_meta["threads"]
-            row["torch"] = {}
-            for r in PAIRINGS[name]:
-                torch_ms = float(np.median(torch_medians[r]))
-                row["torch"][r] = {"median_step_ms": torch_ms, "round_medians_ms": torch_medians[r],
-                                   "lab_over_torch": median_ms / torch_ms,
-                                   "lab_pipelined_over_torch": row["pipelined_step_ms"] / torch_ms}
-        rows.append(row)
-    return rows
+    """Measures the lab rows of config `group` against their torch recipes
+    (`common.alternate_with_torch`); -> one row per lab row."""
+    lab_names, default_steps, warmup = GROUPS[group]
+    built = {name: lab_step(name) for name in lab_names}
+    shape = next(iter(built.values()))[2]
+    return common.alternate_with_torch({name: (info, run) for name, (info, run, _) in built.items()},
+                                       {name: PAIRINGS[name] for name in lab_names}, "benchmarks.lstm_torch",
+                                       shape, steps or default_steps, warmup, rounds, torch_python,
+                                       torch_threads)
 
 
 def main() -> None:

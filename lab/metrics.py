@@ -64,10 +64,7 @@ def feature_moment_sums(features_BxF: jax.Array, mask_B: jax.Array | None = None
     """Masked first and second moment sums of a batch of features: (sum_b f_b (F,),
     sum_b f_b f_b^T (F, F)). Added over batches and devices, they give the exact mean and
     covariance of a whole split (`gaussian_from_sums`)."""
-    if mask_B is not None:
-        weighted = features_BxF * mask_B[:, None]
-    else:
-        weighted = features_BxF
+    weighted = features_BxF if mask_B is None else features_BxF * mask_B[:, None]
     return jnp.sum(weighted, axis=0), weighted.T @ features_BxF
 
 
