@@ -51,18 +51,22 @@ class EpochBatcher:
         return {"epoch": step // self.steps_per_epoch, "batch_in_epoch": step % self.steps_per_epoch}
 
     def indices(self, step: int) -> np.ndarray:
-        """Example indices of this process's part of global batch `step`: int (B/processes,)."""
+        """Example indices of this process's part of global batch `step`: int (B/processes,).
+
+        The global batch is sorted before it is split, so the global batch and its example
+        order are the same whatever the process count.
+        """
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:
             self._epoch = epoch
             self._perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
-        return self._perm[i * self.batch_size:(i + 1) * self.batch_size][self._slice]
+        # Sorted within the batch: part of the published recipe (the sum order fixes the numbers);
+        # measured ~4 us per 100-row gather, no faster than unsorted.
+        return np.sort(self._perm[i * self.batch_size:(i + 1) * self.batch_size])[self._slice]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """This process's part of global batch `step`: each array (B/processes, ...)."""
-        # Sorted within the batch: part of the published recipe (the sum order fixes the numbers);
-        # measured ~4 us per 100-row gather, no faster than unsorted.
-        idx = np.sort(self.indices(step))
+        idx = self.indices(step)
         return {k: v[idx] for k, v in self.arrays.items()}
 
 
