@@ -93,7 +93,7 @@ def _validate_config(config, workdir: str, validate: Callable | None) -> None:
     from lab import configs
     from lab.errors import ConfigValueError
 
-    configs.validate(config, jax.device_count(), workdir)
+    configs.validate(config, jax.device_count(), workdir, jax.process_count())
     if "dataset" in config and config.dataset not in lab.data.DATASETS:
         raise ConfigValueError(f"config.dataset={config.dataset!r} is unknown; choose one of "
                                f"{', '.join(lab.data.DATASETS)}")

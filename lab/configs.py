@@ -14,6 +14,7 @@ them (`--config.key=value`). The keys every experiment has (the train loop reads
     checkpoint_every_steps  int
     max_checkpoints_to_keep int >= 1
     parallel                'jit' (jit + NamedSharding, default) or 'pmap'
+    mesh                    'data:N,fsdp:M' (see `lab.parallel.parse_mesh`); '': every device on 'data'
     optimizer.*             see `lab.optim` (or `optimizers.<name>.*`, one block per parameter set)
     init_from               optional: workdir of a finished run whose params seed this one
     init_from_params        optional: the top-level param names taken from it, e.g. ('encoder',)
@@ -61,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500  # 0: only at the end
     c.max_checkpoints_to_keep = 3
     c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
+    c.mesh = ""  # e.g. 'data:2,fsdp:2' (FSDP: parameters split along fsdp); '': every device on data
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # sgd | adam | adamw | adagrad (see lab.optim for every key)
     c.optimizer.learning_rate = 1e-3
@@ -74,12 +76,14 @@ _POSITIVE_INTS = ("batch_size", "eval_batch_size", "num_train_steps", "log_every
                   "eval_every_steps", "max_checkpoints_to_keep")
 
 
-def validate(config: Any, num_devices: int = 1, workdir: str | None = None) -> None:
+def validate(config: Any, num_devices: int = 1, workdir: str | None = None, num_processes: int = 1) -> None:
     """Checks every key the loop reads, before any data is loaded or any step compiled.
 
     Args:
       config: the run's config.
-      num_devices: global device count; batch sizes must split evenly over them.
+      num_devices: global device count; batch sizes must split evenly over them, and
+        `config.mesh` must use exactly them.
+      num_processes: `jax.process_count()` (pmap runs one process only).
       workdir: the run's directory; a fresh one (no checkpoints) needs its `init_from` run.
     Raises:
       ConfigValueError: one line naming the key, its value and what is allowed.
@@ -103,10 +107,16 @@ def validate(config: Any, num_devices: int = 1, workdir: str | None = None) -> N
             raise ConfigValueError(
                 f"config.{key}={config[key]} is not divisible by the {num_devices} devices; "
                 f"use a multiple of {num_devices}")
-    from lab.parallel import PARALLEL_MODES  # here: lab.parallel imports jax's sharding API
-    if config.get("parallel") not in PARALLEL_MODES:
+    from lab import parallel  # here: lab.parallel imports jax's sharding API
+    if config.get("parallel") not in parallel.PARALLEL_MODES:
         raise ConfigValueError(f"config.parallel={config.get('parallel')!r} is unknown; "
-                               f"choose one of {', '.join(PARALLEL_MODES)}")
+                               f"choose one of {', '.join(parallel.PARALLEL_MODES)}")
+    mesh = parallel.parse_mesh(config.get("mesh"), num_devices)
+    if config.parallel == "pmap" and (mesh[parallel.FSDP_AXIS] > 1 or num_processes > 1):
+        raise ConfigValueError(
+            "config.parallel='pmap' runs one process and replicates every parameter; "
+            f"this run has {num_processes} process(es) and config.mesh={config.get('mesh')!r}: "
+            "use config.parallel='jit'")
     for where, block in optim.optimizer_blocks(config).items():
         optim.validate(block, where)
     fresh = workdir is not None and not _has_checkpoints(workdir)

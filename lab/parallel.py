@@ -10,9 +10,13 @@ which is exactly the gradient of the mean loss whether the batch is split over d
 and stays exact with masks (padded batches, padded tokens) because it divides by the true global
 count rather than averaging per-device means.
 
-* `MeshParallel` (default, `config.parallel='jit'`): `jax.jit` over global arrays on
-  `Mesh(devices, ('data',))`. The batch's leading axis is split over 'data'; every state leaf has
-  the sharding its partition rule gives (replicated by default). XLA inserts the collectives.
+* `MeshParallel` (default, `config.parallel='jit'`): `jax.jit` over global arrays on a
+  `Mesh(devices, ('data', 'fsdp'))` of the shape `config.mesh` names (default: every device on
+  'data'). The batch's leading axis is split over all devices (both axes); every state leaf has
+  the sharding its partition rule gives. With `fsdp` > 1, a leaf no rule names is split along
+  'fsdp' if it is large (`fsdp_spec`), so parameters and optimizer state are stored once per
+  'data' replica and gathered by XLA where the step needs them (FSDP, in GSPMD's terms). XLA
+  inserts every collective.
 * `PmapParallel` (`config.parallel='pmap'`): `jax.pmap` over a leading device axis. Every device
   computes its local sums, and lab inserts the `lax.psum`s, so the result is the same global
   quantity. Nothing in a family changes. Parameters are replicated (no partition rules).
@@ -40,7 +44,12 @@ LossFn = Callable[[PyTree, dict, jax.Array], tuple]
 PartitionRules = Sequence[tuple[str, P]]
 
 DATA_AXIS = "data"
+FSDP_AXIS = "fsdp"
+MESH_AXES = (DATA_AXIS, FSDP_AXIS)
 PARALLEL_MODES = ("jit", "pmap")
+# The default rule splits a leaf along 'fsdp' from this many elements on (a 64x64 kernel):
+# smaller leaves (biases, norms, scalars) cost more in collectives than they save in memory.
+FSDP_MIN_SIZE = 4096
 
 # Metric keys ending in this are per-step values (norms), averaged over steps and devices;
 # every other metric is a sum over examples, added over steps and devices.
@@ -91,13 +100,66 @@ def reduce_step_metrics(metrics: dict, axis_name: str | None) -> dict:
             for k, v in metrics.items()}
 
 
+def parse_mesh(text: str | None, num_devices: int) -> dict[str, int]:
+    """`config.mesh` as axis sizes: "data:2,fsdp:2" -> {'data': 2, 'fsdp': 2}.
+
+    An axis left out is 1, except 'data', which takes the devices the others leave
+    ("fsdp:4" on 8 devices is data:2,fsdp:4); "" or None puts every device on 'data'.
+    Raises ConfigValueError (one line) for an unknown axis, a bad size, or sizes whose product
+    is not the device count.
+    """
+    sizes: dict[str, int] = {}
+    for part in (text or "").replace(" ", "").split(","):
+        if not part:
+            continue
+        axis, _, size = part.partition(":")
+        if axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in sizes:
+            raise ConfigValueError(f"config.mesh={text!r} is invalid: write axis:size pairs of the axes "
+                                   f"{', '.join(MESH_AXES)}, e.g. 'data:2,fsdp:2'")
+        sizes[axis] = int(size)
+    others = int(np.prod([v for k, v in sizes.items() if k != DATA_AXIS]))
+    if DATA_AXIS not in sizes and num_devices % others == 0:
+        sizes[DATA_AXIS] = num_devices // others
+    sizes = {axis: sizes.get(axis, 1) for axis in MESH_AXES}
+    if int(np.prod(list(sizes.values()))) != num_devices:
+        raise ConfigValueError(f"config.mesh={text!r} needs {int(np.prod(list(sizes.values())))} devices, but "
+                               f"this run has {num_devices}: make the sizes multiply to {num_devices}")
+    return sizes
+
+
+def make_mesh(text: str | None = None) -> Mesh:
+    """The ('data', 'fsdp') mesh over all global devices that `config.mesh` names.
+
+    Devices come in `jax.devices()` order (process by process), so each process's devices hold
+    a contiguous block of the batch: the block its data pipeline reads.
+    """
+    sizes = parse_mesh(text, jax.device_count())
+    return Mesh(np.array(jax.devices()).reshape(tuple(sizes.values())), MESH_AXES)
+
+
+def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = FSDP_MIN_SIZE) -> P:
+    """The default FSDP placement of a leaf of `shape`: its largest dimension divisible by
+    `fsdp_size` split along 'fsdp' when the leaf has at least `min_size` elements; else
+    replicated (P())."""
+    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
+        return P()
+    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
+        if shape[dim] % fsdp_size == 0:
+            return P(*[FSDP_AXIS if d == dim else None for d in range(len(shape))])
+    return P()
+
+
 def shardings_from_rules(abstract: PyTree, mesh: Mesh, rules: PartitionRules) -> PyTree:
     """A `NamedSharding` per leaf of `abstract`: the first rule whose regex matches the leaf's
-    key path (`jax.tree_util.keystr`, e.g. ".params['Dense_0']['kernel']"), else replicated.
+    key path (`jax.tree_util.keystr`, e.g. ".params['Dense_0']['kernel']"), else `fsdp_spec`
+    (replicated on a mesh without an 'fsdp' axis or with 'fsdp' of size 1).
 
-    Rules match optimizer moments too (their paths end in the parameter's path), so Adam's
-    `mu` and `nu` are split like the parameter they belong to.
+    Rules match optimizer moments too (their paths end in the parameter's path), and the
+    default depends only on the shape, so Adam's `mu` and `nu` are split like the parameter
+    they belong to.
+    Raises ConfigValueError when a rule splits a dimension the mesh's axis does not divide.
     """
+    fsdp_size = dict(mesh.shape).get(FSDP_AXIS, 1)
 
     def sharding(path, leaf):
         name = jax.tree_util.keystr(path)
@@ -108,10 +170,11 @@ def shardings_from_rules(abstract: PyTree, mesh: Mesh, rules: PartitionRules) ->
                 for dim, axes in zip(leaf.shape, spec):
                     size = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes) if a is not None]))
                     if axes is not None and dim % size:
-                        raise ValueError(f"partition rule {pattern!r}: {name} dimension {dim} is not "
-                                         f"divisible by {size} devices")
+                        raise ConfigValueError(
+                            f"config.mesh {dict(mesh.shape)} splits {name} (shape {tuple(leaf.shape)}) "
+                            f"{size} ways along {axes!r}, which does not divide {dim}: choose sizes that divide it")
                 return NamedSharding(mesh, spec)
-        return NamedSharding(mesh, P())
+        return NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), fsdp_size))
 
     return jax.tree_util.tree_map_with_path(sharding, abstract)
 
@@ -134,11 +197,11 @@ class _Strategy:
     name: str
     axis_name: str | None
 
-    def __init__(self):
-        self.mesh = Mesh(np.array(jax.devices()), (DATA_AXIS,))
+    def __init__(self, mesh: str | None = None):
+        self.mesh = make_mesh(mesh)
         self.num_devices = jax.device_count()
         self.replicated = NamedSharding(self.mesh, P())
-        self.data_sharding = NamedSharding(self.mesh, P(DATA_AXIS))
+        self.data_sharding = NamedSharding(self.mesh, P(MESH_AXES))  # the batch: over every device
 
     def global_batch(self, batch: dict) -> dict:
         """This process's numpy batch (its slice of the global batch) as global arrays.
@@ -205,15 +268,25 @@ class PmapParallel(_Strategy):
     name = "pmap"
     axis_name = DATA_AXIS
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, mesh: str | None = None):
+        super().__init__(mesh)
+        if jax.process_count() > 1:
+            raise ConfigValueError(f"config.parallel='pmap' runs one process; this run has {jax.process_count()} "
+                                   f"processes: use config.parallel='jit'")
+        if self.mesh.shape[FSDP_AXIS] > 1:
+            raise ConfigValueError("config.parallel='pmap' replicates every parameter: use config.parallel='jit' "
+                                   f"with config.mesh={_mesh_text(self.mesh)!r}")
         self.devices = jax.local_devices()
         self.num_local = len(self.devices)
 
     def state_shardings(self, abstract_state: PyTree, rules: PartitionRules) -> PyTree:
-        if rules:
-            raise ConfigValueError("config.parallel='pmap' replicates every parameter, but this model "
-                                   "has partition rules (sharded parameters): use config.parallel='jit'")
+        """Every leaf replicated; refused if a rule would split one on this mesh (rules that name
+        'fsdp' on a mesh with fsdp 1 replicate, so a Transformer runs under pmap)."""
+        split = [s for s in jax.tree.leaves(shardings_from_rules(abstract_state, self.mesh, rules))
+                 if not s.is_fully_replicated]
+        if split:
+            raise ConfigValueError("config.parallel='pmap' replicates every parameter, but this model's partition "
+                                   "rules split some on this mesh: use config.parallel='jit'")
         return jax.tree.map(lambda _: self.replicated, abstract_state)
 
     def init_state(self, init_fn: Callable, rng: jax.Array, shardings: PyTree) -> PyTree:
@@ -242,10 +315,15 @@ class PmapParallel(_Strategy):
         return np.asarray(jax.device_get(acc[0]))
 
 
-def make_parallel(mode: str) -> MeshParallel | PmapParallel:
-    """Returns the data-parallel strategy named by `config.parallel` ('jit' or 'pmap')."""
+def _mesh_text(mesh: Mesh) -> str:
+    return ",".join(f"{axis}:{size}" for axis, size in mesh.shape.items())
+
+
+def make_parallel(mode: str, mesh: str | None = None) -> MeshParallel | PmapParallel:
+    """Returns the data-parallel strategy named by `config.parallel` ('jit' or 'pmap') on the
+    mesh `config.mesh` names (see `parse_mesh`)."""
     if mode == "jit":
-        return MeshParallel()
+        return MeshParallel(mesh)
     if mode == "pmap":
-        return PmapParallel()
+        return PmapParallel(mesh)
     raise ConfigValueError(f"config.parallel={mode!r} is unknown; choose one of {', '.join(PARALLEL_MODES)}")

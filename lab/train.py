@@ -222,8 +222,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         NonFiniteLossError), each with a one-line message that says what to do.
     """
     t_begin = time.perf_counter()
-    configs.validate(config, jax.device_count(), workdir)
-    strategy = parallel_lib.make_parallel(config.parallel)
+    configs.validate(config, jax.device_count(), workdir, jax.process_count())
+    strategy = parallel_lib.make_parallel(config.parallel, config.get("mesh"))
     workdir = os.path.abspath(workdir)
     if jax.process_index() == 0:
         configs.check_workdir(workdir, config, allow_config_change)

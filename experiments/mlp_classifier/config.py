@@ -45,6 +45,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 70
     c.max_checkpoints_to_keep = 3
     c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
+    c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()
     c.model.name = "mlp"  # mlp | cnn (lab.models.cnn: conv blocks, then the hidden Dense layers)

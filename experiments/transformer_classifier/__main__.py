@@ -48,7 +48,8 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
         num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
         hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
-    task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",))
+    task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",),
+                              partition_rules=transformer.PARTITION_RULES)
     data = train.epoch_data(train_arrays, {"test": test_arrays}, config,
                             class_names=plays_info.get("class_names"))
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)

@@ -35,6 +35,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"
+    c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
     c.model = encoder_config()  # must equal the pretraining run's encoder
     c.model.head_hidden = 512
     c.model.head_dropout = 0.1

@@ -32,6 +32,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"
+    c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4

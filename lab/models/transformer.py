@@ -49,8 +49,21 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
+
+# FSDP placement of every Transformer (GPT, Encoder, MaskedLM, EncoderClassifier) parameter, for
+# `lab.parallel.shardings_from_rules`: each kernel and embedding is split along its width (D)
+# dimension over the mesh's 'fsdp' axis, the one dimension every config makes divisible (the
+# vocabulary and max_len need not be); biases and LayerNorm vectors, D or 4D floats per layer,
+# stay replicated. Optimizer moments follow their parameter (their paths end in its path).
+PARTITION_RULES = (
+    (r"\['(qkv|out|fc)'\]\['kernel'\]$", P("fsdp", None)),  # DxD', split on the input width D
+    (r"\['proj'\]\['kernel'\]$", P(None, "fsdp")),  # FxD, split on the output width D
+    (r"\['(embedding|position)'\]$", P(None, "fsdp")),  # VxD token and LxD position embeddings
+    (r"\['(bias|scale)'\]$", P()),
+)
 
 
 # ------------------------------------------------------------------------------------------------

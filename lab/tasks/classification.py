@@ -28,6 +28,8 @@ class ClassificationTask(Task):
         head uses ('label',).
       extra_input_keys: further batch keys passed to the model as positional arguments after
         the inputs (e.g. 'token_mask' for the padding mask of token inputs).
+      partition_rules: the model's FSDP placement (e.g. `transformer.PARTITION_RULES`); by
+        default `lab.parallel.fsdp_spec` decides for every parameter.
     Models whose only variables are `params` train with the default update; a model with
     mutable collections (BatchNorm) needs an update that carries them (see tests/test_contract.py).
     """
@@ -35,8 +37,11 @@ class ClassificationTask(Task):
     count_unit = "examples"
 
     def __init__(self, model: nn.Module, example_inputs: dict[str, np.ndarray],
-                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = ()):
+                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = (),
+                 partition_rules=None):
         self.model = model
+        if partition_rules is not None:  # else the class's (a subclass may set its own)
+            self.partition_rules = tuple(partition_rules)
         self.example_inputs = example_inputs
         self.label_keys = tuple(label_keys)
         self.extra_input_keys = tuple(extra_input_keys)

@@ -73,6 +73,7 @@ class CausalLMTask(Task):
     """
 
     count_unit = "tokens"
+    partition_rules = transformer.PARTITION_RULES
 
     def __init__(self, config: transformer.TransformerConfig,
                  sample: Callable[[Any, int, jax.Array], str] | None = None):
@@ -121,6 +122,7 @@ class MaskedLMTask(Task):
     """
 
     count_unit = "tokens"
+    partition_rules = transformer.PARTITION_RULES
 
     def __init__(self, config: transformer.TransformerConfig, token_ids: transformer.TokenIds,
                  mask_rate: float = 0.15):
