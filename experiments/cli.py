@@ -2,6 +2,10 @@
 
     python -m experiments.<name> --workdir=DIR [--config=FILE[:variant]] [--config.key=value ...]
                                   [--allow_config_change]
+                                  [--coordinator_address=HOST:PORT|auto --num_processes=N --process_id=I]
+
+Multi-process (multi-host) runs join JAX's runtime (`lab.distributed.initialize`) before anything
+touches a device; `python -m lab.launch` starts such a run on one machine.
 
 lab itself defines no flags; this module is the one place that parses them. Every failure a user
 can cause (bad flag, config value, dataset, checkpoint, NaN loss, full disk) ends as one line on
@@ -48,8 +52,32 @@ EXIT_USAGE = 2  # bad flags or config: nothing ran
 EXIT_FAILURE = 1  # the run started and stopped on an error; finished checkpoints are kept
 
 
+def _multi_process() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    from jax._src import distributed
+    return distributed.global_state.client is not None
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    text = str(e).strip().splitlines()
+    return text[0][:limit] if text else type(e).__name__
+
+
+def _lost_peer(e: BaseException) -> bool:
+    """A collective that failed because another process went away (jax's runtime error)."""
+    text = str(e)
+    return type(e).__name__ == "JaxRuntimeError" and any(
+        s in text for s in ("Gloo", "Connection reset", "Connection closed", "peer", "UNAVAILABLE"))
+
+
 def _fail(message: str, code: int) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    if _multi_process():
+        # A normal exit would wait (minutes) at jax's shutdown barrier for processes that are
+        # still running: leave at once, so a launcher or scheduler sees the failure.
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
 
 
@@ -122,6 +150,13 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         _usage_error(e)
     flags.DEFINE_bool("allow_config_change", False,
                       "Resume a workdir although it holds a run of a different config.")
+    flags.DEFINE_string("coordinator_address", None,
+                        "Multi-process run: HOST:PORT of process 0, or 'auto' to read the cluster's settings "
+                        "(SLURM, Cloud TPU) through jax.distributed.initialize().")
+    flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes.")
+    flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 to num_processes - 1.")
+    flags.DEFINE_float("distributed_timeout", 300.0,
+                       "Multi-process run: seconds start-up and barriers wait for the other processes.")
 
     def _main(argv):
         logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines would drown the progress lines
@@ -129,16 +164,19 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
             _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value", EXIT_USAGE)
         if not flags.FLAGS.workdir:
             _fail("--workdir is required: the directory that receives the run", EXIT_USAGE)
+        from lab import distributed
         from lab.errors import ConfigValueError, LabError
 
+        f = flags.FLAGS
         try:
-            _validate_config(flags.FLAGS.config, flags.FLAGS.workdir, validate)
+            distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.distributed_timeout)
+            _validate_config(f.config, f.workdir, validate)
         except ConfigValueError as e:
             if os.environ.get("LAB_DEBUG"):
                 raise
             _fail(" ".join(str(e).split()), EXIT_USAGE)
         try:
-            main(flags.FLAGS.config, flags.FLAGS.workdir, flags.FLAGS.allow_config_change)
+            main(f.config, f.workdir, f.allow_config_change)
         except OSError as e:
             if os.environ.get("LAB_DEBUG") or e.errno not in _USER_OS_ERRNOS:
                 raise
@@ -147,5 +185,16 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
             if os.environ.get("LAB_DEBUG"):
                 raise
             _fail(" ".join(str(e).split()) or type(e).__name__, EXIT_FAILURE)
+        except BaseException as e:
+            if not _multi_process():
+                raise
+            if _lost_peer(e):
+                _fail(f"process {__import__('jax').process_index()} lost contact with another process "
+                      f"({_first_line(e)}): that process stopped or was killed (see its output); rerun to "
+                      f"resume from the last checkpoint", EXIT_FAILURE)
+            # A bug keeps its traceback; the process still leaves at once (see `_fail`).
+            import traceback
+            traceback.print_exc()
+            _fail(f"process {__import__('jax').process_index()} stopped on the error above", EXIT_FAILURE)
 
     app.run(_main, flags_parser=_parse_flags)

@@ -36,10 +36,12 @@ from lab import optim
 from lab.errors import ConfigValueError, WorkdirConfigError
 
 # Keys that steer a run without changing its math, so a resume may change them: extending
-# num_train_steps continues a run (with a schedule that depends on it, the tail differs).
+# num_train_steps continues a run (with a schedule that depends on it, the tail differs); a run
+# saved on one mesh resumes on another (the same numbers up to the order of float sums); streamed
+# and in-memory data give the same batches.
 RUN_CONTROL_KEYS = frozenset({
     "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
-    "max_checkpoints_to_keep", "data_dir",
+    "max_checkpoints_to_keep", "data_dir", "mesh", "data_source",
 })
 RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the numbers
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.

@@ -191,6 +191,15 @@ def compile_once(fn: Callable, *args, out_shardings=None) -> Callable:
     return lowered.compile(compiler_options=_FAST_COMPILE if jax.default_backend() == "cpu" else None)
 
 
+def host_to_global(tree: PyTree, shardings: PyTree) -> PyTree:
+    """Host arrays, the same on every process, as global arrays with `shardings`: each device
+    takes only its own shard (no device holds a full copy of a split leaf)."""
+    def place(x, sharding):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+    return jax.tree.map(place, tree, shardings)
+
+
 class _Strategy:
     """What both strategies share: the mesh over all devices, and evaluation on it."""
 
@@ -218,8 +227,9 @@ class _Strategy:
         return jax.device_put(batch, self.data_sharding)
 
     def compile_eval(self, fn: Callable) -> Callable:
-        """jit of `fn(variables, batch, rng) -> sums` over global arrays (sums are global)."""
-        return jax.jit(fn)
+        """jit of `fn(variables, batch, rng) -> sums` over global arrays; the sums come out
+        replicated, so every process reads them whole."""
+        return jax.jit(fn, out_shardings=self.replicated)
 
     def metrics_to_host(self, metrics: Any) -> Any:
         """Eval sums (global arrays) as numpy."""

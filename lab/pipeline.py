@@ -1,9 +1,14 @@
-"""Batches from in-memory numpy arrays: the boundary between data and the train step.
+"""Batches from in-memory numpy arrays or streamed rows: the boundary between data and the train step.
 
 Every batch is a pure function of (seed, step), so the data position of a run IS its step: a run
 resumed at step k reads exactly the batches an uninterrupted run reads from step k on, with no
 iterator state to lose. Batches are gathered in bulk (one fancy-index per array), never example
 by example: at ~1,000 steps/s a per-example Python loop would cost more than the MLP's step.
+
+Where the rows come from is one small protocol, `RowSource` (`len()` and `gather(indices)`): a dict
+of in-memory arrays is one (`ArrayRows`), a split streamed from its files (`lab.data.stream`)
+another. The batchers choose indices the same way for both, so the same (seed, step) gives the
+same batch from memory or from disk.
 
 Multi-host: each process gathers only its own contiguous slice of the global batch
 (`process_index`, `process_count`), so no two processes ever read the same example in a step.
@@ -11,7 +16,8 @@ Multi-host: each process gathers only its own contiguous slice of the global bat
 
 from __future__ import annotations
 
-from typing import Iterator
+from collections.abc import Mapping
+from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -23,18 +29,61 @@ def _check_arrays(arrays: dict[str, np.ndarray]) -> int:
     return next(iter(sizes.values()))
 
 
+@runtime_checkable
+class RowSource(Protocol):
+    """N examples as rows of named arrays, read in bulk by index: what the batchers read from.
+
+    `len(source)` is N. `source.gather(indices)` takes int (K,) row indices in [0, N) (sorted or
+    not, repeats allowed) and returns `{key: array (K, ...)}` whose row i is example
+    `indices[i]`: the rows a dict of arrays would give for `{k: v[indices]}`.
+    """
+
+    def __len__(self) -> int: ...
+
+    def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]: ...
+
+
+class ArrayRows:
+    """A dict of in-memory arrays of equal length N as a `RowSource`: one fancy-index per array."""
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        self.arrays = arrays
+        self._len = _check_arrays(arrays)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def gather(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        """Rows `indices` (int (K,)) of every array: {key: (K, ...)}."""
+        return {k: v[indices] for k, v in self.arrays.items()}
+
+
+def as_rows(data: Mapping[str, np.ndarray] | RowSource) -> RowSource:
+    """`data` as a `RowSource`: a dict of arrays (all of one length N) wrapped in `ArrayRows`, a
+    `RowSource` (e.g. `lab.data.stream(...)`) as it is."""
+    if isinstance(data, Mapping):
+        return ArrayRows(data)
+    if isinstance(data, RowSource):
+        return data
+    raise TypeError(f"batches come from a dict of arrays or a RowSource (len() and gather()), "
+                    f"not {type(data).__name__}")
+
+
 class EpochBatcher:
     """Shuffled fixed-size batches over epochs, without replacement within an epoch.
 
     Epoch e uses the permutation `default_rng([seed, e]).permutation(n)`; the last
     `n % batch_size` examples of each permutation are dropped so every train batch has the same
     shape (the step compiles once). Examples dropped in one epoch are seen in others.
+
+    `data` is a dict of arrays of equal length n, or any `RowSource` (a streamed split): the
+    indices of a step depend only on (seed, step, n), so both give the same batches.
     """
 
-    def __init__(self, arrays: dict[str, np.ndarray], batch_size: int, seed: int,
+    def __init__(self, data: Mapping[str, np.ndarray] | RowSource, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1):
-        self.arrays = arrays
-        self.num_examples = _check_arrays(arrays)
+        self.rows = as_rows(data)
+        self.num_examples = len(self.rows)
         if batch_size > self.num_examples:
             raise ValueError(f"batch_size {batch_size} exceeds the {self.num_examples} training examples")
         if batch_size % process_count:
@@ -65,9 +114,9 @@ class EpochBatcher:
         return np.sort(self._perm[i * self.batch_size:(i + 1) * self.batch_size])[self._slice]
 
     def batch(self, step: int) -> dict[str, np.ndarray]:
-        """This process's part of global batch `step`: each array (B/processes, ...)."""
-        idx = self.indices(step)
-        return {k: v[idx] for k, v in self.arrays.items()}
+        """This process's part of global batch `step`: each array (B/processes, ...); only these
+        rows are read."""
+        return self.rows.gather(self.indices(step))
 
 
 class WindowBatcher:
@@ -105,24 +154,30 @@ class WindowBatcher:
         return {"inputs": win[:, :-1], "targets": win[:, 1:]}
 
 
-def padded_batches(arrays: dict[str, np.ndarray], batch_size: int, process_index: int = 0,
+def padded_batches(data: Mapping[str, np.ndarray] | RowSource, batch_size: int, process_index: int = 0,
                    process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
     """Every example exactly once, in order, in fixed-size batches, for evaluation.
 
     The last batch is padded with copies of example 0 up to `batch_size`; a `mask` array
     (float32 (B,), 1 = real example, 0 = padding) lets metrics ignore the padding, so the step
     keeps one static shape and no example is dropped.
+
+    Args:
+      data: a dict of arrays of equal length N, or a `RowSource` (a streamed split).
+      batch_size: B, the global batch; each process yields its B/processes rows.
+    Yields:
+      ceil(N / B) batches: each array (B/processes, ...) plus `mask` float32 (B/processes,);
+      only this process's rows are read.
     """
-    n = _check_arrays(arrays)
+    rows = as_rows(data)
+    n = len(rows)
     local = batch_size // process_count
     for start in range(0, n, batch_size):
         idx = np.arange(start, start + batch_size)
         mask = (idx < n).astype(np.float32)
         idx = np.where(idx < n, idx, 0)
         part = slice(process_index * local, (process_index + 1) * local)
-        batch = {k: v[idx[part]] for k, v in arrays.items()}
-        batch["mask"] = mask[part]
-        yield batch
+        yield {**rows.gather(idx[part]), "mask": mask[part]}
 
 
 def encode_padded(encode, texts, max_len: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:

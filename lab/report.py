@@ -2,7 +2,11 @@
 
 Figures are built as `matplotlib.figure.Figure` objects and saved through the Agg canvas,
 never through pyplot, so plotting leaves a user's matplotlib backend (a notebook's inline one,
-say) and pyplot's figure list alone. Only process 0 calls these.
+say) and pyplot's figure list alone.
+
+In a multi-process run every process computes what a hook draws (samples are jitted: one
+process alone would leave the others waiting), and only process 0 writes: `save_image`,
+`save_figure` and `save_text` write on process 0 and do nothing on the others.
 """
 
 from __future__ import annotations
@@ -184,11 +188,36 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 1, upscale: int = 1) ->
     return grid
 
 
+def _writes(path: str) -> bool:
+    """True on process 0 (after making `path`'s folder); False on every other process."""
+    import jax
+
+    if jax.process_index() != 0:
+        return False
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    return True
+
+
+def save_text(path: str, text: str) -> None:
+    """Writes `text` to `path` (process 0 only; its folder is made if needed)."""
+    if _writes(path):
+        with open(path, "w") as f:
+            f.write(text)
+
+
+def save_figure(figure: Figure, path: str) -> None:
+    """Saves a Figure as a PNG at 100 dpi (process 0 only)."""
+    if _writes(path):
+        figure.savefig(path, dpi=100)
+
+
 def save_image(path: str, image: np.ndarray) -> None:
     """Writes an (H, W) grey or (H, W, 3) array in [0, 1] as a PNG (dark ink on white: 1 - x for
-    grey, as the datasets store ink as high values)."""
+    grey, as the datasets store ink as high values). Process 0 only."""
     from matplotlib import image as mpimage  # imsave draws no pyplot figure
 
+    if not _writes(path):
+        return
     image = np.asarray(image)
     if image.ndim == 2:
         mpimage.imsave(path, 1.0 - image, cmap="gray", vmin=0.0, vmax=1.0)

@@ -148,4 +148,9 @@ class Task:
         raise NotImplementedError
 
     def on_eval(self, variables: dict, step: int, workdir: str, rng: jax.Array) -> None:
-        """Host-side hook after each evaluation (process 0 only), e.g. writing samples."""
+        """Host-side hook after each evaluation, e.g. writing samples.
+
+        It runs on every process with the same host-local `variables` (numpy in a multi-process
+        run), so any jitted sampling is computed by each process on its own devices and no
+        process waits for another; write files through `lab.report.save_*`, which write on
+        process 0 only."""

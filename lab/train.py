@@ -29,9 +29,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from lab import checkpoint as ckpt_lib
-from lab import configs, optim, parallel as parallel_lib, pipeline, report
+from lab import configs, distributed, optim, parallel as parallel_lib, pipeline, report
 from lab.errors import ConfigValueError, NonFiniteLossError
 from lab.logbook import MetricLogger
 from lab.task import StepTools, Task, TrainState
@@ -206,7 +207,7 @@ def _warm_start(config, state: TrainState, shardings: TrainState) -> tuple[Train
     # The fresh params serve as the target (names, shapes, dtypes); only the loaded entries move.
     params, where = ckpt_lib.load_pretrained(source, names, state.params, config.get("init_from_step"))
     print(f"initialised params {list(names)} from {where}", flush=True)
-    return state.replace(params=jax.device_put(params, shardings.params)), where
+    return state.replace(params=parallel_lib.host_to_global(params, shardings.params)), where
 
 
 def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
@@ -225,8 +226,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     configs.validate(config, jax.device_count(), workdir, jax.process_count())
     strategy = parallel_lib.make_parallel(config.parallel, config.get("mesh"))
     workdir = os.path.abspath(workdir)
-    if jax.process_index() == 0:
-        configs.check_workdir(workdir, config, allow_config_change)
+    # Process 0 checks (and writes) the workdir's config; an error there stops every process.
+    distributed.agree("the workdir check", lambda: configs.check_workdir(workdir, config, allow_config_change))
 
     root = jax.random.key(config.seed)
     init_key, train_key, sample_key, eval_rng = (jax.random.fold_in(root, i) for i in range(4))
@@ -292,8 +293,10 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             logged = dict(scalars, **_vectors(results[split]))  # e.g. a class histogram, in metrics.jsonl
             logger.write(step, {f"{split}/{k}": v for k, v in logged.items()})
             logger.eval_line(step, split, scalars)
-        if jax.process_index() == 0:
-            task.on_eval(variables, step, workdir, jax.random.fold_in(sample_key, step))
+        # Every process runs the hook (its sampling is jitted): on host-local copies of the
+        # variables when they span processes, so no process computes with the others' devices.
+        local = variables if jax.process_count() == 1 else multihost_utils.process_allgather(variables, tiled=True)
+        task.on_eval(local, step, workdir, jax.random.fold_in(sample_key, step))
         return results
 
     t_start = time.perf_counter()
@@ -349,6 +352,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         checkpointer.wait()
         checkpointer.close()
         logger.close()
+    # No process leaves before every process has committed the last checkpoint.
+    distributed.barrier("the end of training")
 
     seconds = time.perf_counter() - t_start
     results = {"step": int(step), "train_seconds": seconds,

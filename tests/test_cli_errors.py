@@ -156,3 +156,19 @@ def test_only_lab_errors_become_one_line_a_bug_keeps_its_traceback(tmp_path):
         else:
             assert error_line(proc) == "error: checkpoint X is unreadable; move it aside"
             assert "Traceback" not in proc.stderr
+
+
+def test_bad_multi_process_and_mesh_flags_fail_before_any_work(run_cli, tmp_path):
+    """Each: one line naming the flag, exit 2, nothing written (4 simulated devices)."""
+    cases = [
+        (["--coordinator_address=127.0.0.1:1234", "--num_processes=2", "--process_id=2"], "--process_id=2 is invalid"),
+        (["--num_processes=2", "--process_id=1"], "need --coordinator_address"),
+        (["--config.mesh=data:3"], "needs 3 devices, but this run has 4"),
+        (["--config.mesh=model:2"], "config.mesh='model:2' is invalid"),
+        (["--config.mesh=fsdp:2", "--config.parallel=pmap"], "config.parallel='pmap'"),
+    ]
+    for flags, message in cases:
+        proc = run_cli(MODULE, f"--workdir={tmp_path}", *flags, env={"XLA_FLAGS": "--xla_force_host_platform_device_count=4"})
+        assert proc.returncode == 2, (flags, proc.stderr[-2000:])
+        assert message in error_line(proc), (flags, error_line(proc))
+        assert not os.path.exists(tmp_path / "config.json")

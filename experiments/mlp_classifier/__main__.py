@@ -2,19 +2,27 @@
 
 `model.name` picks the MLP (default) or the CNN (`lab.models.cnn`); the CNN runs (`cnn_fashion`,
 `cnn_digits`) are also the feature networks of the generative family's sample-quality metrics.
+`data_source` reads the splits whole into memory (default) or streams their rows from disk
+(`--config.data_source=stream`): the same batches, so the same run.
 """
 
 import os
 
+import numpy as np
+
 import lab.data
-from lab import configs, train
+from lab import configs, pipeline, train
 from lab.errors import ConfigValueError
 from lab.models.cnn import IMAGE_CLASSIFIERS, image_classifier
 from lab.tasks.classification import ClassificationTask
 
+DATA_SOURCES = ("memory", "stream")
+
 
 def validate(config) -> None:
     """This experiment's own keys; the CLI checks them (and lab's) before `main` reads any data."""
+    if config.data_source not in DATA_SOURCES:
+        raise ConfigValueError(f"config.data_source={config.data_source!r}: use one of {', '.join(DATA_SOURCES)}")
     configs.check_block(config.model, "model", positive_ints=("features",), fractions=("dropout_rate",))
     name = config.model.get("name", "mlp")
     if name not in IMAGE_CLASSIFIERS:
@@ -27,12 +35,15 @@ def validate(config) -> None:
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains and evaluates the MLP classifier of `config` in `workdir`; returns the results."""
-    train_arrays = lab.data.load(config.dataset, "train", data_dir=config.data_dir)
-    test_arrays = lab.data.load(config.dataset, "test", data_dir=config.data_dir)
+    # Streamed splits are never read whole: the batchers gather each batch's rows from disk.
+    read = lab.data.stream if config.data_source == "stream" else lab.data.load
+    train_rows = read(config.dataset, "train", data_dir=config.data_dir)
+    test_rows = read(config.dataset, "test", data_dir=config.data_dir)
     info = lab.data.info(config.dataset, data_dir=config.data_dir)
     model = image_classifier(config.model, info["num_classes"])
-    task = ClassificationTask(model, example_inputs={"inputs": train_arrays["inputs"][:1]})
-    data = train.epoch_data(train_arrays, {"test": test_arrays}, config, class_names=info.get("class_names"))
+    example = pipeline.as_rows(train_rows).gather(np.zeros(1, np.int64))["inputs"]  # (1, *input_shape)
+    task = ClassificationTask(model, example_inputs={"inputs": example})
+    data = train.epoch_data(train_rows, {"test": test_rows}, config, class_names=info.get("class_names"))
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 

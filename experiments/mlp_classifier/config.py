@@ -37,6 +37,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # every random number of the run (init, data order, dropout) derives from it
     c.dataset = "digits"  # digits | fashion_mnist | mnist1d | mnist (see lab.data)
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $LAB_DATA_DIR or ~/tensorflow_datasets
+    # 'memory': each split read whole into numpy; 'stream': rows read from the array_record files as
+    # batches need them (lab.data.stream), for data larger than memory. Same batches either way.
+    c.data_source = "memory"
     c.batch_size = 100  # global batch, split over all devices
     c.eval_batch_size = 500  # the last eval batch is padded and masked: every test example counts once
     c.num_train_steps = 140  # 10 epochs of 14 batches (1,437 train images // 100)

@@ -1,4 +1,4 @@
-"""lab's data layer: offline TFDS datasets read back as whole numpy splits.
+"""lab's data layer: offline TFDS datasets read back as whole numpy splits, or streamed.
 
 Every dataset is a TFDS builder (``array_record`` files, no TensorFlow),
 registered with TFDS when this package is imported, so ``tfds.builder(
@@ -17,6 +17,14 @@ shakespeare_char, shakespeare_plays, co2, sunspots, shakespeare_dialogue.
 See ``registry`` for the output keys; ``images``, ``shakespeare``,
 ``timeseries`` and ``dialogue`` for sources and splits.
 
+A classification split larger than memory streams from its array_record
+files instead: ``stream`` gives random access to its rows in ``load``'s form,
+and lab's batchers take it in place of the arrays (see ``streaming``):
+
+    >>> rows = data.stream('digits', 'train')
+    >>> len(rows), rows.gather([0, 5])['inputs'].shape
+    (1437, (2, 8, 8, 1))
+
 Time series come back whole with their chronological split bounds, and are
 cut into forecasting windows:
 
@@ -32,17 +40,21 @@ from lab.data.errors import DataError
 from lab.data.registry import DATASETS, char_tokenizer, info, load
 from lab.data.shakespeare import CharTokenizer, corpus_checksum
 from lab.data.storage import default_data_dir
+from lab.data.streaming import STREAMABLE, StreamedSplit, stream
 from lab.data.timeseries import series, windows
 
 __all__ = [
     "DATASETS",
     "CharTokenizer",
     "DataError",
+    "STREAMABLE",
+    "StreamedSplit",
     "char_tokenizer",
     "corpus_checksum",
     "default_data_dir",
     "info",
     "load",
     "series",
+    "stream",
     "windows",
 ]

@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab import report
 from lab.data import timeseries
 from lab.task import Task
 
@@ -205,7 +206,7 @@ class ForecastTask(Task):
         figure = forecast_figure(times[arrays["index"]], arrays["truth"], pred,
                                  {name: arrays[name] for name in BASELINES},
                                  title=f"{self.title} (step {step})")
-        figure.savefig(os.path.join(workdir, "forecast.png"), dpi=100)
+        report.save_figure(figure, os.path.join(workdir, "forecast.png"))
 
 
 def forecast_figure(times_M: np.ndarray, truth_M: np.ndarray, pred_M: np.ndarray,

@@ -184,7 +184,6 @@ def image_data(config, latent_dim: int, *, train_noise: bool,
 
 def _save_grid(workdir: str, name: str, step: int, grid: np.ndarray) -> None:
     """`workdir/NAME.png` (the latest) and `workdir/samples/NAME_STEP.png` (the history)."""
-    os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
     report.save_image(os.path.join(workdir, "samples", f"{name}_{step:07d}.png"), grid)
     report.save_image(os.path.join(workdir, f"{name}.png"), grid)
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab import metrics
+from lab import metrics, report
 from lab.models import transformer
 from lab.task import Task
 
@@ -102,13 +102,11 @@ class CausalLMTask(Task):
         return lm_summary(sums)
 
     def on_eval(self, variables, step: int, workdir: str, rng: jax.Array) -> None:
-        """Writes a text sample from the current params (process 0 only; the loop checks)."""
+        """Writes a text sample from the current params (every process samples, process 0 writes)."""
         if self._sample is None:
             return
         text = self._sample(variables["params"], step, rng)
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        with open(os.path.join(workdir, "samples", f"step_{step}.txt"), "w") as f:
-            f.write(text)
+        report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), text)
 
 
 class MaskedLMTask(Task):

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab import report
 from lab.models import lstm
 from lab.task import Task
 from lab.tasks.language_model import lm_summary, token_sums
@@ -191,9 +192,7 @@ class Seq2SeqTask(Task):
             lines += [f"PROMPT: {prompt}",
                       f"GREEDY: {decode_reply(tokenizer, greedy[i], int(greedy_len[i]))}",
                       f"T={s['temperature']}: {decode_reply(tokenizer, sampled[i], int(sampled_len[i]))}", ""]
-        os.makedirs(os.path.join(workdir, "samples"), exist_ok=True)
-        with open(os.path.join(workdir, "samples", f"step_{step}.txt"), "w") as f:
-            f.write("\n".join(lines))
+        report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), "\n".join(lines))
         if self.config.attention != "none" and self.config.use_encoder:
             n_src = int(rows["src_len"][0])
             n_out = max(1, min(int(greedy_len[0]) + 1, attention.shape[1]))
@@ -202,7 +201,7 @@ class Seq2SeqTask(Task):
             out_chars += ["<eos>"] * (n_out - len(out_chars))
             figure = attention_figure(attention[0, :n_out, :n_src], src_chars, out_chars,
                                       title=f"{self.config.attention} attention, step {step}")
-            figure.savefig(os.path.join(workdir, "attention.png"), dpi=100)
+            report.save_figure(figure, os.path.join(workdir, "attention.png"))
 
 
 def attention_figure(weights_TxS: np.ndarray, src_chars: Sequence[str], out_chars: Sequence[str],

@@ -1,0 +1,183 @@
+"""Multi-process runs on JAX's own multi-controller runtime (`jax.distributed`).
+
+Every process runs the same program over all global devices (SPMD); lab adds only what a run
+needs around it:
+
+* `initialize`: checks the three flags (`--coordinator_address`, `--num_processes`,
+  `--process_id`, or `auto` to let `jax.distributed.initialize()` read SLURM, Cloud TPU or other
+  cluster settings) and joins the run before anything touches a device. If not every process
+  connects within the timeout, the process says so in one line and exits (jax itself would abort
+  with a stack trace).
+* `barrier`: every process waits for the others, with a timeout whose message names the
+  processes that did not arrive.
+* `agree`: process 0 does a check (the workdir check) and tells the others its outcome, so an
+  error on process 0 stops every process instead of leaving them waiting in a collective.
+
+The coordination service's key-value store and barriers are jax's own (the same service that
+starts the run), so there is no socket or file protocol of lab's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import threading
+from dataclasses import dataclass
+from typing import Callable
+
+import jax
+
+from lab.errors import ConfigValueError, LabError
+
+DEFAULT_TIMEOUT_S = 300
+
+
+class DistributedError(LabError, RuntimeError):
+    """A process did not arrive (at start-up or a barrier), or another process stopped the run."""
+
+
+@dataclass
+class _Runtime:
+    """This process's settings for the run (one run per process, as jax.distributed has)."""
+
+    timeout_s: float = DEFAULT_TIMEOUT_S
+    agreements: int = 0  # `agree` calls so far: each uses a fresh key
+
+
+_RUNTIME = _Runtime()
+
+
+def check_flags(coordinator_address: str | None, num_processes: int | None, process_id: int | None) -> bool:
+    """Validates the multi-process flags; True when the run is multi-process.
+
+    Raises ConfigValueError (one line) for an incomplete or inconsistent set, before any work.
+    """
+    if coordinator_address in (None, ""):
+        if num_processes not in (None, 1) or process_id not in (None, 0):
+            raise ConfigValueError("--num_processes and --process_id need --coordinator_address=HOST:PORT "
+                                   "(the address of process 0), or --coordinator_address=auto on a cluster")
+        return False
+    if coordinator_address == "auto":
+        return True
+    if not re.fullmatch(r"[\w.\-\[\]:]+:\d{1,5}", coordinator_address):
+        raise ConfigValueError(f"--coordinator_address={coordinator_address!r} is invalid: use HOST:PORT of "
+                               f"process 0, e.g. 127.0.0.1:12345")
+    if num_processes is None or process_id is None:
+        raise ConfigValueError("--coordinator_address needs --num_processes=N and --process_id=I (0 <= I < N)")
+    if num_processes < 1:
+        raise ConfigValueError(f"--num_processes={num_processes} is invalid: use a positive integer")
+    if not 0 <= process_id < num_processes:
+        raise ConfigValueError(f"--process_id={process_id} is invalid for --num_processes={num_processes}: "
+                               f"use 0 to {num_processes - 1}")
+    return True
+
+
+def initialize(coordinator_address: str | None, num_processes: int | None = None,
+               process_id: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
+    """Joins a multi-process run (a no-op for a one-process run); call before any device use.
+
+    Args:
+      coordinator_address: HOST:PORT of process 0; 'auto': the cluster's settings (SLURM,
+        Cloud TPU, ...), as `jax.distributed.initialize()` detects them; None: one process.
+      num_processes, process_id: this process's place in the run.
+      timeout_s: how long start-up and every barrier wait for the other processes.
+    Raises:
+      ConfigValueError: bad flags (see `check_flags`).
+    If the processes do not all connect within `timeout_s`, prints one `error:` line naming
+    this process and exits with status 1.
+    """
+    if not check_flags(coordinator_address, num_processes, process_id):
+        return
+    _RUNTIME.timeout_s = float(timeout_s)
+    who = "this process" if process_id is None else f"process {process_id}"
+    expected = "every process" if num_processes is None else f"all {num_processes} processes"
+
+    def give_up():  # jax would abort with a C++ stack trace a moment later
+        print(f"error: {who}: {expected} did not connect to the coordinator at {coordinator_address} within "
+              f"{timeout_s:g} s; start each with the same --coordinator_address and --num_processes "
+              f"and its own --process_id (the launcher names a process that failed)", file=sys.stderr, flush=True)
+        os._exit(1)
+
+    watchdog = threading.Timer(timeout_s, give_up)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        if coordinator_address == "auto":
+            jax.distributed.initialize(initialization_timeout=int(timeout_s) + 30)
+        else:
+            jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                                       initialization_timeout=int(timeout_s) + 30)
+        jax.devices()  # the backend's start exchanges every process's devices: part of start-up
+    finally:
+        watchdog.cancel()
+
+
+def _client():
+    from jax._src import distributed  # the runtime's client: its barriers and key-value store
+    return distributed.global_state.client
+
+
+def _missing(message: str) -> str:
+    """The process ids the coordination service lists as not arrived ('1, 3'), or ''."""
+    tail = message.split("timed out task names:", 1)[-1] if "timed out task names:" in message else ""
+    ids = re.findall(r"task:(\d+)", tail) or re.findall(r"\b(\d+)\b", tail.split("RPC:")[0])
+    return ", ".join(sorted(set(ids), key=int))
+
+
+def barrier(name: str, timeout_s: float | None = None) -> None:
+    """Waits until every process reaches the barrier `name` (no-op with one process).
+
+    Raises DistributedError naming the processes that did not arrive within the timeout
+    (`initialize`'s by default).
+    """
+    if jax.process_count() == 1:
+        return
+    timeout_s = _RUNTIME.timeout_s if timeout_s is None else timeout_s
+    try:
+        _client().wait_at_barrier(f"lab/{name}", int(timeout_s * 1000))
+    except Exception as e:  # jax raises its runtime error with the coordination service's text
+        if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e):
+            raise
+        missing = _missing(str(e))
+        who = f"process {missing}" if missing else "another process"
+        raise DistributedError(f"process {jax.process_index()}: {who} did not reach {name!r} within "
+                               f"{timeout_s:g} s (stopped or stuck: see its output); "
+                               f"rerun to resume from the last checkpoint") from e
+
+
+def agree(name: str, check: Callable[[], None]) -> None:
+    """Process 0 runs `check`; every process then stops with an error if it raised a LabError.
+
+    Process 0 re-raises its own error; the others raise DistributedError quoting it, so no
+    process is left waiting in a collective for one that stopped.
+    """
+    if jax.process_count() == 1:
+        check()
+        return
+    _RUNTIME.agreements += 1
+    key = f"lab/agree/{name}/{_RUNTIME.agreements}"
+    client = _client()
+    if jax.process_index() == 0:
+        try:
+            check()
+        except LabError as e:
+            client.key_value_set(key, "error:" + (" ".join(str(e).split()) or type(e).__name__))
+            try:  # stay until the others have read it: the run's service ends with process 0
+                client.wait_at_barrier(f"{key}/read", int(min(_RUNTIME.timeout_s, 30) * 1000))
+            except Exception:
+                pass  # a process that does not come must not hide this error
+            raise
+        client.key_value_set(key, "ok")
+        return
+    try:
+        verdict = client.blocking_key_value_get(key, int(_RUNTIME.timeout_s * 1000))
+    except Exception as e:
+        raise DistributedError(f"process {jax.process_index()}: process 0 did not finish {name!r} within "
+                               f"{_RUNTIME.timeout_s:g} s (see its output)") from e
+    if verdict != "ok":
+        try:
+            client.wait_at_barrier(f"{key}/read", int(min(_RUNTIME.timeout_s, 30) * 1000))
+        except Exception:
+            pass
+        raise DistributedError(f"process 0 stopped the run at {name!r}: {verdict.removeprefix('error:')}")

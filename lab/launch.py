@@ -1,0 +1,169 @@
+"""Start a multi-process run on this machine, as a cluster would start it on many.
+
+    python -m lab.launch --num_processes=2 --devices_per_process=2 -- \\
+        python -m experiments.mlp_classifier --workdir=/tmp/run
+
+starts the command once per process with `--coordinator_address=127.0.0.1:PORT
+--num_processes=N --process_id=I` appended (a free port unless `--port` is given) and, with
+`--devices_per_process=K`, K simulated CPU devices per process
+(`XLA_FLAGS=--xla_force_host_platform_device_count=K`). Every output line comes back prefixed
+with its process (`[p1] ...`). When one process fails, the others are stopped at once and the
+launcher exits non-zero naming it; when all succeed, it exits 0. Checkpoints already committed
+stay: rerunning the same command resumes the run.
+
+On a real cluster nothing here is needed: SLURM's `srun` (or a TPU pod's per-host command)
+starts the processes, and `--coordinator_address=auto` lets each find the others.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+EXIT_USAGE = 2
+GRACE_SECONDS = 5.0  # after SIGTERM, before SIGKILL
+
+
+def _usage(message: str) -> None:
+    print(f"error: {message} (usage: python -m lab.launch --num_processes=N "
+          f"[--devices_per_process=K] [--port=P] -- COMMAND ...)", file=sys.stderr)
+    sys.exit(EXIT_USAGE)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # argparse's own two-line message, as lab's one line
+        _usage(message)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    """(options, command) from `[options] -- command...`; bad input exits with one line."""
+    if "--" not in argv:
+        if any(a in ("-h", "--help") for a in argv):
+            print(__doc__)
+            sys.exit(0)
+        _usage("give the command after `--`")
+    split = argv.index("--")
+    parser = _Parser(prog="python -m lab.launch")
+    parser.add_argument("--num_processes", type=int, required=True)
+    parser.add_argument("--devices_per_process", type=int, default=None,
+                        help="simulated CPU devices per process (sets XLA_FLAGS)")
+    parser.add_argument("--port", type=int, default=None, help="coordinator port (default: a free one)")
+    options = parser.parse_args(argv[:split])
+    command = argv[split + 1:]
+    if not command:
+        _usage("the command after `--` is empty")
+    if options.num_processes < 1:
+        _usage(f"--num_processes={options.num_processes} is invalid: use a positive integer")
+    if options.devices_per_process is not None and options.devices_per_process < 1:
+        _usage(f"--devices_per_process={options.devices_per_process} is invalid: use a positive integer")
+    if options.port is not None and not 0 < options.port < 65536:
+        _usage(f"--port={options.port} is invalid")
+    return options, command
+
+
+def _stream(pipe, prefix: str, lock: threading.Lock) -> None:
+    for line in iter(pipe.readline, ""):
+        with lock:
+            sys.stdout.write(prefix + line)
+            sys.stdout.flush()
+    pipe.close()
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """SIGTERM to every process still running (its whole group), then SIGKILL after a grace."""
+    for p in procs:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGTERM)
+    deadline = time.monotonic() + GRACE_SECONDS
+    for p in procs:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def _describe(code: int) -> str:
+    if code < 0:
+        return f"was killed by signal {signal.Signals(-code).name}"
+    return f"exited with status {code}"
+
+
+def launch(num_processes: int, command: list[str], devices_per_process: int | None = None,
+           port: int | None = None) -> int:
+    """Runs `command` as processes 0..N-1 of one run on 127.0.0.1; returns the exit status.
+
+    0 when every process exits 0; else the first failing process's status (1 if it was killed),
+    after stopping the others and printing which process failed.
+    """
+    address = f"127.0.0.1:{port or free_port()}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if devices_per_process is not None:
+        flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
+        env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
+    lock = threading.Lock()
+    procs, threads = [], []
+    for i in range(num_processes):
+        args = command + [f"--coordinator_address={address}", f"--num_processes={num_processes}",
+                          f"--process_id={i}"]
+        try:
+            proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, bufsize=1, start_new_session=True)
+        except OSError as e:
+            _stop(procs)
+            print(f"error: cannot start process {i} ({args[0]}): {e.strerror}", file=sys.stderr)
+            return EXIT_USAGE
+        procs.append(proc)
+        thread = threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock), daemon=True)
+        thread.start()
+        threads.append(thread)
+    finished: list[int] = []  # process indices in the order they were seen to exit
+    try:
+        while True:
+            new = [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
+            # Exits seen in the same poll: one killed by a signal most likely caused the others'.
+            finished += sorted(new, key=lambda i: (procs[i].returncode >= 0, i))
+            failed = [i for i in finished if procs[i].returncode != 0]
+            if failed or len(finished) == len(procs):
+                break
+            time.sleep(0.1)
+    except KeyboardInterrupt:
+        _stop(procs)
+        print("error: interrupted; stopped every process", file=sys.stderr)
+        return 130
+    if not failed:
+        for t in threads:
+            t.join(timeout=2)
+        return 0
+    first = failed[0]
+    code = procs[first].returncode
+    others_running = any(p.poll() is None for p in procs)
+    _stop(procs)
+    for t in threads:
+        t.join(timeout=2)
+    print(f"error: process {first} {_describe(code)}"
+          + ("; stopped the other processes" if others_running else "")
+          + ". Committed checkpoints are kept: rerun the same command to resume", file=sys.stderr, flush=True)
+    return code if code > 0 else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    options, command = parse_args(sys.argv[1:] if argv is None else argv)
+    sys.exit(launch(options.num_processes, command, options.devices_per_process, options.port))
+
+
+if __name__ == "__main__":
+    main()
