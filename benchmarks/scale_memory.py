@@ -2,7 +2,7 @@
 
     python -m benchmarks.scale_memory [--configs=gpt125m,gpt350m,gpt1.3b]
         [--layouts='data:8;data:1,fsdp:8;data:2,fsdp:4'] [--batches=8,64]
-        [--pin_activations=both] [--budget_gb=80] [--out=FILE]
+        [--activations=all] [--budget_gb=80] [--out=FILE]
 
 Compiles (never runs) lab's own train step (`lab.train.build_train_step`: the GPT's loss and
 gradient, AdamW with clipping and its schedule from the `transformer_lm` recipe, the metric
@@ -19,8 +19,13 @@ shapes (vocab 50304, context 1024, biases as GPT-2, dropout 0, float32), on abst
     bytes, largest), the SPMD partitioner's "involuntary full rematerialization" warnings, the
     compile seconds and the process's peak RSS;
 and, per (config, layout), temp as a line in the sequences per device and the most sequences
-that fit `--budget_gb`. With `--pin_activations=both` (default) every FSDP layout is also
-compiled with `BatchShardedLMTask`, a diagnostic that pins the activations to the batch sharding.
+that fit `--budget_gb`. Every FSDP layout is compiled three ways (`--activations=all`):
+  * `gathered`: lab's step (`MeshParallel.gather_for_compute`: the split parameters gathered
+    whole inside the step, so the activations stay split by batch);
+  * `propagated`: the step without that gather (lab before it): XLA's sharding propagation picks
+    the activations' sharding from the split kernels;
+  * `pinned`: the propagated step with every block's output constrained to the batch sharding
+    (`BatchShardedLMTask`, a diagnostic).
 Prints a table and writes JSON (default `benchmarks/results/scale_memory.json`).
 
 Runtime on this repo's 2-core AMD EPYC (default flags: 30 compiles of 8-63 s each): 870 s;
@@ -185,8 +190,11 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+ACTIVATIONS = ("gathered", "propagated", "pinned")
+
+
 def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_compile: bool = False,
-            pin_activations: bool = False) -> dict:
+            activations: str = "gathered") -> dict:
     """Compiles lab's train step for `cfg` on mesh `mesh_text` over abstract inputs; one row.
 
     Args:
@@ -195,7 +203,9 @@ def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_comp
       global_batch: sequences per step over all devices (each `cfg.max_len` tokens).
       fast_compile: compile without XLA:CPU's expensive LLVM passes (lab's `compile_once`
         options; the buffer sizes came out the same on the configs tried, see the test).
-      pin_activations: use `BatchShardedLMTask` (a diagnostic) instead of lab's CausalLMTask.
+      activations: 'gathered' (lab's step), 'propagated' (without `gather_for_compute`) or
+        'pinned' (propagated, with `BatchShardedLMTask`, a diagnostic); the same on a mesh
+        without FSDP.
     Returns:
       The row: model shape, parameter count, per-device analytic bytes (`analytic`), the compiler's
       (`compiled`), the collectives, `compile_s` and `peak_rss_mb`.
@@ -203,9 +213,10 @@ def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_comp
     from experiments.transformer_lm.config import get_config
 
     recipe = get_config()  # the optimizer lab's GPT recipe trains with: AdamW, clipping, warmup+cosine
-    tools = StepTools(optim.make_optimizers(recipe, recipe.num_train_steps), axis_name=None)
     strategy = parallel.MeshParallel(mesh_text)
-    task = BatchShardedLMTask(cfg, strategy.data_sharding) if pin_activations else CausalLMTask(cfg)
+    tools = StepTools(optim.make_optimizers(recipe, recipe.num_train_steps), axis_name=None,
+                      gather=strategy.gather_for_compute if activations == "gathered" else None)
+    task = BatchShardedLMTask(cfg, strategy.data_sharding) if activations == "pinned" else CausalLMTask(cfg)
     key = jax.random.key(0)
     abstract = jax.eval_shape(train.init_state_fn(task, tools.optimizers), key)
     shardings = strategy.state_shardings(abstract, task.partition_rules)
@@ -248,17 +259,13 @@ def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_comp
             "context": cfg.max_len, "params": n_params, "params_split": n_split,
             "mesh": dict(strategy.mesh.shape), "layout": mesh_text, "global_batch": global_batch,
             "batch_per_device": global_batch // jax.device_count(), "analytic": analytic, "compiled": measured,
-            "activations": "pinned to the batch sharding" if pin_activations else "lab (propagated)",
+            "activations": activations,
             "collectives": collectives(compiled.as_text()), "involuntary_remats": remats[0], "compile_s": compile_s,
             "fast_compile": fast_compile, "peak_rss_mb": peak_rss_mb()}
 
 
 def _gb(n: float) -> str:
     return f"{n / 1e9:.2f}"
-
-
-def _acts(row: dict) -> str:
-    return "pinned" if row["activations"].startswith("pinned") else "lab"
 
 
 def print_table(rows: list[dict]) -> None:
@@ -269,7 +276,7 @@ def print_table(rows: list[dict]) -> None:
     for r in rows:
         a, c = r["analytic"], r["compiled"]
         ag = r["collectives"]["all-gather"]
-        print(f"| {r['config']} | {r['layout']} | {_acts(r)} | {r['batch_per_device']} | "
+        print(f"| {r['config']} | {r['layout']} | {r['activations']} | {r['batch_per_device']} | "
               f"{_gb(a['params'])} | {_gb(a['opt_state'])} | {_gb(a['batch'])} | {_gb(a['arguments'])} | "
               f"{_gb(c['arguments'])} | {_gb(c['outputs'])} | {_gb(c['alias'])} | {_gb(c['temp'])} | "
               f"{_gb(c['peak'])} | {ag['count']}, {_gb(ag['bytes'])}, {_gb(ag['largest'])} | "
@@ -307,8 +314,8 @@ def main() -> None:
     parser.add_argument("--layouts", default=";".join(LAYOUTS),
                         help="config.mesh values separated by ';' (e.g. 'data:8;data:1,fsdp:8')")
     parser.add_argument("--batches", default="8,64", help="global batches (sequences), over the 8 devices")
-    parser.add_argument("--pin_activations", choices=("off", "on", "both"), default="both",
-                        help="rows with BatchShardedLMTask (a diagnostic); 'both': also, for the FSDP layouts")
+    parser.add_argument("--activations", choices=("all",) + ACTIVATIONS, default="all",
+                        help="which steps to compile on FSDP layouts (see the module docstring)")
     parser.add_argument("--num_layers", type=int, default=0, help="override every config's depth (0: keep)")
     parser.add_argument("--fast_compile", action="store_true", help="skip XLA:CPU's expensive LLVM passes")
     parser.add_argument("--budget_gb", type=float, default=80.0, help="device memory for the fit column (1e9 B)")
@@ -333,12 +340,12 @@ def main() -> None:
         if args.num_layers:
             cfg = TransformerConfig(**{**cfg.__dict__, "num_layers": args.num_layers})
         for layout in layouts:
-            pins = {"off": [False], "on": [True], "both": [False, True]}[args.pin_activations]
-            if parallel.parse_mesh(layout, DEVICES)[parallel.FSDP_AXIS] == 1 and args.pin_activations == "both":
-                pins = [False]
-            for pin in pins:
+            modes = ACTIVATIONS if args.activations == "all" else (args.activations,)
+            if parallel.parse_mesh(layout, DEVICES)[parallel.FSDP_AXIS] == 1:
+                modes = ("gathered",)  # nothing is split: the three steps are one
+            for mode in modes:
                 for b in batches:
-                    row = {"config": name, **measure(cfg, layout, b, args.fast_compile, pin)}
+                    row = {"config": name, **measure(cfg, layout, b, args.fast_compile, mode)}
                     assert row["params"] == gpt_param_count(cfg), (row["params"], gpt_param_count(cfg))
                     rows.append(row)
                     print_table([row])

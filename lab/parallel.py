@@ -57,7 +57,8 @@ PER_STEP_SUFFIX = "_norm"
 
 
 def global_mean_grads(loss_fn: LossFn, params: PyTree, batch: dict, rng: jax.Array,
-                      axis_name: str | None = None, *, with_state: bool = False):
+                      axis_name: str | None = None, *, with_state: bool = False,
+                      gather: Callable[[PyTree], PyTree] | None = None):
     """Gradient of the global mean loss, and this device's sums, for one (per-device) batch.
 
     The loss sum is divided by the global count inside the differentiated function (a constant
@@ -71,6 +72,8 @@ def global_mean_grads(loss_fn: LossFn, params: PyTree, batch: dict, rng: jax.Arr
       rng: key for dropout and other train-time noise.
       axis_name: the pmap axis; None under jit, where arrays are already global.
       with_state: see `loss_fn`; the new state is averaged over devices under pmap.
+      gather: applied to the params inside the differentiated function (FSDP: the stored shards
+        gathered whole for the computation, so the gradient comes back to the shards).
     Returns:
       (grads, sums[, new_state]): grads of the global mean loss (same tree as params), identical
       on every device; sums with `loss` (the loss sum) added, over this device's batch (the loop
@@ -78,7 +81,7 @@ def global_mean_grads(loss_fn: LossFn, params: PyTree, batch: dict, rng: jax.Arr
     """
 
     def mean_loss(p):
-        loss_sum, sums, *state = loss_fn(p, batch, rng)
+        loss_sum, sums, *state = loss_fn(p if gather is None else gather(p), batch, rng)
         sums = dict(sums, loss=loss_sum)
         count = jax.lax.stop_gradient(sums["count"])
         if axis_name is not None:
@@ -205,6 +208,7 @@ class _Strategy:
 
     name: str
     axis_name: str | None
+    gather_for_compute: Callable[[PyTree], PyTree] | None = None  # see MeshParallel
 
     def __init__(self, mesh: str | None = None):
         self.mesh = make_mesh(mesh)
@@ -249,6 +253,18 @@ class MeshParallel(_Strategy):
     def state_shardings(self, abstract_state: PyTree, rules: PartitionRules) -> PyTree:
         """The sharding of every state leaf (replicated unless a rule says otherwise)."""
         return shardings_from_rules(abstract_state, self.mesh, rules)
+
+    @property
+    def gather_for_compute(self) -> Callable[[PyTree], PyTree] | None:
+        """With 'fsdp' > 1: `params -> params` constrained to be whole on every device, for use
+        inside the step. Left to itself, XLA's sharding propagation follows the split parameters
+        into the activations (split by width, the batch's logits gathered on every device: 7x the
+        replicated step's temporaries for the 125M GPT, measured in benchmarks/scale_memory.py);
+        gathered parameters keep the activations split by batch, as in data parallelism, while
+        parameters and optimizer state stay stored split. None without FSDP."""
+        if self.mesh.shape[FSDP_AXIS] == 1:
+            return None
+        return lambda tree: jax.lax.with_sharding_constraint(tree, self.replicated)
 
     def init_state(self, init_fn: Callable, rng: jax.Array, shardings: PyTree) -> PyTree:
         """`init_fn(rng)` compiled with the state's shardings as outputs: each device builds

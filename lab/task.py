@@ -66,6 +66,9 @@ class StepTools:
 
     optimizers: Optimizers
     axis_name: str | None
+    # FSDP: parameters stored split over 'fsdp' are gathered whole for the forward and backward
+    # pass (`MeshParallel.gather_for_compute`); None when they are stored whole.
+    gather: Callable[[PyTree], PyTree] | None = None
 
     def mean_grads(self, loss_fn: Callable, params: PyTree, batch: dict, rng: jax.Array, *,
                    with_state: bool = False):
@@ -75,7 +78,7 @@ class StepTools:
         a third value (e.g. updated BatchNorm statistics; averaged over devices under pmap).
         """
         return parallel.global_mean_grads(loss_fn, params, batch, rng, self.axis_name,
-                                          with_state=with_state)
+                                          with_state=with_state, gather=self.gather)
 
     def apply_gradients(self, state: TrainState, grads: PyTree, name: str | None = None) -> TrainState:
         """One optimizer step.

@@ -233,7 +233,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     init_key, train_key, sample_key, eval_rng = (jax.random.fold_in(root, i) for i in range(4))
     total_steps = config.num_train_steps
     optimizers = optim.make_optimizers(config, total_steps)
-    tools = StepTools(optimizers, strategy.axis_name)
+    tools = StepTools(optimizers, strategy.axis_name, strategy.gather_for_compute)
     init_state = init_state_fn(task, optimizers)
     abstract = jax.eval_shape(init_state, init_key)
     shardings = strategy.state_shardings(abstract, task.partition_rules)
@@ -270,6 +270,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                                           strategy.put_batch(data.train.batch(start_step)))
 
     def eval_fn(variables, batch, rng):
+        if tools.gather is not None:  # FSDP: whole parameters, activations split by batch
+            variables = tools.gather(variables)
         return task.evaluate(variables, batch, rng)
 
     eval_step = strategy.compile_eval(eval_fn)

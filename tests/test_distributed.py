@@ -232,3 +232,24 @@ def test_launcher_usage_errors(argv, message):
     assert proc.returncode == 2
     (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     assert message in line
+
+
+def test_mesh_flags_and_pmap_with_processes_are_checked_up_front():
+    from lab import configs, parallel
+    from lab.errors import ConfigValueError
+    from tests.test_train import small_config
+
+    assert parallel.parse_mesh("", 4) == {"data": 4, "fsdp": 1}
+    assert parallel.parse_mesh("fsdp:4", 8) == {"data": 2, "fsdp": 4}
+    assert parallel.parse_mesh("data:2, fsdp:2", 4) == {"data": 2, "fsdp": 2}
+    for bad in ("data:2,fsdp:3", "fsdp:3", "data:0", "tensor:2", "data:2,data:2"):
+        with pytest.raises(ConfigValueError, match="config.mesh"):
+            parallel.parse_mesh(bad, 4)
+    with pytest.raises(ConfigValueError, match="pmap"):
+        configs.validate(small_config(parallel="pmap"), 4, None, num_processes=2)
+    configs.validate(small_config(parallel="jit", mesh="data:2,fsdp:2"), 4, None, num_processes=2)
+    # The default FSDP placement: big leaves split along their largest divisible dimension.
+    assert parallel.fsdp_spec((512, 1024), 4) == parallel.P(None, "fsdp")
+    assert parallel.fsdp_spec((1024, 6), 4) == parallel.P("fsdp", None)
+    assert parallel.fsdp_spec((10, 10), 4) == parallel.P()  # small: replicated
+    assert parallel.fsdp_spec((4099, 7), 2) == parallel.P()  # nothing divides
