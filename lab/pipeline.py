@@ -16,6 +16,7 @@ Multi-host: each process gathers only its own contiguous slice of the global bat
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import Mapping
 from typing import Iterator, Protocol, runtime_checkable
 
@@ -117,6 +118,37 @@ class EpochBatcher:
         """This process's part of global batch `step`: each array (B/processes, ...); only these
         rows are read."""
         return self.rows.gather(self.indices(step))
+
+
+class Prefetcher:
+    """Another batcher's batches, read ahead on one background thread while the step runs.
+
+    For rows that come from disk (a streamed split): batch `step` is a pure function of the
+    step, so the next `depth` batches can be read before they are asked for and nothing about
+    the run changes (the same batches, the same resume). Every read happens on the one worker
+    thread (the base batcher's caches see one caller); a step asked for out of order (a resume)
+    is read then, and reading ahead starts again from it.
+    """
+
+    def __init__(self, base, depth: int = 2):
+        if depth < 1:
+            raise ValueError(f"prefetch depth must be >= 1, got {depth}")
+        self.base, self.depth = base, depth
+        self.batch_size = base.batch_size
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="lab-prefetch")
+        self._pending: dict[int, concurrent.futures.Future] = {}
+
+    def position(self, step: int) -> dict:
+        return self.base.position(step)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The base batcher's batch `step` (read ahead when the steps come in order)."""
+        for stale in [s for s in self._pending if s < step or s > step + self.depth]:
+            self._pending.pop(stale).cancel()
+        for s in range(step, step + self.depth + 1):
+            if s not in self._pending:
+                self._pending[s] = self._pool.submit(self.base.batch, s)
+        return self._pending.pop(step).result()
 
 
 class WindowBatcher:

@@ -57,7 +57,7 @@ class Data:
     class_names: Mapping[str, list[str]] = field(default_factory=dict)
 
 
-def epoch_data(train_arrays: dict, eval_arrays: dict[str, dict], config,
+def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str, Mapping | pipeline.RowSource], config,
                class_names: Mapping[str, list[str]] | None = None) -> Data:
     """`Data` for an in-memory dataset: shuffled epochs to train, padded passes to evaluate.
 
@@ -66,11 +66,14 @@ def epoch_data(train_arrays: dict, eval_arrays: dict[str, dict], config,
       eval_arrays: split name -> numpy arrays; the first split is the headline one.
       config: reads `batch_size`, `eval_batch_size` and `seed`.
       class_names: label key -> class names (see `Data`).
-    Each process reads only its own slice of every batch.
+    Each process reads only its own slice of every batch. Rows that are not in memory (a
+    `pipeline.RowSource` such as `lab.data.stream(...)`) are read ahead of the step
+    (`pipeline.Prefetcher`).
     """
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    batcher = pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard)
     return Data(
-        train=pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard),
+        train=batcher if isinstance(train_arrays, Mapping) else pipeline.Prefetcher(batcher),
         evals={name: functools.partial(pipeline.padded_batches, arrays, config.eval_batch_size, **shard)
                for name, arrays in eval_arrays.items()},
         class_names=dict(class_names or {}),

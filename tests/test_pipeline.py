@@ -77,3 +77,36 @@ def test_latent_noise_is_a_function_of_the_step_and_split_over_processes():
     eval_noise = pipeline.fixed_latents(6, 5, seed=3, stream=0)
     np.testing.assert_array_equal(eval_noise, pipeline.fixed_latents(6, 5, seed=3, stream=0))
     assert not np.array_equal(eval_noise, pipeline.fixed_latents(6, 5, seed=3, stream=1))
+
+
+def test_prefetcher_gives_the_base_batches_and_reads_ahead_on_its_thread():
+    import threading
+    import time
+
+    class Recording:
+        """An EpochBatcher that notes which steps were read, and on which thread."""
+
+        def __init__(self):
+            self.base = pipeline.EpochBatcher(arrays(), 10, seed=4)
+            self.batch_size, self.calls = 10, []
+
+        def position(self, step):
+            return self.base.position(step)
+
+        def batch(self, step):
+            self.calls.append((step, threading.current_thread().name))
+            return self.base.batch(step)
+
+    base = Recording()
+    ahead = pipeline.Prefetcher(base, depth=2)
+    reference = pipeline.EpochBatcher(arrays(), 10, seed=4)
+    for step in [0, 1, 2, 3]:
+        np.testing.assert_array_equal(ahead.batch(step)["label"], reference.batch(step)["label"])
+    deadline = time.monotonic() + 5
+    while len(base.calls) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [s for s, _ in base.calls] == [0, 1, 2, 3, 4, 5]  # 4 and 5 read before they are asked for
+    for step in [9, 10, 4]:  # a jump (a resume), then back: read when asked
+        np.testing.assert_array_equal(ahead.batch(step)["label"], reference.batch(step)["label"])
+    assert {name for _, name in base.calls} == {"lab-prefetch_0"}, base.calls
+    assert ahead.position(13) == reference.position(13)
