@@ -313,6 +313,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             batch = strategy.put_batch(data.train.batch(step))
             state, acc = train_step(state, acc, batch)
             step += 1
+            if strategy.max_steps_in_flight and step % strategy.max_steps_in_flight == 0:
+                acc.block_until_ready()
             is_log = step % config.log_every_steps == 0
             is_eval = step % config.eval_every_steps == 0
             is_ckpt = checkpointer.should_save(step)

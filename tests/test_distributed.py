@@ -20,7 +20,9 @@ from tests.helpers import final_params, math_records, max_abs_diff
 pytestmark = pytest.mark.multiprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-MLP_FLAGS = {"num_train_steps": 8, "log_every_steps": 4, "eval_every_steps": 8, "checkpoint_every_steps": 8,
+# 160 steps between syncs: XLA:CPU across processes deadlocked with ~100 steps in flight
+# (MeshParallel.max_steps_in_flight bounds them).
+MLP_FLAGS = {"num_train_steps": 160, "log_every_steps": 160, "eval_every_steps": 160, "checkpoint_every_steps": 160,
              "model.dropout_rate": 0.2}
 LM_FLAGS = {"num_train_steps": 4, "log_every_steps": 2, "eval_every_steps": 4, "checkpoint_every_steps": 4}
 MLP = ["-m", "experiments.mlp_classifier", *[f"--config.{k}={v}" for k, v in MLP_FLAGS.items()]]
@@ -99,7 +101,7 @@ def test_two_processes_equal_one_process_and_write_once(tmp_path):
         records = math_records(f"{tmp_path}/{name}_2x2")  # one writer: no record twice
         assert len({(r["step"], tuple(sorted(r))) for r in records}) == len(records)
         results = json.loads((tmp_path / f"{name}_2x2" / "results.json").read_text())
-        assert results["step"] == (8 if name == "mlp" else 4)
+        assert results["step"] == (160 if name == "mlp" else 4)
     assert os.listdir(tmp_path / "lm_2x2" / "samples") == ["step_4.txt"]
     assert (tmp_path / "lm_2x2" / "samples" / "step_4.txt").read_text() == \
         (tmp_path / "lm_1x1" / "samples" / "step_4.txt").read_text()
