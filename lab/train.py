@@ -10,6 +10,11 @@ jitted with the state donated. It adds its metrics into an on-device accumulator
 reads metrics only at sync points (log, eval, checkpoint, end) and the device runs ahead of the
 Python loop meanwhile (as in nanodo): no per-step device-to-host transfer.
 
+Multi-process runs (`lab.distributed`): every process runs this same loop over the global devices;
+each feeds its own rows of every batch, all take part in checkpoints, only process 0 writes logs,
+results and plots, and a final barrier keeps any process from leaving before the last checkpoint
+is committed.
+
 Resume order: config check -> abstract state (`eval_shape(init)`) -> shardings -> latest
 checkpoint -> restore state + meta onto the sharded target -> check the data position ->
 continue at meta['step'] (batches are a function of the step). A fresh run instead initialises
@@ -57,13 +62,14 @@ class Data:
     class_names: Mapping[str, list[str]] = field(default_factory=dict)
 
 
-def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str, Mapping | pipeline.RowSource], config,
-               class_names: Mapping[str, list[str]] | None = None) -> Data:
-    """`Data` for an in-memory dataset: shuffled epochs to train, padded passes to evaluate.
+def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str, Mapping | pipeline.RowSource],
+               config, class_names: Mapping[str, list[str]] | None = None) -> Data:
+    """`Data` for a split dataset: shuffled epochs to train, padded passes to evaluate.
 
     Args:
-      train_arrays: numpy arrays of the train split, same leading size N.
-      eval_arrays: split name -> numpy arrays; the first split is the headline one.
+      train_arrays: numpy arrays of the train split, same leading size N, or its rows streamed
+        from disk (a `pipeline.RowSource`, e.g. `lab.data.stream(...)`).
+      eval_arrays: split name -> arrays (or a RowSource); the first split is the headline one.
       config: reads `batch_size`, `eval_batch_size` and `seed`.
       class_names: label key -> class names (see `Data`).
     Each process reads only its own slice of every batch. Rows that are not in memory (a
