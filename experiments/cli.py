@@ -177,6 +177,8 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
             _fail(" ".join(str(e).split()), EXIT_USAGE)
         try:
             main(f.config, f.workdir, f.allow_config_change)
+            from lab.export import write_run_record  # which experiment trained it: what lab.export reads
+            write_run_record(os.path.abspath(f.workdir), os.path.basename(os.path.dirname(os.path.abspath(default_config))))
         except OSError as e:
             if os.environ.get("LAB_DEBUG") or e.errno not in _USER_OS_ERRNOS:
                 raise

@@ -133,6 +133,11 @@ def to_dict(config: Any) -> dict:
         else json.loads(json.dumps(config))
 
 
+def from_dict(d: dict) -> ml_collections.ConfigDict:
+    """A run's `config.json` back as a ConfigDict (lists where the config had tuples)."""
+    return ml_collections.ConfigDict(d)
+
+
 def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     """`{'a': {'b': 1}}` -> `{'a.b': 1}`."""
     out = {}

@@ -55,6 +55,35 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
+def exportable(config):
+    """The serving function of a run of `config` for `lab.export`: character ids and their mask
+    (the first max_len characters, padded) -> logits per play and per genre."""
+    from lab.export import Exportable
+
+    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    ids = transformer.encoder_token_ids(tokenizer.vocab_size)
+    plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
+    model = transformer.EncoderClassifier(
+        encoder_config(config.model, tokenizer.vocab_size),
+        num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
+        hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
+
+    def logits(params, inputs):
+        return model.apply({"params": params}, inputs["inputs"], inputs["token_mask"], train=False)
+
+    length = config.model.max_len
+    return Exportable(logits, {"inputs": {"shape": ["b", length], "dtype": "int32"},
+                               "token_mask": {"shape": ["b", length], "dtype": "int32"}}, {
+        "task": "classifier",
+        "dataset": config.dataset,
+        "class_names": {k: list(v) for k, v in plays_info["class_names"].items()},
+        "tokenizer": {"type": "characters", "vocab": "".join(tokenizer.vocab), "pad_id": ids.pad_id,
+                      "max_len": length},
+        "preprocessing": (f"a speech's first {length} characters as ids into tokenizer.vocab (a character "
+                          f"outside it cannot be encoded), padded with pad_id; token_mask 1 for a character, 0 for padding"),
+    })
+
+
 if __name__ == "__main__":
     from experiments import cli
     cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)

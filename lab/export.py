@@ -1,0 +1,206 @@
+"""Export a trained run as a deployable artifact: `jax.export` StableHLO + parameters + a sidecar.
+
+    python -m lab.export --workdir=DIR [--step=N] --out=PATH [--experiment=NAME]
+
+reads the run's config and checkpoint (the latest, or step N), asks the run's experiment for its
+serving function (`experiments.<name>.__main__.exportable(config)`), and writes PATH/ as
+`lab.artifact` describes: the program lowered for CPU and CUDA with a symbolic batch dimension,
+the parameters as its first argument (an array file, no pickle; not constants folded into the
+program), and `model.json` with the input spec, preprocessing, label names or tokenizer, the
+source run, step and config, the jax version and the export serialization version. jax reads an
+export only within its compatibility window; the checkpoint stays the source of truth, and
+re-exporting is this one command.
+
+The experiment comes from `DIR/run.json` (written by every experiment's CLI at the end of a run)
+or `--experiment`. Bad input (no run there, no checkpoint, an experiment that cannot export, an
+unwritable --out) ends with one `error:` line and exit status 1 (2 for bad flags).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax import export as jax_export
+
+from lab import artifact
+from lab.errors import CheckpointError, ConfigValueError, LabError
+
+PLATFORMS = ("cpu", "cuda")
+RUN_RECORD = "run.json"
+
+
+@dataclasses.dataclass
+class Exportable:
+    """What an experiment gives the exporter for a run's config.
+
+    Attributes:
+      fn: `(params, inputs: dict[str, array]) -> dict[str, array]`, pure jnp (jit-able).
+      inputs: name -> {'shape': [...], 'dtype': str}; 'b' marks the batch dimension.
+      meta: sidecar entries: 'task' ('classifier', ...), 'preprocessing', 'class_names' or a
+        tokenizer, anything a client needs to build inputs and read outputs.
+    """
+
+    fn: Callable[[Any, dict], dict]
+    inputs: dict[str, dict]
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+def read_experiment(workdir: str) -> str | None:
+    """The experiment that trained `workdir` (from its run record), or None."""
+    path = os.path.join(workdir, RUN_RECORD)
+    try:
+        with open(path) as f:
+            return json.load(f).get("experiment")
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def write_run_record(workdir: str, experiment: str) -> None:
+    """`workdir/run.json`: which experiment trained the run (process 0; the exporter reads it)."""
+    if jax.process_index() != 0 or not os.path.isdir(workdir):
+        return
+    with open(os.path.join(workdir, RUN_RECORD), "w") as f:
+        json.dump({"experiment": experiment}, f)
+
+
+def _specs(inputs: dict[str, dict], scope) -> dict[str, jax.ShapeDtypeStruct]:
+    def dims(shape):
+        text = ", ".join(str(d) for d in shape)
+        return jax_export.symbolic_shape(text, scope=scope)
+    return {name: jax.ShapeDtypeStruct(dims(spec["shape"]), np.dtype(spec["dtype"])) for name, spec in inputs.items()}
+
+
+def _flat_params(params) -> dict[str, np.ndarray]:
+    flat = {}
+    for path, value in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = [getattr(k, "key", getattr(k, "name", None)) for k in path]
+        if any(not isinstance(k, str) or "/" in k for k in keys):
+            raise ValueError(f"parameter path {jax.tree_util.keystr(path)} is not a path of string names")
+        flat["/".join(keys)] = np.asarray(value)
+    return flat
+
+
+def export(exportable: Exportable, params, out: str, source: dict) -> dict:
+    """Writes the artifact directory `out` (replacing an older export there); returns its sidecar.
+
+    Args:
+      exportable: the experiment's serving function and input spec.
+      params: the parameters (nested dicts of arrays), passed to the program as its first argument.
+      out: the artifact directory.
+      source: {'workdir', 'step', 'experiment', 'config'} of the run.
+    """
+    scope = jax_export.SymbolicScope()
+    specs = _specs(exportable.inputs, scope)
+    param_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), params)
+    exported = jax_export.export(jax.jit(exportable.fn), platforms=PLATFORMS)(param_specs, specs)
+    out_avals = jax.tree.unflatten(exported.out_tree, exported.out_avals)
+    outputs = {name: {"shape": [d if isinstance(d, int) else str(d) for d in aval.shape], "dtype": str(aval.dtype)}
+               for name, aval in out_avals.items()}
+    flat = _flat_params(params)
+
+    parent = os.path.dirname(os.path.abspath(out))
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(dir=parent, prefix=".export-")  # a half-written export is never at `out`
+    try:
+        os.chmod(staging, 0o755)  # mkdtemp makes it private; an artifact is meant to be shared
+        with open(os.path.join(staging, artifact.PROGRAM), "wb") as f:
+            f.write(exported.serialize())
+        with open(os.path.join(staging, artifact.PARAMS), "wb") as f:
+            np.savez(f, **flat)
+        meta = {
+            "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
+            "jax_version": jax.__version__, "serialization_version": exported.calling_convention_version,
+            "platforms": list(exported.platforms),
+            "inputs": exportable.inputs, "outputs": outputs,
+            "params": {"count": int(sum(v.size for v in flat.values())),
+                       "bytes": int(sum(v.nbytes for v in flat.values()))},
+            **exportable.meta,
+            "source": source,
+            "sha256": {name: artifact.sha256(os.path.join(staging, name))
+                       for name in (artifact.PROGRAM, artifact.PARAMS)},
+        }
+        with open(os.path.join(staging, artifact.SIDECAR), "w") as f:
+            json.dump(meta, f, indent=2)
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return meta
+
+
+def export_run(workdir: str, out: str, step: int | None = None, experiment: str | None = None) -> dict:
+    """Exports the run in `workdir` (checkpoint `step`, default the latest) to `out`; the sidecar.
+
+    Raises:
+      LabError subclasses with one line: no run, no checkpoint, an experiment that cannot export.
+    """
+    from lab import checkpoint, configs
+
+    workdir = os.path.abspath(workdir)
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.isfile(config_path):
+        raise ConfigValueError(f"{workdir} holds no run (no config.json): give the --workdir of a trained run")
+    experiment = experiment or read_experiment(workdir)
+    if not experiment:
+        raise ConfigValueError(f"{workdir} does not say which experiment trained it (no {RUN_RECORD}): "
+                               f"pass --experiment=NAME (e.g. mlp_classifier)")
+    try:
+        module = importlib.import_module(f"experiments.{experiment}.__main__")
+    except ModuleNotFoundError as e:
+        raise ConfigValueError(f"--experiment={experiment!r} is not an experiment of lab") from e
+    if not hasattr(module, "exportable"):
+        raise ConfigValueError(f"experiment {experiment!r} has no export yet (classifier experiments have)")
+    with open(config_path) as f:
+        raw = json.load(f)
+    config = configs.from_dict(raw)
+    params, where = checkpoint.load_params(workdir, step)
+    saved_step = int(os.path.basename(where))
+    exportable = module.exportable(config)
+    try:
+        return export(exportable, params, out,
+                      {"workdir": workdir, "step": saved_step, "experiment": experiment, "config": raw})
+    except (TypeError, ValueError) as e:  # the checkpoint's params do not fit the config's model
+        raise CheckpointError(f"the checkpoint {where} does not fit the model its config describes "
+                              f"({str(e).splitlines()[0][:200]})") from e
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lab.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="the trained run")
+    parser.add_argument("--out", required=True, help="the artifact directory to write")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
+    parser.add_argument("--experiment", default=None, help="the experiment that trained it (default: run.json)")
+    parser.error = lambda message: _fail(f"{message} (see python -m lab.export --help)", 2)  # one line
+    args = parser.parse_args(argv)
+    try:
+        meta = export_run(args.workdir, args.out, args.step, args.experiment)
+    except (LabError, OSError) as e:
+        if os.environ.get("LAB_DEBUG"):
+            raise
+        _fail(" ".join(str(e).split()), 1)
+    print(f"exported {meta['source']['experiment']} step {meta['source']['step']} to {os.path.abspath(args.out)} "
+          f"({meta['params']['count']:,} parameters, {', '.join(meta['platforms'])}; inputs "
+          + ", ".join(f"{k} {artifact.shape_text(v['shape'])} {v['dtype']}" for k, v in meta["inputs"].items())
+          + ")", flush=True)
+
+
+def _fail(message: str, code: int):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,137 @@
+"""lab.export -> lab.artifact: the exported program gives the live model's outputs, loads with jax
+alone, and every unusable artifact or input is one clear error."""
+
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import lab.data
+from lab import artifact, checkpoint
+from lab.export import export_run
+from tests.test_train import small_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def mlp_export(tmp_path_factory):
+    """A 20-step digits MLP run (with its run record, as the CLI writes it) and its export."""
+    from experiments.mlp_classifier.__main__ import main
+    from lab.export import write_run_record
+
+    root = tmp_path_factory.mktemp("export")
+    run = str(root / "run")
+    main(small_config(), run)
+    write_run_record(run, "mlp_classifier")
+    export_run(run, str(root / "model"))
+    return run, str(root / "model")
+
+
+def test_the_export_computes_the_live_models_logits_for_any_batch(mlp_export):
+    from experiments.mlp_classifier.config import get_config
+    from lab.models.cnn import image_classifier
+
+    run, path = mlp_export
+    model = artifact.Artifact(path)
+    meta = json.loads(open(os.path.join(path, "model.json")).read())
+    assert meta["source"]["step"] == 20 and meta["source"]["experiment"] == "mlp_classifier"
+    assert meta["platforms"] == ["cpu", "cuda"] and meta["jax_version"] == jax.__version__
+    assert meta["inputs"] == {"inputs": {"shape": ["b", 8, 8, 1], "dtype": "float32"}}
+    assert meta["class_names"]["label"][:3] == ["0", "1", "2"]
+    images = lab.data.load("digits", "test")["inputs"]
+    live = image_classifier(get_config().model, 10)
+    params = checkpoint.load_params(run)[0]
+    for batch in (1, 7, 360):
+        got = model(inputs=images[:batch])["label"]
+        want = np.asarray(live.apply({"params": params}, images[:batch], train=False))
+        assert got.shape == (batch, 10)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # The parameters are arguments of the program, not constants folded into it.
+    assert os.path.getsize(os.path.join(path, "model.jax")) < 20_000 < os.path.getsize(os.path.join(path, "params.npz"))
+
+
+_JAX_ONLY = """
+import sys, numpy as np
+from lab.artifact import Artifact
+model = Artifact(sys.argv[1])
+out = model(inputs=np.zeros((3, 8, 8, 1), np.float32))
+assert out["label"].shape == (3, 10)
+loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("flax", "optax", "orbax", "tensorflow_datasets")
+                or m.startswith(("lab.models", "lab.tasks", "lab.train", "experiments")))
+assert not loaded, loaded
+print("ok")
+"""
+
+
+def test_loading_and_calling_needs_jax_only(mlp_export):
+    proc = subprocess.run([sys.executable, "-c", _JAX_ONLY, mlp_export[1]], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-2000:]
+
+
+def test_bad_inputs_are_refused_with_the_spec(mlp_export):
+    model = artifact.Artifact(mlp_export[1])
+    cases = [({"inputs": np.zeros((2, 8, 8), np.float32)}, "must have shape (b, 8, 8, 1)"),
+             ({"inputs": np.zeros((0, 8, 8, 1), np.float32)}, "batch >= 1"),
+             ({"pixels": np.zeros((2, 8, 8, 1))}, "missing ['inputs']"),
+             ({"inputs": [[["a"] * 1] * 8] * 8}, "must hold numbers"),
+             ({"inputs": np.full((1, 8, 8, 1), np.nan)}, "NaN")]
+    for inputs, message in cases:
+        with pytest.raises(artifact.ArtifactInputError) as e:
+            model(**inputs)
+        assert message in str(e.value), (message, str(e.value))
+
+
+def test_unusable_artifacts_are_one_clear_error(mlp_export, tmp_path):
+    import shutil
+
+    def broken(name, change):
+        path = tmp_path / name
+        shutil.copytree(mlp_export[1], path)
+        change(path)
+        with pytest.raises(artifact.ArtifactError) as e:
+            artifact.Artifact(str(path))
+        return str(e.value)
+
+    def corrupt(path):
+        (path / "model.jax").write_bytes(b"garbage")
+
+    def other_params(path):  # a consistent checksum, but parameters of another shape
+        with np.load(path / "params.npz") as z:
+            flat = {k: z[k] for k in z.files}
+        flat["hidden_0/kernel"] = np.zeros((3, 3), np.float32)
+        np.savez(path / "params.npz", **flat)
+        meta = json.loads((path / "model.json").read_text())
+        meta["sha256"]["params.npz"] = artifact.sha256(str(path / "params.npz"))
+        (path / "model.json").write_text(json.dumps(meta))
+
+    def too_new(path):
+        meta = json.loads((path / "model.json").read_text())
+        meta["serialization_version"] = 99
+        (path / "model.json").write_text(json.dumps(meta))
+
+    assert "does not match its checksum" in broken("corrupt", corrupt)
+    assert "does not match model.jax" in broken("params", other_params)
+    assert "serialization version 99" in broken("new", too_new)
+    assert "not a lab export" in broken("no_sidecar", lambda p: (p / "model.json").unlink())
+    assert "is missing" in broken("no_params", lambda p: (p / "params.npz").unlink())
+    with pytest.raises(artifact.ArtifactError, match="is not a lab export"):
+        artifact.Artifact(str(tmp_path / "nothing"))
+
+
+def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
+    cases = [([f"--workdir={tmp_path}", f"--out={tmp_path}/m"], 1, "holds no run"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--experiment=nope"], 1, "not an experiment"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--experiment=gan"], 1, "has no export yet"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--step=3"], 1, "checkpoint"),
+             ([f"--workdir={mlp_export[0]}"], 2, "--out")]
+    for args, code, message in cases:
+        proc = run_cli("lab.export", *args)
+        lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+        assert proc.returncode == code and len(lines) == 1 and message in lines[0], (args, proc.stderr[-1500:])
+    assert not os.path.exists(tmp_path / "m")
