@@ -135,3 +135,82 @@ def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
         assert proc.returncode == code and len(lines) == 1 and message in lines[0], (args, proc.stderr[-1500:])
     assert not os.path.exists(tmp_path / "m")
+
+
+def _post(url, body: bytes):
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+def test_the_server_answers_with_the_artifacts_predictions_and_survives_bad_requests(mlp_export):
+    import threading
+    import urllib.request
+
+    from lab.launch import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lab.serve", f"--model={mlp_export[1]}", f"--port={port}",
+                               "--max_wait_ms=200", "--max_batch=32", "--max_body_kb=64"],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=1).read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-2000:]
+                __import__("time").sleep(0.1)
+        assert health["status"] == "ok" and health["step"] == 20
+
+        images = lab.data.load("digits", "test")["inputs"][:5]
+        status, answer = _post(base + "/predict", json.dumps({"inputs": images.tolist()}).encode())
+        assert status == 200 and answer["model"] == {"name": "mlp_classifier", "step": 20}
+        logits = artifact.Artifact(mlp_export[1])(inputs=images)["label"]
+        probs = np.exp(logits - logits.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        assert [p["label"]["label"] for p in answer["predictions"]] == [str(i) for i in logits.argmax(1)]
+        np.testing.assert_allclose([p["label"]["probability"] for p in answer["predictions"]], probs.max(1), rtol=1e-4)
+
+        # Eight one-image requests at once are answered in fewer model calls (dynamic batching).
+        results = []
+        threads = [threading.Thread(target=lambda i=i: results.append(
+            _post(base + "/predict", json.dumps({"inputs": [images[i % 5].ravel().tolist()]}).encode())))
+            for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert sorted(s for s, _ in results) == [200] * 8
+
+        bad = [(b"{not json", 400, "not JSON"),
+               (json.dumps({"inputs": [[1, 2, 3]]}).encode(), 422, "shape [8, 8, 1]"),
+               (json.dumps({"inputs": [["x"] * 64]}).encode(), 422, "must be numbers"),
+               (json.dumps({"pixels": [1]}).encode(), 422, "inputs"),
+               (json.dumps({"inputs": [[0.5] * 64] * 400}).encode(), 413, "over 64 KB")]
+        for body, status, message in bad:
+            got, answer = _post(base + "/predict", body)
+            assert got == status and message in answer["error"], (status, answer)
+        assert _post(base + "/predict", json.dumps({"inputs": images[:1].tolist()}).encode())[0] == 200
+
+        metrics = urllib.request.urlopen(base + "/metrics", timeout=5).read().decode()
+        def value(name):
+            return float(next(line.rsplit(" ", 1)[1] for line in metrics.splitlines() if line.startswith(name)))
+        assert value('lab_requests_total{route="/predict",status="200"}') == 10
+        assert value('lab_requests_total{route="/predict",status="422"}') == 3
+        assert value('lab_requests_total{route="/predict",status="400"}') == 1
+        assert value('lab_requests_total{route="/predict",status="413"}') == 1
+        assert value("lab_batch_rows_sum") == 5 + 8 + 1
+        assert value("lab_batch_rows_count") < 10  # the eight single images shared model calls
+        assert 'lab_model_info{name="mlp_classifier",path=' in metrics
+        page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
+        assert "<canvas" in page and "mlp_classifier (step 20)" in page
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

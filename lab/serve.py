@@ -1,0 +1,379 @@
+"""Serve an exported model over HTTP: dynamic batching, Prometheus metrics, a page to try it.
+
+    python -m lab.serve --model=PATH [--host=127.0.0.1] [--port=8000] [--max_batch=32]
+                        [--max_wait_ms=5] [--max_body_kb=1024]
+
+Routes:
+  POST /predict   JSON in, JSON out. An image classifier takes {"inputs": [image, ...]} (each image
+                  as nested lists of the artifact's input shape, or flat); a text classifier takes
+                  {"text": ["a speech", ...]}. Answers {"predictions": [{head: {"label", "probability",
+                  "probabilities"}}, ...], "model": {"name", "step"}}.
+  GET  /healthz   {"status": "ok", ...} once the model is loaded.
+  GET  /metrics   Prometheus text: requests by route and status, latency and batch-size histograms,
+                  the model's name and step.
+  GET  /          a page to try the model (draw a digit, or type a speech).
+
+Requests that arrive together are run as one batch of up to --max_batch rows, waiting at most
+--max_wait_ms for more (0 turns batching off: each request runs alone). A bad request (not JSON, a
+body over --max_body_kb, a wrong shape or type, a character outside the tokenizer's vocabulary, too
+many rows) gets a 4xx with a one-line message and never stops the server. It binds to 127.0.0.1
+unless told otherwise.
+
+Built on Starlette + uvicorn (a small, well-kept ASGI stack: async, so one worker gathers
+concurrent requests into a batch while the model runs in a thread) and `prometheus_client`. The
+model is a `lab.artifact.Artifact`: jax and numpy, none of lab's model code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from lab import artifact as artifact_lib
+
+MAX_ROWS_PER_REQUEST = 1024
+
+
+class BadRequest(Exception):
+    """A request the server refuses: (HTTP status, one-line message)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ServeOptions:
+    max_batch: int = 32  # rows per model call
+    max_wait_ms: float = 5.0  # how long the first request of a batch waits for others (0: no batching)
+    max_body_bytes: int = 1 << 20
+
+
+class Predictor:
+    """Turns request JSON into the artifact's inputs and its outputs into predictions."""
+
+    def __init__(self, model: artifact_lib.Artifact):
+        self.model = model
+        meta = model.meta
+        if meta.get("task") != "classifier":
+            raise artifact_lib.ArtifactError(f"{model.path} is a {meta.get('task')!r} export; lab.serve "
+                                             f"serves classifiers (text generation comes with the GPT export)")
+        self.class_names = meta.get("class_names", {})
+        self.tokenizer = meta.get("tokenizer")
+        self.kind = "text" if self.tokenizer else "image"
+        if self.kind == "image":
+            (self.input_name, spec), = model.inputs.items()
+            self.row_shape = tuple(spec["shape"][1:])
+
+    def rows(self, body) -> dict[str, np.ndarray]:
+        """The request's rows as the artifact's inputs (each (n, ...)); raises BadRequest (422)."""
+        if not isinstance(body, dict):
+            raise BadRequest(422, 'the body must be a JSON object, e.g. {"inputs": [...]}')
+        if self.kind == "text":
+            texts = body.get("text")
+            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+                raise BadRequest(422, 'give {"text": ["a speech", ...]}: a non-empty list of strings')
+            self._check_count(len(texts))
+            return self._encode(texts)
+        items = body.get("inputs")
+        if not isinstance(items, list) or not items:
+            raise BadRequest(422, f'give {{"inputs": [...]}}: a non-empty list of inputs, each of shape '
+                                  f'{list(self.row_shape)} (or flat, {int(np.prod(self.row_shape))} numbers)')
+        self._check_count(len(items))
+        try:
+            array = np.asarray(items, dtype=np.float32)
+        except (ValueError, TypeError):
+            raise BadRequest(422, f"inputs must be numbers, each input of shape {list(self.row_shape)} "
+                                  f"(or flat, {int(np.prod(self.row_shape))} numbers)") from None
+        if array.shape[1:] != self.row_shape:
+            if array.ndim == 2 and array.shape[1] == int(np.prod(self.row_shape)):
+                array = array.reshape((len(array),) + self.row_shape)
+            else:
+                raise BadRequest(422, f"each input must have shape {list(self.row_shape)} (or be flat, "
+                                      f"{int(np.prod(self.row_shape))} numbers); got {list(array.shape[1:])}")
+        try:
+            return self.model.check_inputs({self.input_name: array})
+        except artifact_lib.ArtifactInputError as e:
+            raise BadRequest(422, str(e)) from None
+
+    def _check_count(self, n: int) -> None:
+        if n > MAX_ROWS_PER_REQUEST:
+            raise BadRequest(413, f"{n} inputs in one request; send at most {MAX_ROWS_PER_REQUEST}")
+
+    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
+        vocab, length, pad = self.tokenizer["vocab"], self.tokenizer["max_len"], self.tokenizer["pad_id"]
+        index = {c: i for i, c in enumerate(vocab)}
+        ids = np.full((len(texts), length), pad, np.int32)
+        mask = np.zeros((len(texts), length), np.int32)
+        for row, text in enumerate(texts):
+            unknown = sorted({c for c in text if c not in index})
+            if unknown:
+                raise BadRequest(422, f"text {row} has characters outside the model's vocabulary: "
+                                      f"{''.join(unknown)[:20]!r}")
+            if not text:
+                raise BadRequest(422, f"text {row} is empty")
+            codes = [index[c] for c in text[:length]]
+            ids[row, :len(codes)] = codes
+            mask[row, :len(codes)] = 1
+        return {"inputs": ids, "token_mask": mask}
+
+    def predictions(self, outputs: dict[str, np.ndarray]) -> list[dict]:
+        """Per row: for each head its label, probability and all probabilities."""
+        out = []
+        heads = {head: _softmax(logits) for head, logits in outputs.items()}
+        n = len(next(iter(heads.values())))
+        for i in range(n):
+            row = {}
+            for head, probs in heads.items():
+                names = self.class_names.get(head) or [str(j) for j in range(probs.shape[1])]
+                best = int(np.argmax(probs[i]))
+                row[head] = {"label": names[best], "probability": float(probs[i, best]),
+                             "probabilities": {name: round(float(p), 6) for name, p in zip(names, probs[i])}}
+            out.append(row)
+        return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+class Batcher:
+    """Gathers concurrent requests into one model call of up to `max_batch` rows.
+
+    The first request of a batch waits at most `max_wait_ms` for others; a request larger than
+    the room left waits for the next batch; the model runs in a thread so the event loop keeps
+    accepting requests meanwhile.
+    """
+
+    def __init__(self, call, options: ServeOptions, on_batch=None):
+        self.call, self.options, self.on_batch = call, options, on_batch  # call: inputs -> outputs
+        self.queue: asyncio.Queue | None = None
+        self._worker: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self._worker = asyncio.create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._worker:
+            self._worker.cancel()
+
+    async def submit(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((rows, future))
+        return await future
+
+    async def _run(self) -> None:
+        pending = None
+        while True:
+            first = pending or await self.queue.get()
+            pending = None
+            batch = [first]
+            size = _rows(first[0])
+            deadline = time.monotonic() + self.options.max_wait_ms / 1000
+            while size < self.options.max_batch and self.options.max_wait_ms > 0:
+                timeout = deadline - time.monotonic()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(self.queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+                if size + _rows(item[0]) > self.options.max_batch:
+                    pending = item
+                    break
+                batch.append(item)
+                size += _rows(item[0])
+            inputs = {k: np.concatenate([rows[k] for rows, _ in batch]) for k in batch[0][0]}
+            try:
+                outputs = await asyncio.to_thread(self.call, inputs)
+            except Exception as e:  # a failure of the model: every request of the batch gets it
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            if self.on_batch:
+                self.on_batch(size)
+            start = 0
+            for rows, future in batch:
+                n = _rows(rows)
+                if not future.done():
+                    future.set_result({k: v[start:start + n] for k, v in outputs.items()})
+                start += n
+
+
+def _rows(inputs: dict[str, np.ndarray]) -> int:
+    return len(next(iter(inputs.values())))
+
+
+def build_app(model_path: str, options: ServeOptions | None = None):
+    """The Starlette app serving the artifact at `model_path` (raises ArtifactError if unusable)."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, Response
+    from starlette.routing import Route
+
+    options = options or ServeOptions()
+    model = artifact_lib.Artifact(model_path)
+    predictor = Predictor(model)
+    registry = CollectorRegistry()  # one per app: tests start several
+    requests = Counter("lab_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
+    latency = Histogram("lab_request_seconds", "request latency by route", ["route"], registry=registry,
+                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+    batch_sizes = Histogram("lab_batch_rows", "rows per model call", registry=registry,
+                            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
+    info = Gauge("lab_model_info", "the served model", ["name", "step", "path"], registry=registry)
+    info.labels(str(model.name), str(model.step), model.path).set(1)
+    batcher = Batcher(lambda inputs: model(**inputs), options, on_batch=batch_sizes.observe)
+    model_id = {"name": model.name, "step": model.step}
+
+    def counted(route):
+        def wrap(handler):
+            async def endpoint(request: Request):
+                start = time.perf_counter()
+                try:
+                    response = await handler(request)
+                except BadRequest as e:
+                    response = JSONResponse({"error": str(e)}, status_code=e.status)
+                requests.labels(route, str(response.status_code)).inc()
+                latency.labels(route).observe(time.perf_counter() - start)
+                return response
+            return endpoint
+        return wrap
+
+    @counted("/predict")
+    async def predict(request: Request):
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > options.max_body_bytes:
+            raise BadRequest(413, f"the body is over {options.max_body_bytes // 1024} KB; send fewer inputs per request")
+        body = b""
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > options.max_body_bytes:
+                raise BadRequest(413, f"the body is over {options.max_body_bytes // 1024} KB; send fewer inputs "
+                                      f"per request")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise BadRequest(400, "the body is not JSON") from None
+        rows = predictor.rows(data)
+        outputs = await batcher.submit(rows)
+        return JSONResponse({"predictions": predictor.predictions(outputs), "model": model_id})
+
+    @counted("/healthz")
+    async def healthz(request: Request):
+        return JSONResponse({"status": "ok", **model_id, "inputs": model.inputs})
+
+    async def metrics(request: Request):
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @counted("/")
+    async def page(request: Request):
+        return HTMLResponse(_page(predictor, model_id))
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        await batcher.start()
+        yield
+        await batcher.stop()
+
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/healthz", healthz),
+                             Route("/metrics", metrics), Route("/", page)], lifespan=lifespan)
+
+
+def _page(predictor: Predictor, model_id: dict) -> str:
+    """A page to try the model: draw a digit (scaled to the model's input) or type a speech."""
+    title = f"{model_id['name']} (step {model_id['step']})"
+    if predictor.kind == "text":
+        form = ('<textarea id="text" rows="6" cols="70">To be, or not to be, that is the question</textarea><br>'
+                '<button id="go">Classify</button>')
+        script = """document.getElementById('go').onclick = async () => {
+  const r = await fetch('/predict', {method: 'POST', body: JSON.stringify({text: [document.getElementById('text').value]})});
+  show(await r.json());
+};"""
+    else:
+        h, w = predictor.row_shape[0], predictor.row_shape[1]
+        form = ('<canvas id="pad" width="224" height="224" style="border:1px solid #888;background:#fff"></canvas><br>'
+                '<button id="go">Classify</button> <button id="clear">Clear</button>')
+        script = f"""const pad = document.getElementById('pad'), ctx = pad.getContext('2d');
+ctx.lineWidth = 18; ctx.lineCap = 'round';
+let down = false;
+pad.onmousedown = e => {{ down = true; ctx.beginPath(); ctx.moveTo(e.offsetX, e.offsetY); }};
+pad.onmousemove = e => {{ if (down) {{ ctx.lineTo(e.offsetX, e.offsetY); ctx.stroke(); }} }};
+window.onmouseup = () => {{ down = false; }};
+document.getElementById('clear').onclick = () => ctx.clearRect(0, 0, 224, 224);
+function pixels() {{  // the drawing averaged down to {h}x{w}, ink high in [0, 1]
+  const data = ctx.getImageData(0, 0, 224, 224).data, rows = [];
+  const sy = 224 / {h}, sx = 224 / {w};
+  for (let y = 0; y < {h}; y++) {{ const row = [];
+    for (let x = 0; x < {w}; x++) {{ let s = 0, n = 0;
+      for (let yy = Math.floor(y * sy); yy < Math.floor((y + 1) * sy); yy++)
+        for (let xx = Math.floor(x * sx); xx < Math.floor((x + 1) * sx); xx++) {{ s += data[(yy * 224 + xx) * 4 + 3]; n++; }}
+      row.push([s / n / 255]); }}
+    rows.push(row); }}
+  return rows;
+}}
+document.getElementById('go').onclick = async () => {{
+  const r = await fetch('/predict', {{method: 'POST', body: JSON.stringify({{inputs: [pixels()]}})}});
+  show(await r.json());
+}};"""
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>lab: {title}</title></head>
+<body style="font-family:sans-serif;margin:2em">
+<h2>lab: {title}</h2>
+{form}
+<pre id="result">(no prediction yet)</pre>
+<script>
+function show(j) {{
+  const out = document.getElementById('result');
+  if (j.error) {{ out.textContent = 'error: ' + j.error; return; }}
+  out.textContent = Object.entries(j.predictions[0]).map(([head, p]) =>
+    head + ': ' + p.label + ' (' + (100 * p.probability).toFixed(1) + '%)').join('\\n');
+}}
+{script}
+</script></body></html>"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m lab.serve", description=__doc__.splitlines()[0])
+    parser.add_argument("--model", required=True, help="an artifact directory written by python -m lab.export")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--max_batch", type=int, default=32, help="rows per model call")
+    parser.add_argument("--max_wait_ms", type=float, default=5.0, help="batching wait; 0 turns batching off")
+    parser.add_argument("--max_body_kb", type=int, default=1024)
+    parser.error = lambda message: _fail(f"{message} (see python -m lab.serve --help)", 2)
+    args = parser.parse_args(argv)
+    if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_body_kb < 1 or not 0 < args.port < 65536:
+        _fail("--max_batch and --max_body_kb must be >= 1, --max_wait_ms >= 0, --port in 1..65535", 2)
+    try:
+        app = build_app(args.model, ServeOptions(args.max_batch, args.max_wait_ms, args.max_body_kb * 1024))
+    except artifact_lib.ArtifactError as e:
+        _fail(str(e), 1)
+    import uvicorn
+
+    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /healthz, /metrics, /)",
+          flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as e:
+        _fail(f"cannot listen on {args.host}:{args.port} ({e.strerror}): choose another --port", 1)
+
+
+def _fail(message: str, code: int):
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
