@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from typing import Any
 
 import jax
@@ -135,12 +136,13 @@ class Artifact:
 
     def check_inputs(self, inputs: dict[str, Any]) -> dict[str, np.ndarray]:
         """`inputs` as numpy arrays of the spec's dtypes, checked: the same names, the same rank and
-        fixed dimensions, one batch size >= 1 across them. Raises ArtifactInputError."""
+        fixed dimensions, each named dimension ('b', 'p') one size >= 1 across the inputs and within
+        the export's constraints. Raises ArtifactInputError."""
         missing, extra = sorted(set(self.inputs) - set(inputs)), sorted(set(inputs) - set(self.inputs))
         if missing or extra:
             raise ArtifactInputError(f"inputs must be {sorted(self.inputs)}" + (f"; missing {missing}" if missing else "")
                                      + (f"; unknown {extra}" if extra else ""))
-        out, batch = {}, None
+        out, sizes = {}, {}
         for name, spec in self.inputs.items():
             try:
                 array = np.asarray(inputs[name])
@@ -153,17 +155,25 @@ class Artifact:
                 if not np.all(np.isfinite(array)) or not np.all(np.floor(array) == array):
                     raise ArtifactInputError(f"input {name!r} must hold integers ({spec['dtype']})")
             shape = spec["shape"]
-            if array.ndim != len(shape) or any(d != BATCH and d != n for d, n in zip(shape, array.shape)):
+            if array.ndim != len(shape) or any(isinstance(d, int) and d != n for d, n in zip(shape, array.shape)):
                 raise ArtifactInputError(f"input {name!r} must have shape {shape_text(shape)}, got "
                                          f"{list(array.shape)}")
-            size = array.shape[shape.index(BATCH)] if BATCH in shape else None
-            if size is not None:
-                if size < 1 or (batch is not None and size != batch):
-                    raise ArtifactInputError(f"input {name!r} has batch {size}; every input needs the same batch >= 1")
-                batch = size
+            for dim, size in zip(shape, array.shape):
+                if isinstance(dim, str):  # a symbolic dimension: >= 1, the same in every input
+                    what = "batch" if dim == BATCH else f"dimension {dim!r}"
+                    if size < 1 or sizes.setdefault(dim, size) != size:
+                        raise ArtifactInputError(f"input {name!r} has {what} {size}; every input needs the same "
+                                                 f"{what} >= 1")
             if np.issubdtype(array.dtype, np.floating) and not np.all(np.isfinite(array)):
                 raise ArtifactInputError(f"input {name!r} holds NaN or infinite values")
+            if np.issubdtype(dtype, np.unsignedinteger) and np.any(array < 0):
+                raise ArtifactInputError(f"input {name!r} must be >= 0 ({spec['dtype']})")
             out[name] = array.astype(dtype)
+        for constraint in self.meta.get("constraints", []):  # e.g. "p <= 32", as the export states it
+            dim, op, bound = re.fullmatch(r"\s*(\w+)\s*(<=|>=)\s*(\d+)\s*", constraint).groups()
+            size = sizes.get(dim)
+            if size is not None and not (size <= int(bound) if op == "<=" else size >= int(bound)):
+                raise ArtifactInputError(f"dimension {dim!r} is {size}; the model takes {dim} {op} {bound}")
         return out
 
     def __call__(self, **inputs) -> dict[str, np.ndarray]:

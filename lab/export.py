@@ -51,7 +51,7 @@ class Exportable:
 
     fn: Callable[[Any, dict], dict]
     inputs: dict[str, dict]
-    meta: dict = dataclasses.field(default_factory=dict)
+    meta: dict = dataclasses.field(default_factory=dict)  # may hold 'constraints': ["p <= 32", ...]
 
 
 def read_experiment(workdir: str) -> str | None:
@@ -73,9 +73,9 @@ def write_run_record(workdir: str, experiment: str) -> None:
 
 
 def _specs(inputs: dict[str, dict], scope) -> dict[str, jax.ShapeDtypeStruct]:
+    """Abstract inputs: named dimensions ('b', 'p') symbolic in one scope, numbers fixed."""
     def dims(shape):
-        text = ", ".join(str(d) for d in shape)
-        return jax_export.symbolic_shape(text, scope=scope)
+        return jax_export.symbolic_shape(", ".join(str(d) for d in shape), scope=scope) if shape else ()
     return {name: jax.ShapeDtypeStruct(dims(spec["shape"]), np.dtype(spec["dtype"])) for name, spec in inputs.items()}
 
 
@@ -98,7 +98,7 @@ def export(exportable: Exportable, params, out: str, source: dict) -> dict:
       out: the artifact directory.
       source: {'workdir', 'step', 'experiment', 'config'} of the run.
     """
-    scope = jax_export.SymbolicScope()
+    scope = jax_export.SymbolicScope(list(exportable.meta.get("constraints", ())))
     specs = _specs(exportable.inputs, scope)
     param_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), params)
     exported = jax_export.export(jax.jit(exportable.fn), platforms=PLATFORMS)(param_specs, specs)

@@ -8,15 +8,18 @@ Routes:
                   as nested lists of the artifact's input shape, or flat); a text classifier takes
                   {"text": ["a speech", ...]}. Answers {"predictions": [{head: {"label", "probability",
                   "probabilities"}}, ...], "model": {"name", "step"}}.
+  POST /generate  a text generator (the GPT export) takes {"prompt": str, "max_tokens": int,
+                  "temperature": float (0: greedy), "top_k": int, "seed": int}; answers
+                  {"prompt", "completion", "text"}. The same seed gives the same text.
   GET  /healthz   {"status": "ok", ...} once the model is loaded.
   GET  /metrics   Prometheus text: requests by route and status, latency and batch-size histograms,
                   the model's name and step.
-  GET  /          a page to try the model (draw a digit, or type a speech).
+  GET  /          a page to try the model (draw a digit, type a speech, or a prompt).
 
 Requests that arrive together are run as one batch of up to --max_batch rows, waiting at most
 --max_wait_ms for more (0 turns batching off: each request runs alone). A bad request (not JSON, a
 body over --max_body_kb, a wrong shape or type, a character outside the tokenizer's vocabulary, too
-many rows) gets a 4xx with a one-line message and never stops the server. It binds to 127.0.0.1
+many rows or tokens, a prompt too long) gets a 4xx with a one-line message and never stops the server. It binds to 127.0.0.1
 unless told otherwise.
 
 Built on Starlette + uvicorn (a small, well-kept ASGI stack: async, so one worker gathers
@@ -61,12 +64,15 @@ class Predictor:
     def __init__(self, model: artifact_lib.Artifact):
         self.model = model
         meta = model.meta
-        if meta.get("task") != "classifier":
-            raise artifact_lib.ArtifactError(f"{model.path} is a {meta.get('task')!r} export; lab.serve "
-                                             f"serves classifiers (text generation comes with the GPT export)")
+        if meta.get("task") not in ("classifier", "generator"):
+            raise artifact_lib.ArtifactError(f"{model.path} is a {meta.get('task')!r} export; lab.serve serves "
+                                             f"classifiers and text generators")
         self.class_names = meta.get("class_names", {})
         self.tokenizer = meta.get("tokenizer")
-        self.kind = "text" if self.tokenizer else "image"
+        self.kind = "generator" if meta["task"] == "generator" else "text" if self.tokenizer else "image"
+        if self.kind == "generator":
+            self.max_new_tokens = int(meta["max_new_tokens"])
+            self.max_prompt = self.tokenizer["max_len"] - self.max_new_tokens
         if self.kind == "image":
             (self.input_name, spec), = model.inputs.items()
             self.row_shape = tuple(spec["shape"][1:])
@@ -75,6 +81,8 @@ class Predictor:
         """The request's rows as the artifact's inputs (each (n, ...)); raises BadRequest (422)."""
         if not isinstance(body, dict):
             raise BadRequest(422, 'the body must be a JSON object, e.g. {"inputs": [...]}')
+        if self.kind == "generator":
+            raise BadRequest(404, 'this model generates text: POST /generate {"prompt": ...}')
         if self.kind == "text":
             texts = body.get("text")
             if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
@@ -102,23 +110,58 @@ class Predictor:
         except artifact_lib.ArtifactInputError as e:
             raise BadRequest(422, str(e)) from None
 
+    def generation(self, body) -> tuple[dict[str, np.ndarray], int]:
+        """A /generate request as the artifact's inputs and the number of tokens to return;
+        raises BadRequest (422) naming the bad field."""
+        if not isinstance(body, dict):
+            raise BadRequest(422, 'the body must be a JSON object, e.g. {"prompt": "ROMEO:", "max_tokens": 16}')
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt:
+            raise BadRequest(422, '"prompt" must be a non-empty string')
+        if len(prompt) > self.max_prompt:
+            raise BadRequest(422, f"the prompt has {len(prompt)} characters; this model takes at most {self.max_prompt}")
+        vocab = self.tokenizer["vocab"]
+
+        def number(key, default, kind, low, high):
+            value = body.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
+                    or not low <= value <= high:
+                raise BadRequest(422, f'"{key}" must be {"an integer" if kind is int else "a number"} in [{low}, {high}]')
+            return kind(value)
+
+        max_tokens = number("max_tokens", self.max_new_tokens, int, 1, self.max_new_tokens)
+        temperature = number("temperature", 0.8, float, 0.0, 100.0)
+        top_k = number("top_k", len(vocab), int, 1, len(vocab))
+        seed = number("seed", 0, int, 0, 2**32 - 1)
+        ids = self._ids(prompt, "the prompt")
+        return {"prompt": ids[None], "seed": np.uint32(seed), "temperature": np.float32(temperature),
+                "top_k": np.int32(top_k)}, max_tokens
+
+    def completion(self, tokens: np.ndarray, prompt_length: int, max_tokens: int) -> str:
+        """The new characters of one generated row."""
+        vocab = self.tokenizer["vocab"]
+        return "".join(vocab[i] for i in tokens[prompt_length:prompt_length + max_tokens])
+
+    def _ids(self, text: str, what: str) -> np.ndarray:
+        """`text` as ids into the tokenizer's vocabulary; BadRequest (422) naming unknown characters."""
+        index = {c: i for i, c in enumerate(self.tokenizer["vocab"])}
+        unknown = sorted({c for c in text if c not in index})
+        if unknown:
+            raise BadRequest(422, f"{what} has characters outside the model's vocabulary: {''.join(unknown)[:20]!r}")
+        return np.array([index[c] for c in text], np.int32)
+
     def _check_count(self, n: int) -> None:
         if n > MAX_ROWS_PER_REQUEST:
             raise BadRequest(413, f"{n} inputs in one request; send at most {MAX_ROWS_PER_REQUEST}")
 
     def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        vocab, length, pad = self.tokenizer["vocab"], self.tokenizer["max_len"], self.tokenizer["pad_id"]
-        index = {c: i for i, c in enumerate(vocab)}
+        length, pad = self.tokenizer["max_len"], self.tokenizer["pad_id"]
         ids = np.full((len(texts), length), pad, np.int32)
         mask = np.zeros((len(texts), length), np.int32)
         for row, text in enumerate(texts):
-            unknown = sorted({c for c in text if c not in index})
-            if unknown:
-                raise BadRequest(422, f"text {row} has characters outside the model's vocabulary: "
-                                      f"{''.join(unknown)[:20]!r}")
             if not text:
                 raise BadRequest(422, f"text {row} is empty")
-            codes = [index[c] for c in text[:length]]
+            codes = self._ids(text, f"text {row}")[:length]
             ids[row, :len(codes)] = codes
             mask[row, :len(codes)] = 1
         return {"inputs": ids, "token_mask": mask}
@@ -250,8 +293,7 @@ def build_app(model_path: str, options: ServeOptions | None = None):
             return endpoint
         return wrap
 
-    @counted("/predict")
-    async def predict(request: Request):
+    async def read_json(request: Request):
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > options.max_body_bytes:
             raise BadRequest(413, f"the body is over {options.max_body_bytes // 1024} KB; send fewer inputs per request")
@@ -262,12 +304,27 @@ def build_app(model_path: str, options: ServeOptions | None = None):
                 raise BadRequest(413, f"the body is over {options.max_body_bytes // 1024} KB; send fewer inputs "
                                       f"per request")
         try:
-            data = json.loads(body)
+            return json.loads(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise BadRequest(400, "the body is not JSON") from None
-        rows = predictor.rows(data)
+
+    @counted("/predict")
+    async def predict(request: Request):
+        rows = predictor.rows(await read_json(request))
         outputs = await batcher.submit(rows)
         return JSONResponse({"predictions": predictor.predictions(outputs), "model": model_id})
+
+    @counted("/generate")
+    async def generate(request: Request):
+        data = await read_json(request)
+        if predictor.kind != "generator":
+            raise BadRequest(404, "this model is a classifier: POST /predict")
+        inputs, max_tokens = predictor.generation(data)
+        outputs = await asyncio.to_thread(lambda: model(**inputs))
+        prompt = data["prompt"]
+        completion = predictor.completion(outputs["tokens"][0], len(prompt), max_tokens)
+        return JSONResponse({"prompt": prompt, "completion": completion, "text": prompt + completion,
+                             "model": model_id})
 
     @counted("/healthz")
     async def healthz(request: Request):
@@ -286,14 +343,23 @@ def build_app(model_path: str, options: ServeOptions | None = None):
         yield
         await batcher.stop()
 
-    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/healthz", healthz),
+    return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/generate", generate, methods=["POST"]),
+                             Route("/healthz", healthz),
                              Route("/metrics", metrics), Route("/", page)], lifespan=lifespan)
 
 
 def _page(predictor: Predictor, model_id: dict) -> str:
     """A page to try the model: draw a digit (scaled to the model's input) or type a speech."""
     title = f"{model_id['name']} (step {model_id['step']})"
-    if predictor.kind == "text":
+    if predictor.kind == "generator":
+        form = (f'<input id="prompt" size="40" maxlength="{predictor.max_prompt}" value="ROMEO:"> '
+                f'<button id="go">Generate</button> (up to {predictor.max_new_tokens} characters)')
+        script = """document.getElementById('go').onclick = async () => {
+  const r = await fetch('/generate', {method: 'POST', body: JSON.stringify({prompt: document.getElementById('prompt').value})});
+  const j = await r.json();
+  document.getElementById('result').textContent = j.error ? 'error: ' + j.error : j.text;
+};"""
+    elif predictor.kind == "text":
         form = ('<textarea id="text" rows="6" cols="70">To be, or not to be, that is the question</textarea><br>'
                 '<button id="go">Classify</button>')
         script = """document.getElementById('go').onclick = async () => {

@@ -214,3 +214,71 @@ def test_the_server_answers_with_the_artifacts_predictions_and_survives_bad_requ
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def gpt_export(tmp_path_factory):
+    """The tiny GPT run and its export (the decode loop inside, the prompt length symbolic)."""
+    from experiments.transformer_lm.__main__ import main
+    from experiments.transformer_lm.config import get_config
+
+    root = tmp_path_factory.mktemp("gpt_export")
+    main(get_config("tiny"), str(root / "run"))
+    export_run(str(root / "run"), str(root / "model"), experiment="transformer_lm")
+    return str(root / "run"), str(root / "model")
+
+
+def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_export):
+    from experiments.transformer_lm.config import get_config
+    from lab.launch import free_port
+    from lab.models import transformer
+    from lab.tasks.language_model import gpt_config
+
+    run, path = gpt_export
+    model = artifact.Artifact(path)
+    assert model.meta["constraints"] == ["p <= 8"] and model.meta["max_new_tokens"] == 8
+    cfg = gpt_config(get_config("tiny").model, len(model.meta["tokenizer"]["vocab"]))
+    params = checkpoint.load_params(run)[0]
+    for length, temperature in ((3, 0.8), (8, 0.0)):
+        prompt = np.arange(2 * length, dtype=np.int32).reshape(2, length) % 60
+        got = model(prompt=prompt, seed=np.uint32(7), temperature=np.float32(temperature), top_k=np.int32(20))["tokens"]
+        want = transformer.generate(cfg, params, prompt, 8, jax.random.key(np.uint32(7)),
+                                    temperature=temperature, top_k=20)
+        np.testing.assert_array_equal(got, np.asarray(want))
+    with pytest.raises(artifact.ArtifactInputError, match="p <= 8"):
+        model(prompt=np.zeros((1, 9), np.int32), seed=0, temperature=1.0, top_k=1)
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lab.serve", f"--model={path}", f"--port={port}"], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        import urllib.request
+        for _ in range(300):
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1)
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-2000:]
+                __import__("time").sleep(0.1)
+        request = {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0.8, "top_k": 20, "seed": 7}
+        status, first = _post(base + "/generate", json.dumps(request).encode())
+        assert status == 200 and len(first["completion"]) == 5 and first["text"] == "ROMEO:" + first["completion"]
+        assert _post(base + "/generate", json.dumps(request).encode())[1]["text"] == first["text"]  # same seed
+        vocab = model.meta["tokenizer"]["vocab"]
+        ids = np.array([[vocab.index(c) for c in "ROMEO:"]], np.int32)
+        tokens = model(prompt=ids, seed=np.uint32(7), temperature=np.float32(0.8), top_k=np.int32(20))["tokens"][0]
+        assert first["completion"] == "".join(vocab[i] for i in tokens[6:11])
+        bad = [({"prompt": "ROMEO:", "max_tokens": 9}, '"max_tokens"'),
+               ({"prompt": "ROMEO and Juliet"}, "at most 8"),
+               ({"prompt": "Ω"}, "outside the model's vocabulary"),
+               ({"prompt": ""}, '"prompt"'),
+               ({"prompt": "A", "temperature": "hot"}, '"temperature"')]
+        for body, message in bad:
+            status, answer = _post(base + "/generate", json.dumps(body).encode())
+            assert status == 422 and message in answer["error"], (body, answer)
+        assert _post(base + "/predict", b'{"inputs": [1]}')[0] == 404
+        assert _post(base + "/generate", json.dumps(request).encode())[0] == 200  # still serving
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

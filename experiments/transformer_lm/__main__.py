@@ -42,6 +42,37 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
+def exportable(config):
+    """The serving function of a run of `config` for `lab.export`: a prompt of p character ids
+    (p <= block_size / 2) -> the prompt and block_size / 2 sampled characters, from a seed,
+    temperature (0: greedy) and top_k (vocab size: no filtering), the decode loop included."""
+    from lab.export import Exportable
+    from lab.models import transformer
+
+    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
+    new_tokens = gpt_cfg.max_len // 2
+
+    def sample(params, inputs):
+        tokens = transformer.generate_traced(gpt_cfg, params, inputs["prompt"], new_tokens,
+                                             jax.random.key(inputs["seed"]), inputs["temperature"], inputs["top_k"])
+        return {"tokens": tokens}
+
+    return Exportable(sample, {"prompt": {"shape": ["b", "p"], "dtype": "int32"},
+                               "seed": {"shape": [], "dtype": "uint32"},
+                               "temperature": {"shape": [], "dtype": "float32"},
+                               "top_k": {"shape": [], "dtype": "int32"}}, {
+        "task": "generator",
+        "dataset": config.dataset,
+        "constraints": [f"p <= {gpt_cfg.max_len - new_tokens}"],
+        "max_new_tokens": new_tokens,
+        "tokenizer": {"type": "characters", "vocab": "".join(tokenizer.vocab), "max_len": gpt_cfg.max_len},
+        "preprocessing": (f"a prompt of 1 to {gpt_cfg.max_len - new_tokens} characters as ids into tokenizer.vocab; "
+                          f"the output holds the prompt, then {new_tokens} new ids; temperature >= 0 (0: greedy), "
+                          f"top_k in 1..{tokenizer.vocab_size} ({tokenizer.vocab_size}: no filtering)"),
+    })
+
+
 if __name__ == "__main__":
     from experiments import cli
     cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)

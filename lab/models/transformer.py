@@ -432,6 +432,15 @@ def _generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_toke
     return jnp.concatenate([prompt_BxP, first_B[:, None], rest_NxB.T], axis=1)
 
 
+def generate_traced(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
+                    rng: Array, temperature: Array, top_k: Array) -> Array:
+    """`generate` with temperature (float32 scalar) and top_k (int32 scalar in [1, V]) as arrays
+    and without its Python checks: the function `lab.export` lowers, the prompt length symbolic.
+    The caller keeps P + max_new_tokens <= config.max_len (the export states it as a constraint).
+    Returns int32 tokens_Bx(P+N), the same tokens `generate` gives for the same arguments."""
+    return _generate(config, params, prompt_BxP, max_new_tokens, rng, temperature, top_k)
+
+
 def generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
              rng: Array, *, temperature: float = 1.0, top_k: int | None = None) -> Array:
     """Extend int32 prompt_BxP by max_new_tokens sampled tokens -> int32 tokens_Bx(P+N).
