@@ -18,6 +18,15 @@ The `optimizer` block of every experiment config reads:
     optimizer.grad_clip_norm global-norm clipping; 0 disables it
     optimizer.frozen         top-level parameter names to keep fixed, e.g. ('encoder',): their
                              updates are zero (optax.multi_transform), their moments never kept
+    optimizer.prune          optional block, off unless present with target_sparsity > 0: magnitude
+                             pruning (`lab.compress.prune.magnitude_prune`) chained after the optimizer,
+                             on every trained weight of rank >= 2 and >= min_size elements:
+        .target_sparsity     final fraction of zeros in each such weight, in [0, 1)
+        .begin_step          the sparsity ramps (cubic) from 0 at this step ...
+        .end_step            ... to the target at this one; None: num_train_steps // 2, so the second
+                             half of the run fine-tunes with the masks fixed
+        .update_every        masks recomputed every this many steps of the ramp (default 100)
+        .min_size            smaller weights are never pruned (default 1024)
 
 Missing keys take the defaults below, so a config names only what it changes.
 
@@ -30,7 +39,7 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import optax
@@ -54,6 +63,9 @@ _DEFAULTS = dict(
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 SCHEDULES = ("constant", "warmup_cosine")
+# min_size: lab.compress.prune.DEFAULT_MIN_SIZE (a test checks they agree); lab.compress is imported
+# only when pruning is on, as it pulls in the task classes (the distillation task).
+_PRUNE_DEFAULTS = dict(target_sparsity=0.0, begin_step=0, end_step=None, update_every=100, min_size=1024)
 
 
 def _get(cfg: Any, key: str):
@@ -121,11 +133,29 @@ def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformati
     clip = float(_get(cfg, "grad_clip_norm"))
     if clip > 0:
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
+    prune = prune_settings(cfg, num_train_steps)
+    if prune is not None:  # inside the frozen split below, so frozen parameters are never pruned
+        from lab.compress.prune import magnitude_prune
+        tx = optax.chain(tx, magnitude_prune(**prune))
     frozen = tuple(_get(cfg, "frozen") or ())
     if frozen:
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},
                                    functools.partial(_freeze_labels, frozen))
     return tx
+
+
+def prune_settings(cfg: Any, num_train_steps: int) -> dict | None:
+    """The `magnitude_prune` keyword arguments of the block's `prune` sub-block (defaults
+    filled in, `end_step` resolved), or None when pruning is off (no block, or sparsity 0)."""
+    block = cfg["prune"] if "prune" in cfg else None
+    if not block:
+        return None
+    settings = {k: block[k] if k in block else v for k, v in _PRUNE_DEFAULTS.items()}
+    if not settings["target_sparsity"]:
+        return None
+    if settings["end_step"] is None:
+        settings["end_step"] = max(num_train_steps // 2, settings["begin_step"])
+    return settings
 
 
 def make_optimizers(config: Any, num_train_steps: int):
@@ -171,6 +201,28 @@ def validate(cfg: Any, where: str = "optimizer") -> None:
         value = _get(cfg, key)
         if not isinstance(value, (int, float)) or not math.isfinite(value) or value < (1e-30 if key == "eps" else 0):
             bad(key, value, "use a positive number" if key == "eps" else "use a number >= 0")
+    if "prune" in cfg and cfg.prune:
+        _validate_prune(cfg.prune, bad)
+
+
+def _validate_prune(block: Any, bad: Callable) -> None:
+    """Checks an `optimizer.prune` block; `bad(key, value, allowed)` raises."""
+    def get(key):
+        return block[key] if key in block else _PRUNE_DEFAULTS[key]
+
+    unknown = sorted(set(block.keys()) - set(_PRUNE_DEFAULTS))
+    if unknown:
+        bad(f"prune.{unknown[0]}", block[unknown[0]], f"unknown key; use {', '.join(_PRUNE_DEFAULTS)}")
+    target = get("target_sparsity")
+    if not isinstance(target, (int, float)) or isinstance(target, bool) or not 0 <= target < 1:
+        bad("prune.target_sparsity", target, "use a number in [0, 1) (0: no pruning)")
+    for key, low in (("begin_step", 0), ("update_every", 1), ("min_size", 1)):
+        value = get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            bad(f"prune.{key}", value, f"use an integer >= {low}")
+    end = get("end_step")
+    if end is not None and (not isinstance(end, int) or isinstance(end, bool) or end < get("begin_step")):
+        bad("prune.end_step", end, f"use an integer >= prune.begin_step ({get('begin_step')}), or None")
 
 
 def _freeze_labels(frozen: tuple[str, ...], params) -> Any:
