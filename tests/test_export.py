@@ -282,3 +282,17 @@ def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_expor
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def test_an_int8_export_keeps_the_accuracy_in_a_quarter_of_the_bytes(mlp_export, tmp_path):
+    from lab.serve import build_app
+
+    run, f32_path = mlp_export
+    meta = export_run(run, str(tmp_path / "int8"), quantize="int8")
+    assert meta["compression"].startswith("int8") and meta["params"]["bytes"] < 0.3 * \
+        artifact.Artifact(f32_path).meta["params"]["bytes"]
+    test = lab.data.load("digits", "test")
+    accuracy = {name: float(np.mean(artifact.Artifact(path)(inputs=test["inputs"])["label"].argmax(1) == test["label"]))
+                for name, path in (("f32", f32_path), ("int8", str(tmp_path / "int8")))}
+    assert abs(accuracy["int8"] - accuracy["f32"]) <= 0.01, accuracy
+    build_app(str(tmp_path / "int8"))  # served like any other artifact
