@@ -8,9 +8,10 @@ Routes:
                   as nested lists of the artifact's input shape, or flat); a text classifier takes
                   {"text": ["a speech", ...]}. Answers {"predictions": [{head: {"label", "probability",
                   "probabilities"}}, ...], "model": {"name", "step"}}.
-  POST /generate  a text generator (the GPT export) takes {"prompt": str, "max_tokens": int,
-                  "temperature": float (0: greedy), "top_k": int, "seed": int}; answers
-                  {"prompt", "completion", "text"}. The same seed gives the same text.
+  POST /generate  a text generator (the GPT export) or a chatbot (the LSTM seq2seq export) takes
+                  {"prompt": str, "max_tokens": int, "temperature": float (0: greedy), "top_k": int,
+                  "seed": int}; answers {"prompt", "completion", "text"} (for a chatbot the
+                  completion is the reply). The same seed gives the same text.
   GET  /healthz   {"status": "ok", ...} once the model is loaded.
   GET  /metrics   Prometheus text: requests by route and status, latency and batch-size histograms,
                   the model's name and step.
@@ -64,15 +65,18 @@ class Predictor:
     def __init__(self, model: artifact_lib.Artifact):
         self.model = model
         meta = model.meta
-        if meta.get("task") not in ("classifier", "generator"):
+        if meta.get("task") not in ("classifier", "generator", "chatbot"):
             raise artifact_lib.ArtifactError(f"{model.path} is a {meta.get('task')!r} export; lab.serve serves "
-                                             f"classifiers and text generators")
+                                             f"classifiers, text generators and chatbots")
         self.class_names = meta.get("class_names", {})
         self.tokenizer = meta.get("tokenizer")
-        self.kind = "generator" if meta["task"] == "generator" else "text" if self.tokenizer else "image"
-        if self.kind == "generator":
+        self.kind = meta["task"] if meta["task"] != "classifier" else "text" if self.tokenizer else "image"
+        if self.kind in ("generator", "chatbot"):
             self.max_new_tokens = int(meta["max_new_tokens"])
+        if self.kind == "generator":  # the prompt and its continuation share the context
             self.max_prompt = self.tokenizer["max_len"] - self.max_new_tokens
+        if self.kind == "chatbot":  # a longer prompt keeps its last characters, as in training
+            self.max_prompt = 100_000
         if self.kind == "image":
             (self.input_name, spec), = model.inputs.items()
             self.row_shape = tuple(spec["shape"][1:])
@@ -81,7 +85,7 @@ class Predictor:
         """The request's rows as the artifact's inputs (each (n, ...)); raises BadRequest (422)."""
         if not isinstance(body, dict):
             raise BadRequest(422, 'the body must be a JSON object, e.g. {"inputs": [...]}')
-        if self.kind == "generator":
+        if self.kind in ("generator", "chatbot"):
             raise BadRequest(404, 'this model generates text: POST /generate {"prompt": ...}')
         if self.kind == "text":
             texts = body.get("text")
@@ -134,13 +138,24 @@ class Predictor:
         top_k = number("top_k", len(vocab), int, 1, len(vocab))
         seed = number("seed", 0, int, 0, 2**32 - 1)
         ids = self._ids(prompt, "the prompt")
-        return {"prompt": ids[None], "seed": np.uint32(seed), "temperature": np.float32(temperature),
-                "top_k": np.int32(top_k)}, max_tokens
+        sampling = {"seed": np.uint32(seed), "temperature": np.float32(temperature), "top_k": np.int32(top_k)}
+        if self.kind == "chatbot":
+            t = self.tokenizer
+            row = np.concatenate([ids[len(ids) - min(len(ids), t["max_src"] - 1):], [t["eos_id"]]])
+            src = np.full((1, t["max_src"]), t["pad_id"], np.int32)
+            src[0, :len(row)] = row
+            return {"src": src, "src_len": np.array([len(row)], np.int32), **sampling}, max_tokens
+        return {"prompt": ids[None], **sampling}, max_tokens
 
-    def completion(self, tokens: np.ndarray, prompt_length: int, max_tokens: int) -> str:
-        """The new characters of one generated row."""
+    def completion(self, outputs: dict[str, np.ndarray], prompt_length: int, max_tokens: int) -> str:
+        """The new characters of the first row: a GPT's continuation, or a chatbot's reply up to
+        its EOS (special ids left out)."""
         vocab = self.tokenizer["vocab"]
-        return "".join(vocab[i] for i in tokens[prompt_length:prompt_length + max_tokens])
+        if self.kind == "chatbot":
+            tokens = outputs["tokens"][0][:min(int(outputs["lengths"][0]), max_tokens)]
+        else:
+            tokens = outputs["tokens"][0][prompt_length:prompt_length + max_tokens]
+        return "".join(vocab[i] for i in tokens if i < len(vocab))
 
     def _ids(self, text: str, what: str) -> np.ndarray:
         """`text` as ids into the tokenizer's vocabulary; BadRequest (422) naming unknown characters."""
@@ -317,12 +332,12 @@ def build_app(model_path: str, options: ServeOptions | None = None):
     @counted("/generate")
     async def generate(request: Request):
         data = await read_json(request)
-        if predictor.kind != "generator":
+        if predictor.kind not in ("generator", "chatbot"):
             raise BadRequest(404, "this model is a classifier: POST /predict")
         inputs, max_tokens = predictor.generation(data)
         outputs = await asyncio.to_thread(lambda: model(**inputs))
         prompt = data["prompt"]
-        completion = predictor.completion(outputs["tokens"][0], len(prompt), max_tokens)
+        completion = predictor.completion(outputs, len(prompt), max_tokens)
         return JSONResponse({"prompt": prompt, "completion": completion, "text": prompt + completion,
                              "model": model_id})
 
@@ -351,9 +366,12 @@ def build_app(model_path: str, options: ServeOptions | None = None):
 def _page(predictor: Predictor, model_id: dict) -> str:
     """A page to try the model: draw a digit (scaled to the model's input) or type a speech."""
     title = f"{model_id['name']} (step {model_id['step']})"
-    if predictor.kind == "generator":
-        form = (f'<input id="prompt" size="40" maxlength="{predictor.max_prompt}" value="ROMEO:"> '
-                f'<button id="go">Generate</button> (up to {predictor.max_new_tokens} characters)')
+    if predictor.kind in ("generator", "chatbot"):
+        start, limit = ("ROMEO:", predictor.max_prompt) if predictor.kind == "generator" else \
+            ("What say you, my lord?", 2000)
+        form = (f'<input id="prompt" size="60" maxlength="{limit}" value="{start}"> '
+                f'<button id="go">{"Generate" if predictor.kind == "generator" else "Reply"}</button> '
+                f'(up to {predictor.max_new_tokens} characters)')
         script = """document.getElementById('go').onclick = async () => {
   const r = await fetch('/generate', {method: 'POST', body: JSON.stringify({prompt: document.getElementById('prompt').value})});
   const j = await r.json();

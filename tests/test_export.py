@@ -296,3 +296,41 @@ def test_an_int8_export_keeps_the_accuracy_in_a_quarter_of_the_bytes(mlp_export,
                 for name, path in (("f32", f32_path), ("int8", str(tmp_path / "int8")))}
     assert abs(accuracy["int8"] - accuracy["f32"]) <= 0.01, accuracy
     build_app(str(tmp_path / "int8"))  # served like any other artifact
+
+
+def test_the_chatbot_export_replies_as_the_live_model(tmp_path):
+    """Exported with freshly initialised parameters (the export does not depend on training):
+    the decode loop's replies equal `lstm.generate`'s, and the server's request path decodes them."""
+    from experiments.lstm_chatbot.__main__ import build, exportable
+    from experiments.lstm_chatbot.config import get_config
+    from lab.export import export
+    from lab.models import lstm
+    from lab.serve import BadRequest, Predictor
+
+    config = get_config("tiny")
+    tokenizer, ids, model_cfg = build(config)
+    src = np.full((2, config.max_src), ids.pad, np.int32)
+    src[:, :4] = [[5, 6, 7, ids.eos], [8, 9, 10, ids.eos]]
+    src_len = np.array([4, 4], np.int32)
+    params = lstm.Seq2Seq(model_cfg).init(jax.random.key(0), src, src_len, src)["params"]
+    export(exportable(config), params, str(tmp_path / "chatbot"), {"experiment": "lstm_chatbot", "step": 0})
+    model = artifact.Artifact(str(tmp_path / "chatbot"))
+    n = model.meta["max_new_tokens"]
+    got = model(src=src, src_len=src_len, seed=np.uint32(5), temperature=np.float32(1.0), top_k=np.int32(10))
+    tokens, lengths, _ = lstm.generate(model_cfg, params, src, src_len, n, jax.random.key(np.uint32(5)),
+                                       temperature=1.0, top_k=10)
+    np.testing.assert_array_equal(got["tokens"], np.asarray(tokens))
+    np.testing.assert_array_equal(got["lengths"], np.asarray(lengths))
+
+    predictor = Predictor(model)
+    inputs, max_tokens = predictor.generation({"prompt": "Good morrow", "max_tokens": n, "seed": 2, "top_k": 5})
+    rows = __import__("lab.tasks.seq2seq", fromlist=["encode_pairs"]).encode_pairs(
+        tokenizer.encode, ["Good morrow"], [""], config.max_src, config.max_tgt, ids)
+    np.testing.assert_array_equal(inputs["src"], rows["src"])
+    reply = predictor.completion(model(**inputs), len("Good morrow"), max_tokens)
+    live, live_len, _ = lstm.generate(model_cfg, params, rows["src"], rows["src_len"], n,
+                                      jax.random.key(np.uint32(2)), temperature=0.8, top_k=5)
+    from lab.tasks.seq2seq import decode_reply
+    assert reply == decode_reply(tokenizer, np.asarray(live[0]), int(live_len[0]))
+    with pytest.raises(BadRequest, match="max_tokens"):
+        predictor.generation({"prompt": "Hi", "max_tokens": n + 1})

@@ -52,6 +52,40 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
+def exportable(config):
+    """The serving function of a run of `config` for `lab.export`: encoded prompts (the last
+    max_src - 1 characters + EOS, padded) -> sample.max_new_tokens reply ids and the reply
+    lengths (tokens before EOS), from a seed, temperature (0: greedy) and top_k."""
+    import jax
+
+    from lab.export import Exportable
+    from lab.models import lstm
+
+    tokenizer, ids, model_cfg = build(config)
+    new_tokens = config.sample.max_new_tokens
+
+    def reply(params, inputs):
+        tokens, lengths, _ = lstm.generate_traced(model_cfg, params, inputs["src"], inputs["src_len"], new_tokens,
+                                                  jax.random.key(inputs["seed"]), inputs["temperature"],
+                                                  inputs["top_k"])
+        return {"tokens": tokens, "lengths": lengths}
+
+    return Exportable(reply, {"src": {"shape": ["b", config.max_src], "dtype": "int32"},
+                              "src_len": {"shape": ["b"], "dtype": "int32"},
+                              "seed": {"shape": [], "dtype": "uint32"},
+                              "temperature": {"shape": [], "dtype": "float32"},
+                              "top_k": {"shape": [], "dtype": "int32"}}, {
+        "task": "chatbot",
+        "dataset": config.dataset,
+        "max_new_tokens": new_tokens,
+        "tokenizer": {"type": "characters", "vocab": "".join(tokenizer.vocab), "pad_id": ids.pad,
+                      "bos_id": ids.bos, "eos_id": ids.eos, "max_src": config.max_src},
+        "preprocessing": (f"src: the prompt's last {config.max_src - 1} characters as ids into tokenizer.vocab, "
+                          f"then eos_id, padded with pad_id to {config.max_src}; src_len: that row's length; "
+                          f"the reply is tokens[:lengths] (ids >= len(vocab) are special: leave them out)"),
+    })
+
+
 if __name__ == "__main__":
     from experiments import cli
     cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)

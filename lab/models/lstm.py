@@ -455,6 +455,14 @@ def _generate(config: Seq2SeqConfig, params, src_BxS: Array, src_len_B: Array,
     return tokens_NxB.T, lengths_B, jnp.swapaxes(attn_NxBxS, 0, 1)
 
 
+def generate_traced(config: Seq2SeqConfig, params, src_BxS: Array, src_len_B: Array, max_new_tokens: int,
+                    rng: Array, temperature: Array, top_k: Array) -> tuple[Array, Array, Array]:
+    """`generate` with temperature (float32 scalar) and top_k (int32 scalar in [1, V]) as arrays
+    and without its Python checks: the function `lab.export` lowers (batch symbolic). Returns what
+    `generate` returns for the same arguments."""
+    return _generate(config, params, src_BxS, src_len_B, max_new_tokens, rng, temperature, top_k)
+
+
 def generate(model_or_config: Seq2Seq | Seq2SeqConfig, params, src_BxS: Array,
              src_len_B: Array, max_new_tokens: int, rng: Array, temperature: float = 1.0,
              top_k: int | None = None) -> tuple[Array, Array, Array]:
