@@ -179,7 +179,8 @@ def export_run(workdir: str, out: str, step: int | None = None, experiment: str 
     except ModuleNotFoundError as e:
         raise ConfigValueError(f"--experiment={experiment!r} is not an experiment of lab") from e
     if not hasattr(module, "exportable"):
-        raise ConfigValueError(f"experiment {experiment!r} has no export yet (classifier experiments have)")
+        raise ConfigValueError(f"experiment {experiment!r} has no export yet (mlp_classifier, transformer_classifier, "
+                               f"transformer_lm and lstm_chatbot have)")
     with open(config_path) as f:
         raw = json.load(f)
     config = configs.from_dict(raw)
