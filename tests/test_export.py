@@ -126,10 +126,15 @@ def test_unusable_artifacts_are_one_clear_error(mlp_export, tmp_path):
 
 def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
     cases = [([f"--workdir={tmp_path}", f"--out={tmp_path}/m"], 1, "holds no run"),
-             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--experiment=nope"], 1, "not an experiment"),
              ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--experiment=gan"], 1, "has no export yet"),
-             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--step=3"], 1, "checkpoint"),
              ([f"--workdir={mlp_export[0]}"], 2, "--out")]
+    from lab.errors import CheckpointError, ConfigValueError
+    with pytest.raises(ConfigValueError, match="not an experiment"):
+        export_run(mlp_export[0], str(tmp_path / "m"), experiment="nope")
+    with pytest.raises(CheckpointError, match="checkpoint"):
+        export_run(mlp_export[0], str(tmp_path / "m"), step=3)
+    with pytest.raises(ConfigValueError, match="--quantize"):
+        export_run(mlp_export[0], str(tmp_path / "m"), quantize="int4")
     for args, code, message in cases:
         proc = run_cli("lab.export", *args)
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
