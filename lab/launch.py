@@ -28,6 +28,7 @@ import time
 
 EXIT_USAGE = 2
 GRACE_SECONDS = 5.0  # after SIGTERM, before SIGKILL
+SETTLE_SECONDS = 1.0  # after the first failure, how long to wait for the others' to tell the cause
 
 
 def _usage(message: str) -> None:
@@ -96,6 +97,15 @@ def _stop(procs: list[subprocess.Popen]) -> None:
             p.wait()
 
 
+def _blame(code: int) -> int:
+    """Which failure most likely caused the others (lower first): a process killed from outside
+    or crashing (a signal other than SIGABRT), then one that stopped on its own error (status >
+    0), then one aborted by jax's runtime because another process failed (SIGABRT)."""
+    if code < 0 and -code != signal.SIGABRT:
+        return 0
+    return 1 if code > 0 else 2
+
+
 def _describe(code: int) -> str:
     if code < 0:
         return f"was killed by signal {signal.Signals(-code).name}"
@@ -133,13 +143,18 @@ def launch(num_processes: int, command: list[str], devices_per_process: int | No
     finished: list[int] = []  # process indices in the order they were seen to exit
     try:
         while True:
-            new = [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
-            # Exits seen in the same poll: one killed by a signal most likely caused the others'.
-            finished += sorted(new, key=lambda i: (procs[i].returncode >= 0, i))
+            finished += [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
             failed = [i for i in finished if procs[i].returncode != 0]
             if failed or len(finished) == len(procs):
                 break
             time.sleep(0.1)
+        if failed:  # one failure brings down the others within moments: see them all, then judge
+            deadline = time.monotonic() + SETTLE_SECONDS
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                time.sleep(0.05)
+            finished += [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
+            failed = sorted((i for i in finished if procs[i].returncode != 0),
+                            key=lambda i: (_blame(procs[i].returncode), finished.index(i)))
     except KeyboardInterrupt:
         _stop(procs)
         print("error: interrupted; stopped every process", file=sys.stderr)

@@ -209,7 +209,9 @@ def test_timeouts_name_the_process_that_did_not_arrive(tmp_path):
     proc = launch(2, 1, "-c", _BARRIER, timeout=60)
     assert proc.returncode == 3
     assert "[p0] error: process 0: process 1 did not reach 'the test barrier' within 2 s" in proc.stdout, proc.stdout
-    assert "error: process 0 exited with status 3; stopped the other processes" in proc.stderr
+    # Process 1 may be aborted by jax's runtime at the same moment (the barrier failed for all):
+    # the launcher names process 0, whose own error came first in cause.
+    assert "error: process 0 exited with status 3" in proc.stderr
 
     from lab.launch import free_port
     start = time.monotonic()
