@@ -14,8 +14,8 @@ cosine, evals with samples every 100 steps). Runtime on a 2-core EPYC: about 6 m
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -52,12 +52,9 @@ def run(command: list[str], processes: int, devices: int, workdir: str) -> float
 
 
 def losses(workdir: str) -> dict[tuple[int, str], float]:
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            record = json.loads(line)
-            out.update({(record["step"], k): v for k, v in record.items() if k.endswith("/loss")})
-    return out
+    """Every logged loss of a run: (step, key) -> value."""
+    from lab.report import read_metrics
+    return {(r["step"], k): v for r in read_metrics(workdir) for k, v in r.items() if k.endswith("/loss")}
 
 
 def main() -> None:
@@ -66,16 +63,15 @@ def main() -> None:
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "agreement"))
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "agreement.json"))
     args = parser.parse_args()
-    from benchmarks.common import cpu_info
+    from benchmarks import common
     from lab.checkpoint import load_params
 
-    report = {"cpu": cpu_info(), "rows": []}
+    report = {"cpu": common.cpu_info(), "rows": []}
     for name in args.experiments.split(","):
         runs = {}
         for layout, (processes, devices, mesh) in LAYOUTS.items():
             workdir = os.path.join(args.workdir, name, layout.replace(" ", "_"))
-            if os.path.exists(workdir):
-                subprocess.run(["rm", "-rf", workdir], check=True)
+            shutil.rmtree(workdir, ignore_errors=True)
             command = EXPERIMENTS[name] + ([f"--config.mesh={mesh}"] if mesh else [])
             runs[layout] = (workdir, run(command, processes, devices, workdir))
         base_dir = runs["1x1"][0]
@@ -93,10 +89,7 @@ def main() -> None:
             report["rows"].append(row)
             print(f"{name:4s} {layout:9s} {seconds:6.1f} s  max |loss - 1x1| {row['max_loss_diff']:.2e} "
                   f"over {len(ours)}  max |param - 1x1| {param_diff:.2e}  {row['final_losses']}", flush=True)
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.out}")
+    common.save(report, args.out)
 
 
 if __name__ == "__main__":

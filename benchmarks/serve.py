@@ -108,7 +108,7 @@ def main() -> None:
     parser.add_argument("--max_requests", type=int, default=4000)
     parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "serve.json"))
     args = parser.parse_args()
-    from benchmarks.common import cpu_info
+    from benchmarks import common
     from lab.artifact import Artifact
     from lab.launch import free_port
 
@@ -136,12 +136,8 @@ def main() -> None:
             print(f"{per_request:3d} inputs/request, batching {batching:3s}: {row['requests_per_sec']:7.1f} req/s "
                   f"{row['inputs_per_sec']:8.1f} inputs/s  p50 {row['p50_ms']:6.1f} ms  p99 {row['p99_ms']:6.1f} ms  "
                   f"errors {row['errors']}  {row['rows_per_call']:.1f} rows per model call", flush=True)
-    report = {"cpu": cpu_info(), "model": os.path.abspath(model), "rows": rows,
-              "command": "python -m benchmarks.serve " + " ".join(sys.argv[1:])}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(report, f, indent=2)
-    print(f"wrote {args.out}")
+    common.save({"cpu": common.cpu_info(), "model": os.path.abspath(model), "rows": rows,
+                 "command": "python -m benchmarks.serve " + " ".join(sys.argv[1:])}, args.out)
 
 
 if __name__ == "__main__":

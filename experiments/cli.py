@@ -26,6 +26,8 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from lab.errors import EXIT_FAILURE, EXIT_USAGE  # 2: nothing ran; 1: stopped, finished checkpoints kept
+
 # glibc malloc settings for the whole process (they must be in the environment before it
 # starts). By default glibc hands freed step buffers back to the OS and faults them in again the
 # next step: measured 12k page faults (47 MiB) and 44 ms of system time per step of the small GPT,
@@ -46,10 +48,6 @@ def ensure_malloc_env() -> None:
         return
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**MALLOC_ENV, **os.environ})
-
-
-EXIT_USAGE = 2  # bad flags or config: nothing ran
-EXIT_FAILURE = 1  # the run started and stopped on an error; finished checkpoints are kept
 
 
 def _multi_process() -> bool:

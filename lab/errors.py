@@ -6,6 +6,18 @@ a family's own code (a shape mismatch in a new model, say), keeps its traceback.
 """
 
 
+import sys
+
+EXIT_USAGE = 2  # bad flags: nothing ran
+EXIT_FAILURE = 1  # the command started and stopped on an error
+
+
+def exit_with_error(message: str, code: int = EXIT_FAILURE):
+    """The end of a command-line tool on bad input: one `error: ...` line on stderr, exit `code`."""
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
 class LabError(Exception):
     """Bad input from the user: the message says what is wrong and what to do."""
 

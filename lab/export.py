@@ -27,7 +27,6 @@ import importlib
 import json
 import os
 import shutil
-import sys
 import tempfile
 from typing import Any, Callable
 
@@ -36,7 +35,7 @@ import numpy as np
 from jax import export as jax_export
 
 from lab import artifact
-from lab.errors import CheckpointError, ConfigValueError, LabError
+from lab.errors import CheckpointError, ConfigValueError, LabError, exit_with_error
 
 PLATFORMS = ("cpu", "cuda")
 RUN_RECORD = "run.json"
@@ -208,23 +207,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
     parser.add_argument("--experiment", default=None, help="the experiment that trained it (default: run.json)")
     parser.add_argument("--quantize", default="none", help="int8: large weights as int8 with per-channel scales")
-    parser.error = lambda message: _fail(f"{message} (see python -m lab.export --help)", 2)  # one line
+    parser.error = lambda message: exit_with_error(f"{message} (see python -m lab.export --help)", 2)  # one line
     args = parser.parse_args(argv)
     try:
         meta = export_run(args.workdir, args.out, args.step, args.experiment, args.quantize)
     except (LabError, OSError) as e:
         if os.environ.get("LAB_DEBUG"):
             raise
-        _fail(" ".join(str(e).split()), 1)
+        exit_with_error(" ".join(str(e).split()), 1)
     print(f"exported {meta['source']['experiment']} step {meta['source']['step']} to {os.path.abspath(args.out)} "
           f"({meta['params']['count']:,} parameters, {', '.join(meta['platforms'])}; inputs "
           + ", ".join(f"{k} {artifact.shape_text(v['shape'])} {v['dtype']}" for k, v in meta["inputs"].items())
           + ")", flush=True)
-
-
-def _fail(message: str, code: int):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -26,15 +26,14 @@ import sys
 import threading
 import time
 
-EXIT_USAGE = 2
+from lab.errors import EXIT_USAGE, exit_with_error  # lab.errors imports nothing heavy (no jax)
 GRACE_SECONDS = 5.0  # after SIGTERM, before SIGKILL
 SETTLE_SECONDS = 1.0  # after the first failure, how long to wait for the others' to tell the cause
 
 
 def _usage(message: str) -> None:
-    print(f"error: {message} (usage: python -m lab.launch --num_processes=N "
-          f"[--devices_per_process=K] [--port=P] -- COMMAND ...)", file=sys.stderr)
-    sys.exit(EXIT_USAGE)
+    exit_with_error(f"{message} (usage: python -m lab.launch --num_processes=N "
+                    f"[--devices_per_process=K] [--port=P] -- COMMAND ...)", EXIT_USAGE)
 
 
 class _Parser(argparse.ArgumentParser):

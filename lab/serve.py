@@ -33,13 +33,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import sys
 import time
 from dataclasses import dataclass
 
 import numpy as np
 
 from lab import artifact as artifact_lib
+from lab.errors import exit_with_error
 
 MAX_ROWS_PER_REQUEST = 1024
 
@@ -436,14 +436,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max_batch", type=int, default=32, help="rows per model call")
     parser.add_argument("--max_wait_ms", type=float, default=5.0, help="batching wait; 0 turns batching off")
     parser.add_argument("--max_body_kb", type=int, default=1024)
-    parser.error = lambda message: _fail(f"{message} (see python -m lab.serve --help)", 2)
+    parser.error = lambda message: exit_with_error(f"{message} (see python -m lab.serve --help)", 2)
     args = parser.parse_args(argv)
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_body_kb < 1 or not 0 < args.port < 65536:
-        _fail("--max_batch and --max_body_kb must be >= 1, --max_wait_ms >= 0, --port in 1..65535", 2)
+        exit_with_error("--max_batch and --max_body_kb must be >= 1, --max_wait_ms >= 0, --port in 1..65535", 2)
     try:
         app = build_app(args.model, ServeOptions(args.max_batch, args.max_wait_ms, args.max_body_kb * 1024))
     except artifact_lib.ArtifactError as e:
-        _fail(str(e), 1)
+        exit_with_error(str(e), 1)
     import uvicorn
 
     print(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /healthz, /metrics, /)",
@@ -451,12 +451,7 @@ def main(argv: list[str] | None = None) -> None:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except OSError as e:
-        _fail(f"cannot listen on {args.host}:{args.port} ({e.strerror}): choose another --port", 1)
-
-
-def _fail(message: str, code: int):
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(code)
+        exit_with_error(f"cannot listen on {args.host}:{args.port} ({e.strerror}): choose another --port", 1)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,17 @@ import jax
 import numpy as np
 
 
+def override(config, **overrides):
+    """`config` with dotted keys set: override(c, **{"optimizer.learning_rate": 0.1}); returns it."""
+    for key, value in overrides.items():
+        node = config
+        *path, last = key.split(".")
+        for part in path:
+            node = node[part]
+        node[last] = value
+    return config
+
+
 def read_jsonl(path):
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -12,6 +12,7 @@ import lab.data
 from experiments.mlp_classifier.__main__ import main
 from experiments.mlp_classifier.config import get_config
 from lab import optim, train
+from tests.helpers import override
 from lab.checkpoint import load_params, load_state
 from lab.compress import prune
 from lab.compress import (DistillationTask, dequantize, distillation_sums, magnitude_prune, param_bytes,
@@ -30,13 +31,7 @@ def digits_config(steps, **overrides):
     c.num_train_steps = steps
     c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = steps
     c.optimizer.warmup_steps = 20
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return override(c, **overrides)
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from experiments.cli import MALLOC_ENV
-from tests.helpers import final_params, math_records, max_abs_diff
+from tests.helpers import final_params, math_records, max_abs_diff, override
 
 pytestmark = pytest.mark.multiprocess
 
@@ -34,13 +34,7 @@ def in_process(module: str, workdir, variant=None, **overrides):
     """The experiment run here, on this test process's one device (no start-up cost)."""
     import importlib
 
-    config = importlib.import_module(f"experiments.{module}.config").get_config(variant)
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for part in path:
-            node = node[part]
-        node[last] = value
+    config = override(importlib.import_module(f"experiments.{module}.config").get_config(variant), **overrides)
     return importlib.import_module(f"experiments.{module}.__main__").main(config, str(workdir))
 
 

@@ -15,31 +15,21 @@ from lab import checkpoint, parallel, pipeline
 from lab.errors import ConfigValueError
 from lab.models import gan
 from lab.tasks import generative
-from tests.helpers import math_records, read_jsonl, trees_equal
+from tests.helpers import math_records, override, read_jsonl, trees_equal
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _set(config, overrides):
-    for key, value in overrides.items():
-        node = config
-        *path, last = key.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = value
-    return config
-
-
 def features_config(**overrides):
     from experiments.mlp_classifier.config import get_config
-    return _set(get_config("cnn_digits"), {"num_train_steps": 10, "log_every_steps": 5, "eval_every_steps": 10,
+    return override(get_config("cnn_digits"), **{"num_train_steps": 10, "log_every_steps": 5, "eval_every_steps": 10,
                                            "checkpoint_every_steps": 10, "model.channels": (4, 8),
                                            "model.features": (8,), **overrides})
 
 
 def gan_config(features_run, **overrides):
     from experiments.gan.config import get_config
-    return _set(get_config("digits"), {
+    return override(get_config("digits"), **{
         "features_run": features_run, "batch_size": 16, "num_train_steps": 4, "log_every_steps": 2,
         "eval_every_steps": 2, "checkpoint_every_steps": 2, "model.latent_dim": 8,
         "model.generator_channels": (8, 4), "model.discriminator_channels": (4, 8), **overrides})
@@ -47,7 +37,7 @@ def gan_config(features_run, **overrides):
 
 def vae_config(features_run, **overrides):
     from experiments.vae.config import get_config
-    return _set(get_config("digits"), {
+    return override(get_config("digits"), **{
         "features_run": features_run, "batch_size": 16, "num_train_steps": 4, "log_every_steps": 2,
         "eval_every_steps": 4, "checkpoint_every_steps": 4, "model.latent_dim": 4, "model.channels": (4, 8),
         "model.hidden": 16, **overrides})

@@ -9,7 +9,7 @@ import pytest
 from experiments.mlp_classifier.__main__ import main
 from lab.errors import NonFiniteLossError, WorkdirConfigError
 from experiments.mlp_classifier.config import get_config
-from tests.helpers import final_params, math_records, trees_equal
+from tests.helpers import final_params, math_records, override, trees_equal
 
 
 def small_config(**overrides):
@@ -19,13 +19,7 @@ def small_config(**overrides):
     c.eval_every_steps = 10
     c.checkpoint_every_steps = 10
     c.optimizer.learning_rate = 0.05  # large enough that 20 steps move the metrics
-    for k, v in overrides.items():
-        node = c
-        *path, last = k.split(".")
-        for p in path:
-            node = node[p]
-        node[last] = v
-    return c
+    return override(c, **overrides)
 
 
 def test_end_to_end_writes_every_file(tmp_path):
