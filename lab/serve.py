@@ -15,7 +15,7 @@ Routes:
   GET  /healthz   {"status": "ok", ...} once the model is loaded.
   GET  /metrics   Prometheus text: requests by route and status, latency and batch-size histograms,
                   the model's name and step.
-  GET  /          a page to try the model (draw a digit, type a speech, or a prompt).
+  GET  /          a page to try the model (draw or upload a digit, type a speech, or a prompt).
 
 Requests that arrive together are run as one batch of up to --max_batch rows, waiting at most
 --max_wait_ms for more (0 turns batching off: each request runs alone). A bad request (not JSON, a
@@ -364,7 +364,7 @@ def build_app(model_path: str, options: ServeOptions | None = None):
 
 
 def _page(predictor: Predictor, model_id: dict) -> str:
-    """A page to try the model: draw a digit (scaled to the model's input) or type a speech."""
+    """A page to try the model: draw or upload a digit (scaled to the model's input), type a speech or a prompt."""
     title = f"{model_id['name']} (step {model_id['step']})"
     if predictor.kind in ("generator", "chatbot"):
         start, limit = ("ROMEO:", predictor.max_prompt) if predictor.kind == "generator" else \
@@ -387,7 +387,8 @@ def _page(predictor: Predictor, model_id: dict) -> str:
     else:
         h, w = predictor.row_shape[0], predictor.row_shape[1]
         form = ('<canvas id="pad" width="224" height="224" style="border:1px solid #888;background:#fff"></canvas><br>'
-                '<button id="go">Classify</button> <button id="clear">Clear</button>')
+                '<button id="go">Classify</button> <button id="clear">Clear</button> '
+                'or upload an image: <input type="file" id="upload" accept="image/*">')
         script = f"""const pad = document.getElementById('pad'), ctx = pad.getContext('2d');
 ctx.lineWidth = 18; ctx.lineCap = 'round';
 let down = false;
@@ -395,6 +396,28 @@ pad.onmousedown = e => {{ down = true; ctx.beginPath(); ctx.moveTo(e.offsetX, e.
 pad.onmousemove = e => {{ if (down) {{ ctx.lineTo(e.offsetX, e.offsetY); ctx.stroke(); }} }};
 window.onmouseup = () => {{ down = false; }};
 document.getElementById('clear').onclick = () => ctx.clearRect(0, 0, 224, 224);
+// An uploaded picture becomes ink on the pad: dark-on-light or light-on-dark, judged by its border.
+document.getElementById('upload').onchange = e => {{
+  const file = e.target.files[0]; if (!file) return;
+  const img = new Image();
+  img.onload = () => {{
+    const tmp = document.createElement('canvas'); tmp.width = tmp.height = 224;
+    const t = tmp.getContext('2d'); t.drawImage(img, 0, 0, 224, 224);
+    const src = t.getImageData(0, 0, 224, 224), d = src.data;
+    const lum = i => (0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]) * d[i + 3] / 255 + 255 - d[i + 3];
+    let border = 0, n = 0;
+    for (let k = 0; k < 224; k++) for (const [x, y] of [[k, 0], [k, 223], [0, k], [223, k]]) {{
+      border += lum((y * 224 + x) * 4); n++; }}
+    const light = border / n > 127;
+    const out = ctx.createImageData(224, 224);
+    for (let i = 0; i < d.length; i += 4) {{
+      const v = lum(i); out.data[i + 3] = light ? 255 - v : v; }}
+    ctx.putImageData(out, 0, 0);
+    URL.revokeObjectURL(img.src);
+    classify();
+  }};
+  img.src = URL.createObjectURL(file);
+}};
 function pixels() {{  // the drawing averaged down to {h}x{w}, ink high in [0, 1]
   const data = ctx.getImageData(0, 0, 224, 224).data, rows = [];
   const sy = 224 / {h}, sx = 224 / {w};
@@ -406,10 +429,11 @@ function pixels() {{  // the drawing averaged down to {h}x{w}, ink high in [0, 1
     rows.push(row); }}
   return rows;
 }}
-document.getElementById('go').onclick = async () => {{
+async function classify() {{
   const r = await fetch('/predict', {{method: 'POST', body: JSON.stringify({{inputs: [pixels()]}})}});
   show(await r.json());
-}};"""
+}}
+document.getElementById('go').onclick = classify;"""
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>lab: {title}</title></head>
 <body style="font-family:sans-serif;margin:2em">
 <h2>lab: {title}</h2>

@@ -37,3 +37,19 @@ def run_cli():
                               capture_output=True, text=True, timeout=timeout, input=input)
 
     return run
+
+
+_SESSION_START = __import__("time").time()
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Lists the pictures tests wrote to test-output/ in this run (e.g. the page in Chromium)."""
+    out = os.path.join(_ROOT, "test-output")
+    if not os.path.isdir(out):
+        return
+    new = sorted(name for name in os.listdir(out)
+                 if name.endswith(".png") and os.path.getmtime(os.path.join(out, name)) >= _SESSION_START)
+    if new:
+        terminalreporter.write_sep("-", "pictures written by the tests")
+        for name in new:
+            terminalreporter.write_line(os.path.join("test-output", name))

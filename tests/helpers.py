@@ -1,10 +1,13 @@
 """Small shared helpers for the tests."""
 
+import contextlib
 import json
 import os
 
 import jax
 import numpy as np
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def override(config, **overrides):
@@ -43,3 +46,34 @@ def max_abs_diff(a, b):
 def trees_equal(a, b):
     return jax.tree.structure(a) == jax.tree.structure(b) and all(
         np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+@contextlib.contextmanager
+def serving(model_path, *flags, root=None, timeout=30.0):
+    """`python -m lab.serve --model=model_path FLAGS` on a free port of 127.0.0.1 until the block
+    ends; yields (base URL, the /healthz answer). Fails with the server's output if it dies."""
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from lab.launch import free_port
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "lab.serve", f"--model={model_path}", f"--port={port}", *flags],
+                              cwd=root or _ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=1).read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stdout.read()[-2000:]
+                assert time.monotonic() < deadline, f"lab.serve did not answer /healthz in {timeout:.0f} s"
+                time.sleep(0.1)
+        yield base, health
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -214,3 +214,42 @@ def test_a_distilled_student_beats_the_same_student_on_labels_alone(teacher, tmp
     assert jax.tree.all(jax.tree.map(np.array_equal, saved["extra"]["teacher"], teacher_params))
     print(f"distilled {d['test_accuracy']:.4f}, labels alone {plain['test_accuracy']:.4f}")
     assert d["test_accuracy"] >= plain["test_accuracy"] + 0.03
+
+
+def test_distillation_takes_several_heads_and_extra_inputs():
+    """The speech classifier's shape of task: two heads (play, genre) and a token mask. The loss is
+    the heads' total: their cross-entropies at alpha 0, nothing against itself as the teacher at
+    alpha 1; the train-window summary names each head's soft and hard terms."""
+    from experiments.transformer_classifier import __main__ as tc
+    from experiments.transformer_classifier.config import get_config as classifier_config
+    from lab.models import transformer
+
+    config = classifier_config("tiny")
+    model, tokenizer, ids, _ = tc.build_model(config)
+    arrays = tc.load_split(config, "test", tokenizer, ids)
+    batch = {k: v[:8] for k, v in arrays.items()}
+    example = {k: batch[k][:1] for k in ("inputs", "token_mask")}
+    heads = dict(label_keys=tc.LABELS, extra_input_keys=("token_mask",), partition_rules=transformer.PARTITION_RULES)
+    plain = ClassificationTask(model, example, **heads)
+    params = plain.init(jax.random.key(0))["params"]
+
+    def teacher_apply(p, inputs, token_mask):
+        return model.apply({"params": p}, inputs, token_mask, train=False)
+
+    def distilled(alpha):
+        return DistillationTask(model, example, teacher_apply, params, temperature=2.0, alpha=alpha, **heads)
+
+    rng = jax.random.key(1)
+    want, _ = plain.loss(params, batch, rng)
+    got, sums = distilled(0.0).loss(params, batch, rng)
+    assert float(got) == pytest.approx(float(want), rel=1e-5)
+    # Against itself the soft term is the KL between dropout and eval outputs: small, not zero.
+    soft, _ = distilled(1.0).loss(params, batch, rng)
+    no_dropout = DistillationTask(model, example, lambda p, x, m: model.apply({"params": p}, x, m, train=True,
+                                                                              rngs={"dropout": rng}),
+                                  params, temperature=2.0, alpha=1.0, **heads)
+    assert 0 < float(soft) and float(no_dropout.loss(params, batch, rng)[0]) == pytest.approx(0.0, abs=1e-4)
+    summary = distilled(0.5).summarize(jax.tree.map(np.asarray, dict(sums, loss=got)))
+    for head in tc.LABELS:
+        assert summary[f"{head}_ce_loss"] == pytest.approx(float(sums[f"{head}_ce_loss"]) / 8)
+        assert 0 <= summary[f"{head}_accuracy"] <= 1 and f"{head}_kd_loss" in summary

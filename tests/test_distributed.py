@@ -64,7 +64,10 @@ def run(devices, *command, timeout=300):
     return proc
 
 
-def assert_same_numbers(workdir, reference, keys, atol=1e-5):
+def assert_same_numbers(workdir, reference, keys, atol=1e-5, param_atol=1e-5):
+    """Same metrics (to atol) and final params (to param_atol) as the reference run. Layouts that
+    split the batch differently sum in another order: their params drift apart with the steps
+    (1.3e-5 after 200 MLP steps on a Xeon with AVX-512, under 1e-5 on a Zen 3 EPYC)."""
     records, ref = math_records(workdir), math_records(reference)
     assert [r["step"] for r in records] == [r["step"] for r in ref]
     compared = 0
@@ -74,7 +77,7 @@ def assert_same_numbers(workdir, reference, keys, atol=1e-5):
                 np.testing.assert_allclose(r[key], q[key], atol=atol, err_msg=f"{workdir} {key} step {q['step']}")
                 compared += 1
     assert compared >= 2
-    assert max_abs_diff(final_params(workdir), final_params(reference)) < atol
+    assert max_abs_diff(final_params(workdir), final_params(reference)) < param_atol
 
 
 def test_two_processes_equal_one_process_and_write_once(tmp_path):
@@ -173,7 +176,7 @@ def test_a_killed_process_fails_the_launch_and_the_rerun_resumes(tmp_path):
     records = math_records(str(workdir))
     assert [r["step"] for r in records if "train/loss" in r] == list(range(20, 201, 20))
     in_process("mlp_classifier", tmp_path / "whole", **flags)
-    assert_same_numbers(str(workdir), f"{tmp_path}/whole", ("train/loss", "test/loss"))
+    assert_same_numbers(str(workdir), f"{tmp_path}/whole", ("train/loss", "test/loss"), param_atol=1e-4)
 
     # A workdir check that fails on process 0 stops process 1 too, at once.
     proc = launch(2, 1, *mlp, "--config.seed=3", timeout=60)

@@ -13,6 +13,7 @@ import pytest
 import lab.data
 from lab import artifact, checkpoint
 from lab.export import export_run
+from tests.helpers import serving
 from tests.test_train import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -157,21 +158,7 @@ def test_the_server_answers_with_the_artifacts_predictions_and_survives_bad_requ
     import threading
     import urllib.request
 
-    from lab.launch import free_port
-
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "lab.serve", f"--model={mlp_export[1]}", f"--port={port}",
-                               "--max_wait_ms=200", "--max_batch=32", "--max_body_kb=64"],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                health = json.loads(urllib.request.urlopen(base + "/healthz", timeout=1).read())
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()[-2000:]
-                __import__("time").sleep(0.1)
+    with serving(mlp_export[1], "--max_wait_ms=200", "--max_batch=32", "--max_body_kb=64") as (base, health):
         assert health["status"] == "ok" and health["step"] == 20
 
         images = lab.data.load("digits", "test")["inputs"][:5]
@@ -216,9 +203,6 @@ def test_the_server_answers_with_the_artifacts_predictions_and_survives_bad_requ
         assert 'lab_model_info{name="mlp_classifier",path=' in metrics
         page = urllib.request.urlopen(base + "/", timeout=5).read().decode()
         assert "<canvas" in page and "mlp_classifier (step 20)" in page
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -235,7 +219,6 @@ def gpt_export(tmp_path_factory):
 
 def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_export):
     from experiments.transformer_lm.config import get_config
-    from lab.launch import free_port
     from lab.models import transformer
     from lab.tasks.language_model import gpt_config
 
@@ -253,19 +236,7 @@ def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_expor
     with pytest.raises(artifact.ArtifactInputError, match="p <= 8"):
         model(prompt=np.zeros((1, 9), np.int32), seed=0, temperature=1.0, top_k=1)
 
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "lab.serve", f"--model={path}", f"--port={port}"], cwd=ROOT,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        import urllib.request
-        for _ in range(300):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1)
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()[-2000:]
-                __import__("time").sleep(0.1)
+    with serving(path) as (base, _):
         request = {"prompt": "ROMEO:", "max_tokens": 5, "temperature": 0.8, "top_k": 20, "seed": 7}
         status, first = _post(base + "/generate", json.dumps(request).encode())
         assert status == 200 and len(first["completion"]) == 5 and first["text"] == "ROMEO:" + first["completion"]
@@ -284,9 +255,6 @@ def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_expor
             assert status == 422 and message in answer["error"], (body, answer)
         assert _post(base + "/predict", b'{"inputs": [1]}')[0] == 404
         assert _post(base + "/generate", json.dumps(request).encode())[0] == 200  # still serving
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def test_an_int8_export_keeps_the_accuracy_in_a_quarter_of_the_bytes(mlp_export, tmp_path):

@@ -44,6 +44,50 @@ def test_lm_end_to_end_writes_samples_and_tokens_per_sec(tmp_path, run_cli):
     assert proc.stdout.startswith("JULIET:") and len(proc.stdout.rstrip("\n")) >= len("JULIET:") + 30
 
 
+def test_a_subword_lm_keeps_its_tokenizer_in_the_workdir_and_reports_bits_per_char(tmp_path, run_cli):
+    """tokenizer.name=bpe: trained on the train split at the first start, saved in the workdir, read
+    back on a resume and by the sample CLI; bits_per_char is the loss spread over characters."""
+    from lab.data.subword import SubwordTokenizer
+
+    config = lm_config("tiny")
+    config.tokenizer.name, config.tokenizer.vocab_size = "bpe", 300
+    config.optimizer.decay_steps = 6  # kept when the run is extended below
+    results = lm.main(config, str(tmp_path))
+    tokenizer = SubwordTokenizer.load(str(tmp_path))
+    assert tokenizer.vocab_size == 300
+    chars = lab.data.char_tokenizer()
+    val_text = chars.decode(lab.data.load("shakespeare_char", "validation")["tokens"])
+    np.testing.assert_array_equal(lm._encode_speeches(tokenizer, val_text[:5000]), tokenizer.encode(val_text[:5000]))
+    chars_per_token = len(val_text) / len(lm._encode_speeches(tokenizer, val_text))
+    assert 1.3 < chars_per_token < 3
+    assert results["val_bits_per_char"] == pytest.approx(results["val_loss"] / np.log(2) / chars_per_token, rel=1e-6)
+    # The char run's bits per character are its loss in bits.
+    char_results = lm.main(lm_config("tiny"), str(tmp_path / "char"))
+    assert char_results["val_bits_per_char"] == pytest.approx(char_results["val_loss"] / np.log(2), rel=1e-6)
+
+    # A resume reads the saved tokenizer (a changed file would show: the run must use the saved one).
+    config.num_train_steps = 9
+    assert lm.main(config, str(tmp_path))["step"] == 9
+    assert SubwordTokenizer.load(str(tmp_path)).sha256 == tokenizer.sha256
+    proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}", "--prompt=JULIET:",
+                   "--num_tokens=10", "--temperature=0")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("JULIET:") and len(tokenizer.encode(proc.stdout.rstrip("\n"))) >= 10
+    (tmp_path / "tokenizer.json").write_text("{")
+    proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}")
+    assert proc.returncode == 1 and "not a readable tokenizer" in proc.stderr
+
+
+def test_bad_tokenizer_keys_are_refused_before_any_work():
+    for key, value, message in (("name", "wordpiece", "tokenizer.name='wordpiece'"),
+                                ("vocab_size", 100, "tokenizer.vocab_size=100")):
+        config = lm_config("tiny")
+        config.tokenizer.name = "bpe"
+        config.tokenizer[key] = value
+        with pytest.raises(ConfigValueError, match=message):
+            lm.validate(config)
+
+
 def test_sample_refuses_a_workdir_without_a_run(tmp_path, run_cli):
     proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}")
     assert proc.returncode == 1 and proc.stderr.startswith("error:")

@@ -26,27 +26,35 @@ def resolve_steps(config, num_train: int) -> None:
         config.optimizer.warmup_steps = max(1, config.num_train_steps // 10)
 
 
+def build_model(config):
+    """(the classifier module, the character tokenizer, its special ids, the plays' dataset info)."""
+    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    ids = transformer.encoder_token_ids(tokenizer.vocab_size)
+    plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
+    model = transformer.EncoderClassifier(
+        encoder_config(config.model, tokenizer.vocab_size),
+        num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
+        hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
+    return model, tokenizer, ids, plays_info
+
+
+def load_split(config, split: str, tokenizer, ids) -> dict:
+    """A split as arrays: inputs and token_mask (N, max_len) int32 (the first max_len characters,
+    padded), play (N,) and genre (N,) class ids."""
+    raw = lab.data.load(config.dataset, split, data_dir=config.data_dir)
+    inputs, token_mask = pipeline.encode_padded(tokenizer.encode, raw["text"], config.model.max_len, ids.pad_id)
+    return {"inputs": inputs, "token_mask": token_mask, "play": raw["play"], "genre": raw["genre"]}
+
+
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Fine-tunes (or trains from scratch) the speech classifier of `config`; returns the results.
 
     With `config.init_from`, the loop takes `params['encoder']` from that run's checkpoint at the
     first start only (`config.init_from_params`).
     """
-    tokenizer = lab.data.char_tokenizer(config.data_dir)
-    ids = transformer.encoder_token_ids(tokenizer.vocab_size)
-    plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
-
-    def arrays(split):
-        raw = lab.data.load(config.dataset, split, data_dir=config.data_dir)
-        inputs, token_mask = pipeline.encode_padded(tokenizer.encode, raw["text"], config.model.max_len, ids.pad_id)
-        return {"inputs": inputs, "token_mask": token_mask, "play": raw["play"], "genre": raw["genre"]}
-
-    train_arrays, test_arrays = arrays("train"), arrays("test")
+    model, tokenizer, ids, plays_info = build_model(config)
+    train_arrays, test_arrays = load_split(config, "train", tokenizer, ids), load_split(config, "test", tokenizer, ids)
     resolve_steps(config, len(train_arrays["play"]))
-    model = transformer.EncoderClassifier(
-        encoder_config(config.model, tokenizer.vocab_size),
-        num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
-        hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
     task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",),
                               partition_rules=transformer.PARTITION_RULES)
@@ -60,13 +68,7 @@ def exportable(config):
     (the first max_len characters, padded) -> logits per play and per genre."""
     from lab.export import Exportable
 
-    tokenizer = lab.data.char_tokenizer(config.data_dir)
-    ids = transformer.encoder_token_ids(tokenizer.vocab_size)
-    plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
-    model = transformer.EncoderClassifier(
-        encoder_config(config.model, tokenizer.vocab_size),
-        num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
-        hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
+    model, tokenizer, ids, plays_info = build_model(config)
 
     def logits(params, inputs):
         return model.apply({"params": params}, inputs["inputs"], inputs["token_mask"], train=False)

@@ -3,10 +3,12 @@
 import os
 
 import jax
+import numpy as np
 
 import lab.data
 from lab import configs, pipeline, train
-from lab.tasks.language_model import CausalLMTask, gpt_config, sample_text
+from lab.errors import ConfigValueError
+from lab.tasks.language_model import TOKENIZERS, CausalLMTask, gpt_config, run_tokenizer, sample_text
 
 
 def validate(config) -> None:
@@ -15,17 +17,33 @@ def validate(config) -> None:
                         fractions=("dropout_rate",))
     configs.check_block(config, "", positive_ints=("eval_batches",))
     configs.check_block(config.sample, "sample", positive_ints=("num_tokens",))
+    if config.tokenizer.name not in TOKENIZERS:
+        raise ConfigValueError(f"config.tokenizer.name={config.tokenizer.name!r}: use one of {', '.join(TOKENIZERS)}")
+    if config.tokenizer.name == "bpe" and not 257 <= config.tokenizer.vocab_size <= 65536:
+        raise ConfigValueError(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: a byte-level BPE "
+                               f"takes 257..65536 tokens (256 bytes, then merges)")
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
-    """Trains the GPT of `config` on shakespeare_char in `workdir`; returns the results."""
-    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    """Trains the GPT of `config` on shakespeare_char in `workdir`; returns the results.
+
+    With `tokenizer.name='bpe'` the text is re-encoded as subwords (the tokenizer trained on the
+    train split at the first start and kept in the workdir); `bits_per_char` compares the two.
+    """
+    chars = lab.data.char_tokenizer(config.data_dir)
     splits = {s: lab.data.load(config.dataset, s, data_dir=config.data_dir)["tokens"]
               for s in ("train", "validation")}
+    tokenizer = run_tokenizer(config, workdir, train_text=lambda: chars.decode(splits["train"]))
+    chars_per_token = 1.0
+    if config.tokenizer.name == "bpe":
+        text = {k: chars.decode(v) for k, v in splits.items()}
+        splits = {k: _encode_speeches(tokenizer, v) for k, v in text.items()}
+        chars_per_token = len(text["validation"]) / len(splits["validation"])
     gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
     s = config.sample
     task = CausalLMTask(gpt_cfg, sample=lambda params, step, rng: sample_text(
-        gpt_cfg, params, tokenizer, s.prompt, s.num_tokens, rng, s.temperature, s.top_k))
+        gpt_cfg, params, tokenizer, s.prompt, s.num_tokens, rng, s.temperature, s.top_k),
+        chars_per_token=chars_per_token)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     block = config.model.block_size
 
@@ -42,6 +60,14 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
+def _encode_speeches(tokenizer, text: str) -> np.ndarray:
+    """`text` as one id stream, encoded speech by speech (cut after each blank line, where no
+    subword spans the cut) so that the tokenizer's threads share the work; (T,) int32."""
+    pieces = text.split("\n\n")
+    pieces = [p + "\n\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    return np.concatenate(tokenizer.encode_batch(pieces)) if pieces else np.zeros(0, np.int32)
+
+
 def exportable(config):
     """The serving function of a run of `config` for `lab.export`: a prompt of p character ids
     (p <= block_size / 2) -> the prompt and block_size / 2 sampled characters, from a seed,
@@ -49,6 +75,9 @@ def exportable(config):
     from lab.export import Exportable
     from lab.models import transformer
 
+    if (config.get("tokenizer") or {"name": "char"})["name"] != "char":
+        raise ConfigValueError("lab.export takes character-level GPT runs only so far; this run uses subwords "
+                               "(sample it with python -m experiments.transformer_lm.sample)")
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
     new_tokens = gpt_cfg.max_len // 2

@@ -12,14 +12,13 @@ import jax
 from absl import app, flags, logging
 import ml_collections
 
-import lab.data
 from lab import checkpoint
 from lab.errors import LabError
-from lab.tasks.language_model import gpt_config, sample_text
+from lab.tasks.language_model import gpt_config, run_tokenizer, sample_text
 
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
 flags.DEFINE_string("prompt", "ROMEO:\n", "Text to continue.")
-flags.DEFINE_integer("num_tokens", 500, "Characters to sample.")
+flags.DEFINE_integer("num_tokens", 500, "Tokens to sample (characters, or subwords for a bpe run).")
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
 flags.DEFINE_integer("top_k", 20, "Sample among the k likeliest characters; 0 = all.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -41,7 +40,7 @@ def main(argv):
                 config = ml_collections.ConfigDict(json.load(f))
         except json.JSONDecodeError as e:
             raise LabError(f"{path} is corrupt ({e}): --workdir must be a transformer_lm run") from e
-        tokenizer = lab.data.char_tokenizer(config.data_dir)
+        tokenizer = run_tokenizer(config, FLAGS.workdir)  # characters, or the run's subwords
         gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
         params, where = checkpoint.load_params(FLAGS.workdir)
         text = sample_text(gpt_cfg, params, tokenizer, FLAGS.prompt, FLAGS.num_tokens,

@@ -50,31 +50,36 @@ def distillation_sums(student_BxC: jax.Array, teacher_BxC: jax.Array, labels_B: 
 
 
 class DistillationTask(ClassificationTask):
-    """A single-head classifier (the student) trained on a teacher's soft targets and the labels.
+    """A classifier (the student) trained on a teacher's soft targets and the labels, head by head.
 
     Args:
-      model: the student, a flax.linen module `apply(variables, inputs, train=...) -> logits (B, C)`.
+      model: the student, a flax.linen module `apply(variables, inputs, *extra_inputs, train=...)
+        -> logits (B, C)`, or a dict of them for several heads (as `ClassificationTask`).
       example_inputs: a batch of inputs (numpy) to initialise the student with.
-      teacher_apply: `(teacher_params, inputs (B, ...)) -> logits (B, C)` in eval mode, e.g.
-        `lambda p, x: teacher_model.apply({'params': p}, x)`.
+      teacher_apply: `(teacher_params, inputs, *extra_inputs) -> logits (B, C)` (or the same dict of
+        heads as the student) in eval mode, e.g. `lambda p, x: teacher_model.apply({'params': p}, x)`.
       teacher_params: the trained teacher's parameters (e.g. `lab.checkpoint.load_params(dir)[0]`).
       temperature: T of the soft targets (> 0).
       alpha: weight of the soft term; 1 - alpha weights the labels' cross-entropy.
+      label_keys, extra_input_keys, partition_rules: as `ClassificationTask` (one term per head,
+        summed into the loss).
     `init` returns `{'params': student, 'teacher': teacher_params}`, so the teacher rides in
     `TrainState.extra`; `update` reads it from there.
     """
 
     def __init__(self, model: nn.Module, example_inputs: dict[str, np.ndarray],
-                 teacher_apply: Callable[[PyTree, jax.Array], jax.Array], teacher_params: PyTree,
-                 temperature: float = 4.0, alpha: float = 0.9):
-        super().__init__(model, example_inputs)
+                 teacher_apply: Callable[..., Any], teacher_params: PyTree,
+                 temperature: float = 4.0, alpha: float = 0.9, label_keys: tuple[str, ...] = ("label",),
+                 extra_input_keys: tuple[str, ...] = (), partition_rules=None):
+        super().__init__(model, example_inputs, label_keys, extra_input_keys, partition_rules)
         if not temperature > 0 or not 0 <= alpha <= 1:
             raise ValueError(f"need temperature > 0 (got {temperature}) and alpha in [0, 1] (got {alpha})")
         self.teacher_apply = teacher_apply
         self.teacher_params = teacher_params
         self.temperature = float(temperature)
         self.alpha = float(alpha)
-        self.curves = ("loss", "accuracy", "kd_loss", "ce_loss")
+        self.curves = ("loss", "accuracy", "kd_loss", "ce_loss") if len(self.label_keys) == 1 else \
+            ("loss",) + tuple(f"{h}_{k}" for h in self.label_keys for k in ("accuracy", "kd_loss"))
 
     def init(self, rng: jax.Array) -> dict:
         """The student's fresh variables plus the teacher's parameters as the 'teacher' collection."""
@@ -82,14 +87,22 @@ class DistillationTask(ClassificationTask):
         return {**variables, TEACHER: jax.tree.map(jnp.asarray, self.teacher_params)}
 
     def distill_loss(self, teacher_params: PyTree) -> Callable:
-        """`(student_params, batch, rng) -> (loss_sum, sums)` against the given teacher params."""
+        """`(student_params, batch, rng) -> (loss_sum, sums)` against the given teacher params; with
+        several heads the sums are per head (`play_kd_loss`, ...) and the loss is their total."""
         def loss_fn(params, batch, rng):
-            student_BxC = self.model.apply({"params": params}, batch["inputs"], train=True,
-                                           rngs={"dropout": rng})
-            teacher_BxC = self.teacher_apply(teacher_params, batch["inputs"])
-            sums = distillation_sums(student_BxC, teacher_BxC, batch["label"], batch.get("mask"),
-                                     self.temperature, self.alpha)
-            return sums.pop("loss"), sums
+            student = self._heads({"params": params}, batch, train=True, rng=rng)
+            teacher = self.teacher_apply(teacher_params, batch["inputs"], *[batch[k] for k in self.extra_input_keys])
+            if not isinstance(teacher, dict):
+                teacher = {self.label_keys[0]: teacher}
+            per_head = {k: distillation_sums(student[k], teacher[k], batch[k], batch.get("mask"),
+                                             self.temperature, self.alpha) for k in self.label_keys}
+            if len(per_head) == 1:
+                sums = next(iter(per_head.values()))
+                return sums.pop("loss"), sums
+            sums = {"count": per_head[self.label_keys[0]]["count"]}
+            for head, s in per_head.items():
+                sums.update({f"{head}_{k}": v for k, v in s.items() if k != "count"})
+            return sum(s["loss"] for s in per_head.values()), sums
         return loss_fn
 
     def loss(self, params: PyTree, batch: dict, rng: jax.Array):
@@ -109,10 +122,12 @@ class DistillationTask(ClassificationTask):
         return super().evaluate(student, batch, rng)
 
     def summarize(self, sums: dict) -> dict:
-        """The classification summary, plus the mean soft and hard terms on train windows."""
+        """The classification summary, plus the mean soft and hard terms (per head) on train windows."""
         out = super().summarize(sums)
         count = max(float(sums["count"]), 1.0)
-        for key in ("kd_loss", "ce_loss"):
-            if key in sums:
-                out[key] = float(sums[key]) / count
+        prefixes = [""] if len(self.label_keys) == 1 else [f"{h}_" for h in self.label_keys]
+        for prefix in prefixes:
+            for key in ("kd_loss", "ce_loss"):
+                if prefix + key in sums:
+                    out[prefix + key] = float(sums[prefix + key]) / count
         return out

@@ -29,6 +29,43 @@ def gpt_config(model_cfg, vocab_size: int) -> transformer.TransformerConfig:
         max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True))
 
 
+TOKENIZERS = ("char", "bpe")
+
+
+def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | None = None):
+    """The tokenizer of a text run: `config.tokenizer.name` 'char' (the dataset's characters) or
+    'bpe' (`lab.data.subword`, `config.tokenizer.vocab_size` tokens), kept in
+    `workdir/tokenizer.json` so that the run is reproducible from its workdir.
+
+    A 'bpe' run reads the workdir's tokenizer; where there is none yet (a first start) it is
+    trained on `train_text()` (the training split only: the validation and test text never shape
+    the vocabulary) and saved there. A config without a `tokenizer` block (older runs) is 'char'.
+
+    Raises:
+      DataError: a 'bpe' run without a tokenizer and no `train_text`, or an unreadable one.
+      ConfigValueError: the workdir's tokenizer has another vocabulary size than the config.
+    """
+    import lab.data
+    from lab.data import subword
+    from lab.errors import ConfigValueError
+
+    block = config.get("tokenizer") or {"name": "char"}
+    if block["name"] == "char":
+        return lab.data.char_tokenizer(config.get("data_dir"))
+    path = os.path.join(workdir, subword.FILENAME) if workdir else None
+    if path and os.path.isfile(path) or train_text is None:
+        tokenizer = subword.SubwordTokenizer.load(path or "")
+        if tokenizer.vocab_size != block["vocab_size"]:
+            raise ConfigValueError(f"{path} has {tokenizer.vocab_size} tokens, the config asks for "
+                                   f"{block['vocab_size']}: use a new --workdir for another vocabulary")
+        return tokenizer
+    tokenizer = subword.SubwordTokenizer.train(train_text(), block["vocab_size"])
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        tokenizer.save(path)
+    return tokenizer
+
+
 def encoder_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
     """The character encoder's TransformerConfig from a `model` block: chars 0..N-1, PAD = N,
     MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts from it)."""
@@ -70,16 +107,19 @@ class CausalLMTask(Task):
       config: the GPT's TransformerConfig.
       sample: optional `(params, step, rng) -> str` writer of text samples at each eval; the
         text goes to `workdir/samples/step_<N>.txt`.
+      chars_per_token: characters of text per token (1 for characters; for subwords, the
+        validation split's ratio), so that the summary's `bits_per_char` compares tokenizers.
     """
 
     count_unit = "tokens"
     partition_rules = transformer.PARTITION_RULES
 
     def __init__(self, config: transformer.TransformerConfig,
-                 sample: Callable[[Any, int, jax.Array], str] | None = None):
+                 sample: Callable[[Any, int, jax.Array], str] | None = None, chars_per_token: float = 1.0):
         self.config = config
         self.model = transformer.GPT(config)
         self._sample = sample
+        self.chars_per_token = float(chars_per_token)
 
     def init(self, rng: jax.Array) -> dict:
         tokens = jnp.zeros((1, self.config.max_len), jnp.int32)
@@ -99,7 +139,10 @@ class CausalLMTask(Task):
         return token_sums(logits, batch["targets"], weights)
 
     def summarize(self, sums: dict) -> dict:
-        return lm_summary(sums)
+        """`lm_summary`, plus bits_per_char: the loss in bits spread over the tokens' characters."""
+        out = lm_summary(sums)
+        out["bits_per_char"] = out["loss"] / np.log(2.0) / self.chars_per_token
+        return out
 
     def on_eval(self, variables, step: int, workdir: str, rng: jax.Array) -> None:
         """Writes a text sample from the current params (every process samples, process 0 writes)."""
