@@ -47,7 +47,7 @@ def test_lm_end_to_end_writes_samples_and_tokens_per_sec(tmp_path, run_cli):
 def test_a_subword_lm_keeps_its_tokenizer_in_the_workdir_and_reports_bits_per_char(tmp_path, run_cli):
     """tokenizer.name=bpe: trained on the train split at the first start, saved in the workdir, read
     back on a resume and by the sample CLI; bits_per_char is the loss spread over characters."""
-    from lab.data.subword import SubwordTokenizer
+    from lab.data.subword import SubwordTokenizer, encode_text
 
     config = lm_config("tiny")
     config.tokenizer.name, config.tokenizer.vocab_size = "bpe", 300
@@ -57,8 +57,8 @@ def test_a_subword_lm_keeps_its_tokenizer_in_the_workdir_and_reports_bits_per_ch
     assert tokenizer.vocab_size == 300
     chars = lab.data.char_tokenizer()
     val_text = chars.decode(lab.data.load("shakespeare_char", "validation")["tokens"])
-    np.testing.assert_array_equal(lm._encode_speeches(tokenizer, val_text[:5000]), tokenizer.encode(val_text[:5000]))
-    chars_per_token = len(val_text) / len(lm._encode_speeches(tokenizer, val_text))
+    np.testing.assert_array_equal(encode_text(tokenizer, val_text[:5000]), tokenizer.encode(val_text[:5000]))
+    chars_per_token = len(val_text) / len(encode_text(tokenizer, val_text))
     assert 1.3 < chars_per_token < 3
     assert results["val_bits_per_char"] == pytest.approx(results["val_loss"] / np.log(2) / chars_per_token, rel=1e-6)
     # The char run's bits per character are its loss in bits.
@@ -76,6 +76,38 @@ def test_a_subword_lm_keeps_its_tokenizer_in_the_workdir_and_reports_bits_per_ch
     (tmp_path / "tokenizer.json").write_text("{")
     proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}")
     assert proc.returncode == 1 and "not a readable tokenizer" in proc.stderr
+
+
+def test_a_subword_pretraining_hands_its_tokenizer_to_the_classifier(tmp_path):
+    """MLM on the train speeches in subwords, then the classifier from it with attention pooling:
+    the classifier's workdir keeps the pretraining run's tokenizer (the same ids), the encoder
+    loads, and the pretraining text holds no validation or test speech."""
+    from lab.data.subword import SubwordTokenizer
+
+    pre = mlm_config("tiny")
+    pre.dataset = "shakespeare_plays"
+    pre.tokenizer.name, pre.tokenizer.vocab_size = "bpe", 400
+    mlm.main(pre, str(tmp_path / "mlm"))
+    text = mlm.pretraining_text(pre, "train")
+    held_out = [str(t) for split in ("validation", "test") for t in lab.data.load("shakespeare_plays", split)["text"]]
+    long_ones = [t for t in held_out if len(t) > 200]  # short lines ("My lord.") recur in any text
+    assert long_ones and not any(t in text for t in long_ones)
+    config = classifier_config("tiny")
+    config.init_from = str(tmp_path / "mlm")
+    config.tokenizer.name, config.tokenizer.vocab_size = "bpe", 400
+    config.model.pooling = "attention"
+    classifier.validate(config)
+    results = classifier.main(config, str(tmp_path / "cls"))
+    assert np.isfinite(results["test_loss"])
+    assert SubwordTokenizer.load(str(tmp_path / "cls")).sha256 == SubwordTokenizer.load(str(tmp_path / "mlm")).sha256
+    assert "head_pool_query" in final_params(str(tmp_path / "cls"))
+    # Another vocabulary than the pretraining run's is refused in one line.
+    config.tokenizer.vocab_size = 500
+    with pytest.raises(ConfigValueError, match="has 400 tokens"):
+        classifier.main(config, str(tmp_path / "cls_other"))
+    config.model.pooling = "cls"
+    with pytest.raises(ConfigValueError, match="pooling='cls'"):
+        classifier.validate(config)
 
 
 def test_bad_tokenizer_keys_are_refused_before_any_work():
@@ -147,10 +179,8 @@ def test_generate_long_slides_the_window():
 def test_mlm_pretraining_text_is_the_classifiers_train_speeches_only():
     config = mlm_config("tiny")
     config.dataset = "shakespeare_plays"
-    tokenizer = lab.data.char_tokenizer(config.data_dir)
-    stream = mlm.text_stream(config, tokenizer, "train")
     train_texts = lab.data.load("shakespeare_plays", "train")["text"]
-    assert tokenizer.decode(stream) == "\n\n".join(str(t) for t in train_texts)
+    assert mlm.pretraining_text(config, "train") == "\n\n".join(str(t) for t in train_texts)
     config.dataset = "digits"
     with pytest.raises(ConfigValueError, match="not a pretraining text"):
         mlm.validate(config)

@@ -5,6 +5,8 @@ import os
 import lab.data
 from lab import configs, pipeline, train
 from lab.models import transformer
+from lab.errors import ConfigValueError
+from lab.tasks import language_model
 from lab.tasks.classification import ClassificationTask
 from lab.tasks.language_model import encoder_config
 
@@ -16,6 +18,10 @@ def validate(config) -> None:
     configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len",
                                                                "head_hidden"),
                         fractions=("dropout_rate", "head_dropout"))
+    if config.model.pooling not in transformer.POOLINGS:
+        raise ConfigValueError(f"config.model.pooling={config.model.pooling!r}: use one of "
+                               f"{', '.join(transformer.POOLINGS)}")
+    language_model.check_tokenizer(config)
 
 
 def resolve_steps(config, num_train: int) -> None:
@@ -26,15 +32,27 @@ def resolve_steps(config, num_train: int) -> None:
         config.optimizer.warmup_steps = max(1, config.num_train_steps // 10)
 
 
-def build_model(config):
-    """(the classifier module, the character tokenizer, its special ids, the plays' dataset info)."""
-    tokenizer = lab.data.char_tokenizer(config.data_dir)
+def run_tokenizer(config, workdir: str | None):
+    """The run's tokenizer: characters, or subwords (`tokenizer.name='bpe'`) kept in the workdir,
+    taken at the first start from the pretraining run (`init_from`) or trained on the train
+    speeches alone."""
+    def train_text():
+        return "\n\n".join(str(t) for t in lab.data.load(config.dataset, "train", data_dir=config.data_dir)["text"])
+    return language_model.run_tokenizer(config, workdir, train_text=train_text,
+                                        source_workdir=config.get("init_from") or None)
+
+
+def build_model(config, tokenizer=None):
+    """(the classifier module, the tokenizer (default: the characters), its special ids, the
+    plays' dataset info)."""
+    tokenizer = tokenizer or lab.data.char_tokenizer(config.data_dir)
     ids = transformer.encoder_token_ids(tokenizer.vocab_size)
     plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
     model = transformer.EncoderClassifier(
         encoder_config(config.model, tokenizer.vocab_size),
         num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
-        hidden=config.model.head_hidden, head_dropout=config.model.head_dropout)
+        hidden=config.model.head_hidden, head_dropout=config.model.head_dropout,
+        pooling=config.model.get("pooling", "mean"))
     return model, tokenizer, ids, plays_info
 
 
@@ -52,7 +70,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     With `config.init_from`, the loop takes `params['encoder']` from that run's checkpoint at the
     first start only (`config.init_from_params`).
     """
-    model, tokenizer, ids, plays_info = build_model(config)
+    model, tokenizer, ids, plays_info = build_model(config, run_tokenizer(config, workdir))
     train_arrays, test_arrays = load_split(config, "train", tokenizer, ids), load_split(config, "test", tokenizer, ids)
     resolve_steps(config, len(train_arrays["play"]))
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
@@ -68,6 +86,9 @@ def exportable(config):
     (the first max_len characters, padded) -> logits per play and per genre."""
     from lab.export import Exportable
 
+    if (config.get("tokenizer") or {"name": "char"})["name"] != "char":
+        raise ConfigValueError("lab.export takes character-level speech classifiers only so far; this run "
+                               "uses subwords")
     model, tokenizer, ids, plays_info = build_model(config)
 
     def logits(params, inputs):

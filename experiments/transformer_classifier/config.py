@@ -18,7 +18,7 @@ Three runs of the same budget, each about 2.4 minutes on the 2-core CPU machine:
 
 import ml_collections
 
-from experiments.transformer_mlm.config import encoder_config, tiny_encoder_config
+from experiments.transformer_mlm.config import encoder_config, tiny_encoder_config, tokenizer_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -39,6 +39,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.model = encoder_config()  # must equal the pretraining run's encoder
     c.model.head_hidden = 512
     c.model.head_dropout = 0.1
+    c.model.pooling = "mean"  # of the encoder's outputs over real tokens: mean, max or attention (a learned query)
+    c.tokenizer = tokenizer_config()  # must equal the pretraining run's (its tokenizer.json is taken from there)
     c.init_from = ""  # workdir of a transformer_mlm run: its params['encoder'] initialise ours (first start only)
     c.init_from_params = ("encoder",)  # the top-level params taken from it
 

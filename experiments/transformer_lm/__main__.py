@@ -3,12 +3,12 @@
 import os
 
 import jax
-import numpy as np
 
 import lab.data
 from lab import configs, pipeline, train
+from lab.data.subword import encode_text
 from lab.errors import ConfigValueError
-from lab.tasks.language_model import TOKENIZERS, CausalLMTask, gpt_config, run_tokenizer, sample_text
+from lab.tasks.language_model import CausalLMTask, check_tokenizer, gpt_config, run_tokenizer, sample_text
 
 
 def validate(config) -> None:
@@ -17,11 +17,7 @@ def validate(config) -> None:
                         fractions=("dropout_rate",))
     configs.check_block(config, "", positive_ints=("eval_batches",))
     configs.check_block(config.sample, "sample", positive_ints=("num_tokens",))
-    if config.tokenizer.name not in TOKENIZERS:
-        raise ConfigValueError(f"config.tokenizer.name={config.tokenizer.name!r}: use one of {', '.join(TOKENIZERS)}")
-    if config.tokenizer.name == "bpe" and not 257 <= config.tokenizer.vocab_size <= 65536:
-        raise ConfigValueError(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: a byte-level BPE "
-                               f"takes 257..65536 tokens (256 bytes, then merges)")
+    check_tokenizer(config)
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
@@ -37,7 +33,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     chars_per_token = 1.0
     if config.tokenizer.name == "bpe":
         text = {k: chars.decode(v) for k, v in splits.items()}
-        splits = {k: _encode_speeches(tokenizer, v) for k, v in text.items()}
+        splits = {k: encode_text(tokenizer, v) for k, v in text.items()}
         chars_per_token = len(text["validation"]) / len(splits["validation"])
     gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
     s = config.sample
@@ -58,14 +54,6 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
         evals={"val": eval_windows(splits["validation"]), "train": eval_windows(splits["train"])},
     )
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
-
-
-def _encode_speeches(tokenizer, text: str) -> np.ndarray:
-    """`text` as one id stream, encoded speech by speech (cut after each blank line, where no
-    subword spans the cut) so that the tokenizer's threads share the work; (T,) int32."""
-    pieces = text.split("\n\n")
-    pieces = [p + "\n\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
-    return np.concatenate(tokenizer.encode_batch(pieces)) if pieces else np.zeros(0, np.int32)
 
 
 def exportable(config):

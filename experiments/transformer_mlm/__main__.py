@@ -3,13 +3,13 @@
 import os
 
 import jax
-import numpy as np
 
 import lab.data
 from lab import configs, pipeline, train
+from lab.data.subword import encode_text
 from lab.errors import ConfigValueError
 from lab.models import transformer
-from lab.tasks.language_model import MaskedLMTask, encoder_config
+from lab.tasks.language_model import MaskedLMTask, check_tokenizer, encoder_config, run_tokenizer
 
 PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
 
@@ -22,10 +22,12 @@ def validate(config) -> None:
     configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len"),
                         fractions=("dropout_rate",))
     configs.check_block(config, "", positive_ints=("eval_batches",), fractions=("mask_rate",))
+    check_tokenizer(config)
 
 
-def text_stream(config, tokenizer, split: str) -> np.ndarray:
-    """The pretraining text of `split` as one stream of token ids (the tokenizer's integer dtype).
+
+def pretraining_text(config, split: str) -> str:
+    """The pretraining text of `split`.
 
     shakespeare_plays: that split's speeches (no speaker names), joined by blank lines, so a
     classifier fine-tuned from this run never had its validation or test speeches in
@@ -34,15 +36,22 @@ def text_stream(config, tokenizer, split: str) -> np.ndarray:
     """
     if config.dataset == "shakespeare_plays":
         texts = lab.data.load(config.dataset, split, data_dir=config.data_dir)["text"]
-        return tokenizer.encode("\n\n".join(str(t) for t in texts))
-    return lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"]
+        return "\n\n".join(str(t) for t in texts)
+    chars = lab.data.char_tokenizer(config.data_dir)
+    return chars.decode(lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"])
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
-    """Pretrains a MaskedLM on windows of a Shakespeare text in `workdir`; returns the results."""
-    tokenizer = lab.data.char_tokenizer(config.data_dir)
+    """Pretrains a MaskedLM on windows of a Shakespeare text in `workdir`; returns the results.
+
+    With `tokenizer.name='bpe'` the text is subwords: the tokenizer is trained on the train
+    split's text at the first start and kept in the workdir (a classifier starting from this run
+    takes it from there).
+    """
+    text = {s: pretraining_text(config, s) for s in ("train", "validation")}
+    tokenizer = run_tokenizer(config, workdir, train_text=lambda: text["train"])
     num_chars = tokenizer.vocab_size
-    splits = {s: text_stream(config, tokenizer, s) for s in ("train", "validation")}
+    splits = {s: encode_text(tokenizer, t) for s, t in text.items()}
     task = MaskedLMTask(encoder_config(config.model, num_chars), transformer.encoder_token_ids(num_chars),
                         config.mask_rate)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())

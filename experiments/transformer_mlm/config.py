@@ -28,6 +28,13 @@ def encoder_config() -> ml_collections.ConfigDict:
     return m
 
 
+def tokenizer_config() -> ml_collections.ConfigDict:
+    """'char' (the corpus's characters) or 'bpe' (byte-level BPE of vocab_size tokens, trained on
+    the pretraining text's train split, kept in the workdir); the classifier's must equal the
+    pretraining run's it starts from."""
+    return ml_collections.ConfigDict(dict(name="char", vocab_size=1024))
+
+
 def tiny_encoder_config() -> ml_collections.ConfigDict:
     """The tests' encoder, shared by both experiments' `tiny` variants: 1 layer, width 32."""
     m = encoder_config()
@@ -52,6 +59,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.parallel = "jit"
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
     c.model = encoder_config()
+    c.tokenizer = tokenizer_config()
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"

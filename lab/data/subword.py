@@ -120,3 +120,17 @@ class SubwordTokenizer:
     def token_text(self, token_id: int) -> str:
         """The text of one token (bytes of a split character show as the replacement character)."""
         return self.decode([token_id])
+
+
+def encode_text(tokenizer, text: str) -> np.ndarray:
+    """A long text (a corpus) as one id stream, (T,) int32 for subwords.
+
+    A subword tokenizer encodes it piece by piece, cut after each blank line (where no subword
+    spans the cut, so the ids equal encoding the whole), on the tokenizer's threads; any other
+    tokenizer (characters) encodes it whole.
+    """
+    if not isinstance(tokenizer, SubwordTokenizer):
+        return tokenizer.encode(text)
+    pieces = text.split("\n\n")
+    pieces = [p + "\n\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
+    return np.concatenate(tokenizer.encode_batch(pieces)) if pieces else np.zeros(0, np.int32)

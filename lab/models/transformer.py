@@ -548,6 +548,9 @@ class MaskedLM(nn.Module):
 class EncoderClassifier(nn.Module):
     """`encoder` -> pooled -> Dense(hidden) -> ReLU -> Dropout -> one logits Dense per label.
 
+    pooling: 'mean' (the Encoder's own), 'max', or 'attention' (softmax over real positions of
+    hidden . q / sqrt(D), q a learned `head_pool_query`, zero at init: the mean at the start).
+
     num_classes: {label: number of classes}, e.g. {"play": 37, "genre": 3}, or a sequence of
     (label, n) pairs. Params: `encoder` (exactly an Encoder's tree, so a MaskedLM's
     `params["encoder"]` loads straight in), `head_hidden`, `head_<label>` per label.
@@ -557,6 +560,7 @@ class EncoderClassifier(nn.Module):
     num_classes: Mapping[str, int] | Sequence[tuple[str, int]]
     hidden: int = 512
     head_dropout: float = 0.1
+    pooling: str = "mean"  # of the hidden states over real tokens: 'mean', 'max' or 'attention'
 
     def __post_init__(self):
         # Stored as a tuple of (label, n) pairs, so that the module stays hashable.
@@ -567,11 +571,40 @@ class EncoderClassifier(nn.Module):
     @nn.compact
     def __call__(self, tokens_BxL: Array, mask_BxL: Array, *, train: bool) -> dict[str, Array]:
         """(int tokens_BxL, mask_BxL) -> {label: float32 logits_BxC}."""
-        _, pooled_BxD = Encoder(self.config, name="encoder")(tokens_BxL, mask_BxL, train=train)
+        hidden_BxLxD, pooled_BxD = Encoder(self.config, name="encoder")(tokens_BxL, mask_BxL, train=train)
+        if self.pooling != "mean":
+            pooled_BxD = pool(hidden_BxLxD, mask_BxL, self.pooling,
+                              self.param("head_pool_query", nn.initializers.zeros, (hidden_BxLxD.shape[-1],))
+                              if self.pooling == "attention" else None)
         h_BxF = nn.relu(nn.Dense(self.hidden, name="head_hidden")(pooled_BxD))
         h_BxF = nn.Dropout(self.head_dropout, deterministic=not train)(h_BxF)
         return {label: nn.Dense(n, name=f"head_{label}")(h_BxF).astype(jnp.float32)
                 for label, n in self.num_classes}
+
+
+POOLINGS = ("mean", "max", "attention")
+
+
+def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None = None) -> Array:
+    """float32 pooled_BxD of the hidden states over real positions (mask 1; a row with none: 0).
+
+    kind: 'mean'; 'max' (per feature); 'attention' (weights softmax(hidden . query_D / sqrt(D))
+    over the real positions).
+    """
+    h_BxLxD = hidden_BxLxD.astype(jnp.float32)
+    real_BxL = jnp.asarray(mask_BxL) > 0
+    any_B1 = real_BxL.any(axis=1, keepdims=True)
+    if kind == "max":
+        pooled = jnp.where(real_BxL[..., None], h_BxLxD, -jnp.inf).max(axis=1)
+        return jnp.where(any_B1, pooled, 0.0)
+    if kind == "attention":
+        scores_BxL = h_BxLxD @ query_D.astype(jnp.float32) / jnp.sqrt(h_BxLxD.shape[-1])
+        weights_BxL = jax.nn.softmax(jnp.where(real_BxL, scores_BxL, -jnp.inf), axis=1)
+        return jnp.where(any_B1, jnp.einsum("bl,bld->bd", jnp.where(real_BxL, weights_BxL, 0.0), h_BxLxD), 0.0)
+    if kind == "mean":
+        w_BxLx1 = real_BxL[..., None].astype(jnp.float32)
+        return (h_BxLxD * w_BxLx1).sum(axis=1) / jnp.maximum(w_BxLx1.sum(axis=1), 1.0)
+    raise ValueError(f"pooling {kind!r}: use one of {', '.join(POOLINGS)}")
 
 
 def mask_tokens(rng: Array, tokens_BxL: Array, mask_BxL: Array, *, mask_id: int,

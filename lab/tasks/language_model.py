@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lab import metrics, report
+from lab.errors import ConfigValueError
 from lab.models import transformer
 from lab.task import Task
 
@@ -32,14 +33,26 @@ def gpt_config(model_cfg, vocab_size: int) -> transformer.TransformerConfig:
 TOKENIZERS = ("char", "bpe")
 
 
-def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | None = None):
+def check_tokenizer(config) -> None:
+    """A text experiment's `tokenizer` block: a known name, a BPE size in range."""
+    if config.tokenizer.name not in TOKENIZERS:
+        raise ConfigValueError(f"config.tokenizer.name={config.tokenizer.name!r}: use one of {', '.join(TOKENIZERS)}")
+    if config.tokenizer.name == "bpe" and not 257 <= config.tokenizer.vocab_size <= 65536:
+        raise ConfigValueError(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: a byte-level BPE "
+                               f"takes 257..65536 tokens (256 bytes, then merges)")
+
+
+def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | None = None,
+                  source_workdir: str | None = None):
     """The tokenizer of a text run: `config.tokenizer.name` 'char' (the dataset's characters) or
     'bpe' (`lab.data.subword`, `config.tokenizer.vocab_size` tokens), kept in
     `workdir/tokenizer.json` so that the run is reproducible from its workdir.
 
-    A 'bpe' run reads the workdir's tokenizer; where there is none yet (a first start) it is
-    trained on `train_text()` (the training split only: the validation and test text never shape
-    the vocabulary) and saved there. A config without a `tokenizer` block (older runs) is 'char'.
+    A 'bpe' run reads the workdir's tokenizer; where there is none yet (a first start) it takes
+    the one of `source_workdir` (a pretraining run whose encoder it starts from: the ids must mean
+    the same tokens) or else trains one on `train_text()` (the training split only: the validation
+    and test text never shape the vocabulary), and saves it there. A config without a `tokenizer`
+    block (older runs) is 'char'.
 
     Raises:
       DataError: a 'bpe' run without a tokenizer and no `train_text`, or an unreadable one.
@@ -47,28 +60,37 @@ def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | N
     """
     import lab.data
     from lab.data import subword
-    from lab.errors import ConfigValueError
 
     block = config.get("tokenizer") or {"name": "char"}
     if block["name"] == "char":
         return lab.data.char_tokenizer(config.get("data_dir"))
-    path = os.path.join(workdir, subword.FILENAME) if workdir else None
-    if path and os.path.isfile(path) or train_text is None:
-        tokenizer = subword.SubwordTokenizer.load(path or "")
+    def checked(tokenizer, where):
         if tokenizer.vocab_size != block["vocab_size"]:
-            raise ConfigValueError(f"{path} has {tokenizer.vocab_size} tokens, the config asks for "
-                                   f"{block['vocab_size']}: use a new --workdir for another vocabulary")
+            raise ConfigValueError(f"{where} has {tokenizer.vocab_size} tokens, the config asks for "
+                                   f"{block['vocab_size']}: set --config.tokenizer.vocab_size={tokenizer.vocab_size} "
+                                   f"or use a new --workdir")
         return tokenizer
-    tokenizer = subword.SubwordTokenizer.train(train_text(), block["vocab_size"])
-    if jax.process_index() == 0:
+
+    path = os.path.join(workdir, subword.FILENAME) if workdir else None
+    if path and os.path.isfile(path):
+        return checked(subword.SubwordTokenizer.load(path), path)
+    if source_workdir:
+        source = os.path.join(source_workdir, subword.FILENAME)
+        tokenizer = checked(subword.SubwordTokenizer.load(source), source)
+    elif train_text is not None:
+        tokenizer = subword.SubwordTokenizer.train(train_text(), block["vocab_size"])
+    else:  # nothing to take it from: say where it should have been
+        return subword.SubwordTokenizer.load(path or "")
+    if path and jax.process_index() == 0:
         os.makedirs(workdir, exist_ok=True)
         tokenizer.save(path)
     return tokenizer
 
 
 def encoder_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
-    """The character encoder's TransformerConfig from a `model` block: chars 0..N-1, PAD = N,
-    MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts from it)."""
+    """The encoder's TransformerConfig from a `model` block: tokens (characters or subwords)
+    0..N-1, PAD = N, MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts
+    from it)."""
     return transformer.TransformerConfig(
         vocab_size=transformer.encoder_token_ids(num_chars).vocab_size,
         num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, width=model_cfg.width,

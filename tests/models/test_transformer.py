@@ -426,3 +426,24 @@ def test_mask_tokens_statistics():
     np.testing.assert_array_equal(again[0], inputs)
     other = mask_tokens(jax.random.key(1), tokens, mask)
     assert not np.array_equal(other[2], weights)
+
+
+def test_pooling_reads_real_positions_only():
+    """mean is the Encoder's own pooling; attention with a zero query is the mean; max ignores pads;
+    a row with no real token pools to 0."""
+    rng = np.random.default_rng(0)
+    hidden = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
+    mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
+    mean = tfm.pool(hidden, mask, "mean")
+    np.testing.assert_allclose(mean[0], hidden[0, :3].mean(0), rtol=1e-6)
+    np.testing.assert_allclose(tfm.pool(hidden, mask, "attention", jnp.zeros(4)), mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(tfm.pool(hidden, mask, "max")[0], hidden[0, :3].max(0))
+    padded = hidden.at[0, 3:].set(100.0)  # what sits at pad positions never counts
+    for kind, query in (("mean", None), ("max", None), ("attention", jnp.ones(4))):
+        np.testing.assert_allclose(tfm.pool(padded, mask, kind, query)[0], tfm.pool(hidden, mask, kind, query)[0],
+                                   rtol=1e-6)
+        assert np.all(np.asarray(tfm.pool(hidden, mask, kind, query)[2]) == 0)
+    # A learned query weights the positions it matches more.
+    query = 10 * hidden[1, 2]
+    weights = jax.nn.softmax(hidden[1] @ query / 2.0)
+    np.testing.assert_allclose(tfm.pool(hidden, mask, "attention", query)[1], weights @ hidden[1], rtol=1e-5)
