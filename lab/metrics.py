@@ -60,6 +60,66 @@ def classification_summary(sums: dict) -> dict:
     return out
 
 
+AUC_BINS = 2048  # score histogram resolution of the ROC AUC (ties within a bin count one half)
+
+
+def binary_sums(logits_B: jax.Array, labels_B: jax.Array, mask_B: jax.Array | None = None,
+                *, histograms: bool = False) -> dict[str, jax.Array]:
+    """Sigmoid binary cross-entropy sum, count, correct, and true/false positive and false
+    negative counts of a batch (threshold 0.5); with `histograms`, `pos_hist` and `neg_hist`
+    (AUC_BINS,): counts of sigmoid(logit) per bin for positives and negatives, for the ROC AUC.
+
+    Args:
+      logits_B: one logit per example (the positive class's).
+      labels_B: 0 or 1.
+      mask_B: 1 for real examples, 0 for padding (None: all real).
+    """
+    logits_B = logits_B.astype(jnp.float32)
+    y_B = labels_B.astype(jnp.float32)
+    w_B = jnp.ones(labels_B.shape, jnp.float32) if mask_B is None else mask_B.astype(jnp.float32)
+    pred_B = (logits_B > 0).astype(jnp.float32)
+    sums = {
+        "loss": jnp.sum(optax.sigmoid_binary_cross_entropy(logits_B, y_B) * w_B),
+        "count": jnp.sum(w_B),
+        "correct": jnp.sum((pred_B == y_B) * w_B),
+        "true_positives": jnp.sum(pred_B * y_B * w_B),
+        "false_positives": jnp.sum(pred_B * (1 - y_B) * w_B),
+        "false_negatives": jnp.sum((1 - pred_B) * y_B * w_B),
+    }
+    if histograms:
+        bin_B = jnp.clip((jax.nn.sigmoid(logits_B) * AUC_BINS).astype(jnp.int32), 0, AUC_BINS - 1)
+        one_hot_BxH = jax.nn.one_hot(bin_B, AUC_BINS)
+        sums["pos_hist"] = (y_B * w_B) @ one_hot_BxH
+        sums["neg_hist"] = ((1 - y_B) * w_B) @ one_hot_BxH
+    return sums
+
+
+def roc_auc_from_histograms(pos_hist: np.ndarray, neg_hist: np.ndarray) -> float:
+    """P(score of a random positive > that of a random negative), ties (same bin) counting 1/2;
+    NaN without positives or negatives."""
+    pos, neg = np.asarray(pos_hist, np.float64), np.asarray(neg_hist, np.float64)
+    n_pos, n_neg = pos.sum(), neg.sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    neg_below = np.cumsum(neg) - neg  # negatives in lower bins
+    return float(np.sum(pos * (neg_below + 0.5 * neg)) / (n_pos * n_neg))
+
+
+def binary_summary(sums: dict) -> dict:
+    """loss, accuracy, precision / recall / F1 of the positive class, and (given the histograms)
+    roc_auc."""
+    count = max(float(sums["count"]), 1.0)
+    tp, fp, fn = (float(sums[k]) for k in ("true_positives", "false_positives", "false_negatives"))
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    out = {"loss": float(sums["loss"]) / count, "accuracy": float(sums["correct"]) / count,
+           "precision": precision, "recall": recall,
+           "f1": 2 * precision * recall / (precision + recall) if precision + recall else 0.0}
+    if "pos_hist" in sums:
+        out["roc_auc"] = roc_auc_from_histograms(sums["pos_hist"], sums["neg_hist"])
+    return out
+
+
 def feature_moment_sums(features_BxF: jax.Array, mask_B: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
     """Masked first and second moment sums of a batch of features: (sum_b f_b (F,),
     sum_b f_b f_b^T (F, F)). Added over batches and devices, they give the exact mean and

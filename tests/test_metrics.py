@@ -1,7 +1,9 @@
 """On-device metric sums agree with scikit-learn, with masks and across split batches."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from lab import metrics
@@ -61,3 +63,24 @@ def test_class_entropy():
     np.testing.assert_allclose(metrics.class_entropy(np.full(10, 7.0)), np.log(10))
     assert metrics.class_entropy(np.array([0, 5.0, 0])) == 0.0
     np.testing.assert_allclose(metrics.class_entropy(np.array([1.0, 1.0, 0.0])), np.log(2))
+
+
+def test_binary_sums_give_sklearns_f1_and_roc_auc_over_padded_batches():
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 1000)
+    logits = rng.normal(size=1000) + 1.5 * labels  # informative, not perfect
+    total = None
+    for start in range(0, 1000, 300):  # uneven batches, the last padded
+        x = np.zeros(300, np.float32)
+        y = np.zeros(300, np.int32)
+        m = np.zeros(300, np.float32)
+        n = min(300, 1000 - start)
+        x[:n], y[:n], m[:n] = logits[start:start + n], labels[start:start + n], 1
+        sums = metrics.binary_sums(jnp.asarray(x), jnp.asarray(y), jnp.asarray(m), histograms=True)
+        total = sums if total is None else {k: total[k] + sums[k] for k in sums}
+    summary = metrics.binary_summary(jax.tree.map(np.asarray, total))
+    assert summary["accuracy"] == pytest.approx(np.mean((logits > 0) == labels))
+    assert summary["f1"] == pytest.approx(f1_score(labels, logits > 0))
+    assert summary["roc_auc"] == pytest.approx(roc_auc_score(labels, logits), abs=1e-3)

@@ -110,6 +110,31 @@ def test_a_subword_pretraining_hands_its_tokenizer_to_the_classifier(tmp_path):
         classifier.validate(config)
 
 
+def test_the_articles_binary_head_runs_on_comedy_vs_tragedy(tmp_path):
+    """One sigmoid output, binary cross-entropy, Adam 3e-5: accuracy, F1 and ROC AUC on the
+    comedies' and tragedies' test speeches (no history among them)."""
+    from experiments.transformer_classifier.config import get_config
+
+    config = get_config("binary")
+    assert (config.task, config.optimizer.learning_rate, config.optimizer.schedule, config.num_epochs,
+            config.model.head_hidden, config.model.head_dropout) == ("comedy_tragedy", 3e-5, "constant", 3, 512, 0.1)
+    tiny = classifier_config("tiny")
+    tiny.task = "comedy_tragedy"
+    classifier.validate(tiny)
+    results = classifier.main(tiny, str(tmp_path))
+    for key in ("test_accuracy", "test_f1", "test_precision", "test_recall", "test_roc_auc"):
+        assert 0 <= results[key] <= 1, key
+    params = final_params(str(tmp_path))
+    assert params["head_tragedy"]["kernel"].shape == (16, 1)
+    model, tokenizer, ids, _ = classifier.build_model(tiny)
+    test = classifier.load_split(tiny, "test", tokenizer, ids)
+    assert set(np.unique(test["tragedy"])) == {0, 1} and "history" not in {
+        lab.data.info("shakespeare_plays")["genres"][g] for g in np.unique(test["genre"])}
+    tiny.task = "sentiment"
+    with pytest.raises(ConfigValueError, match="config.task='sentiment'"):
+        classifier.validate(tiny)
+
+
 def test_bad_tokenizer_keys_are_refused_before_any_work():
     for key, value, message in (("name", "wordpiece", "tokenizer.name='wordpiece'"),
                                 ("vocab_size", 100, "tokenizer.vocab_size=100")):

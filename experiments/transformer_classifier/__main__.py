@@ -7,10 +7,12 @@ from lab import configs, pipeline, train
 from lab.models import transformer
 from lab.errors import ConfigValueError
 from lab.tasks import language_model
-from lab.tasks.classification import ClassificationTask
+from lab.data.tfidf_baseline import comedy_or_tragedy
+from lab.tasks.classification import BinaryClassificationTask, ClassificationTask
 from lab.tasks.language_model import encoder_config
 
 LABELS = ("play", "genre")
+TASKS = ("play_genre", "comedy_tragedy")  # two softmax heads; or one sigmoid (the article's binary listing)
 
 
 def validate(config) -> None:
@@ -22,6 +24,8 @@ def validate(config) -> None:
         raise ConfigValueError(f"config.model.pooling={config.model.pooling!r}: use one of "
                                f"{', '.join(transformer.POOLINGS)}")
     language_model.check_tokenizer(config)
+    if config.task not in TASKS:
+        raise ConfigValueError(f"config.task={config.task!r}: use one of {', '.join(TASKS)}")
 
 
 def resolve_steps(config, num_train: int) -> None:
@@ -48,20 +52,25 @@ def build_model(config, tokenizer=None):
     tokenizer = tokenizer or lab.data.char_tokenizer(config.data_dir)
     ids = transformer.encoder_token_ids(tokenizer.vocab_size)
     plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
+    heads = {"tragedy": 1} if config.get("task") == "comedy_tragedy" else \
+        {"play": plays_info["num_classes"], "genre": plays_info["num_genres"]}
     model = transformer.EncoderClassifier(
-        encoder_config(config.model, tokenizer.vocab_size),
-        num_classes={"play": plays_info["num_classes"], "genre": plays_info["num_genres"]},
+        encoder_config(config.model, tokenizer.vocab_size), num_classes=heads,
         hidden=config.model.head_hidden, head_dropout=config.model.head_dropout,
         pooling=config.model.get("pooling", "mean"))
     return model, tokenizer, ids, plays_info
 
 
 def load_split(config, split: str, tokenizer, ids) -> dict:
-    """A split as arrays: inputs and token_mask (N, max_len) int32 (the first max_len characters,
-    padded), play (N,) and genre (N,) class ids."""
+    """A split as arrays: inputs and token_mask (N, max_len) int32 (the first max_len tokens,
+    padded), play (N,) and genre (N,) class ids; for the comedy_tragedy task only the comedies'
+    and tragedies' speeches, with tragedy (N,) 0 or 1."""
     raw = lab.data.load(config.dataset, split, data_dir=config.data_dir)
+    if config.get("task") == "comedy_tragedy":
+        raw = comedy_or_tragedy(raw)
     inputs, token_mask = pipeline.encode_padded(tokenizer.encode, raw["text"], config.model.max_len, ids.pad_id)
-    return {"inputs": inputs, "token_mask": token_mask, "play": raw["play"], "genre": raw["genre"]}
+    return {"inputs": inputs, "token_mask": token_mask,
+            **{k: raw[k] for k in ("play", "genre", "tragedy") if k in raw}}
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
@@ -74,10 +83,12 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     train_arrays, test_arrays = load_split(config, "train", tokenizer, ids), load_split(config, "test", tokenizer, ids)
     resolve_steps(config, len(train_arrays["play"]))
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
-    task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",),
-                              partition_rules=transformer.PARTITION_RULES)
+    binary = config.get("task") == "comedy_tragedy"
+    task = (BinaryClassificationTask if binary else ClassificationTask)(
+        model, example, label_keys=("tragedy",) if binary else LABELS, extra_input_keys=("token_mask",),
+        partition_rules=transformer.PARTITION_RULES)
     data = train.epoch_data(train_arrays, {"test": test_arrays}, config,
-                            class_names=plays_info.get("class_names"))
+                            class_names=None if binary else plays_info.get("class_names"))
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
@@ -86,9 +97,9 @@ def exportable(config):
     (the first max_len characters, padded) -> logits per play and per genre."""
     from lab.export import Exportable
 
-    if (config.get("tokenizer") or {"name": "char"})["name"] != "char":
-        raise ConfigValueError("lab.export takes character-level speech classifiers only so far; this run "
-                               "uses subwords")
+    if (config.get("tokenizer") or {"name": "char"})["name"] != "char" or config.get("task", "play_genre") != "play_genre":
+        raise ConfigValueError("lab.export takes character-level play and genre classifiers only so far; this "
+                               "run uses subwords or the comedy_tragedy task")
     model, tokenizer, ids, plays_info = build_model(config)
 
     def logits(params, inputs):

@@ -99,3 +99,39 @@ class ClassificationTask(Task):
         heads = self._heads(variables, batch, train=False)
         ids = {k: jnp.argmax(v, -1) for k, v in heads.items()}
         return ids if len(ids) > 1 else next(iter(ids.values()))
+
+
+class BinaryClassificationTask(ClassificationTask):
+    """One sigmoid output (the article's `Dense(1, sigmoid)` head) trained with binary
+    cross-entropy on `batch[label_keys[0]]` in {0, 1}.
+
+    The model gives one logit per example: (B,), (B, 1), or a one-entry dict of either. Eval
+    sums carry score histograms, so accuracy, the positive class's precision / recall / F1 and
+    the ROC AUC are exact dataset-level numbers over padded batches and any device count (the
+    AUC to the histogram's 1/2048 resolution). Arguments as `ClassificationTask`'s, one label key.
+    """
+
+    curves = ("loss", "accuracy", "f1", "roc_auc")
+
+    def _logits(self, variables, batch, *, train: bool, rng=None) -> jax.Array:
+        (out,) = self._heads(variables, batch, train=train, rng=rng).values()
+        return out.reshape(out.shape[0])
+
+    def loss(self, params, batch: dict, rng: jax.Array):
+        """(summed binary cross-entropy over examples, sums); `count` counts examples."""
+        sums = metrics.binary_sums(self._logits({"params": params}, batch, train=True, rng=rng),
+                                   batch[self.label_keys[0]])
+        return sums.pop("loss"), sums
+
+    def evaluate(self, variables, batch: dict, rng: jax.Array) -> dict:
+        """Masked sums with the score histograms of positives and negatives (for the ROC AUC)."""
+        return metrics.binary_sums(self._logits(variables, batch, train=False), batch[self.label_keys[0]],
+                                   batch.get("mask"), histograms=True)
+
+    def summarize(self, sums: dict) -> dict:
+        """loss, accuracy, precision, recall, f1 (positive class) and, on evals, roc_auc."""
+        return metrics.binary_summary(sums)
+
+    def predict(self, variables, batch: dict) -> Any:
+        """Predicted labels (B,) in {0, 1} (logit > 0)."""
+        return (self._logits(variables, batch, train=False) > 0).astype(jnp.int32)
