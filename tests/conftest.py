@@ -1,4 +1,5 @@
-"""Shared test setup: a persistent XLA compilation cache and one dataset dir per session.
+"""Shared test setup: a persistent XLA compilation cache, one dataset dir per session, the exported
+digits MLP that the export, serving and page tests share, and a list of the pictures tests wrote.
 
 The environment variables are set before jax is imported, so they reach in-process jax and
 every subprocess a test starts (multi-device runs, CLI error cases).
@@ -37,6 +38,21 @@ def run_cli():
                               capture_output=True, text=True, timeout=timeout, input=input)
 
     return run
+
+
+@pytest.fixture(scope="module")
+def mlp_export(tmp_path_factory):
+    """A 20-step digits MLP run (with its run record, as the CLI writes it) and its export."""
+    from experiments.mlp_classifier.__main__ import main
+    from lab.export import export_run, write_run_record
+    from tests.test_train import small_config
+
+    root = tmp_path_factory.mktemp("export")
+    run = str(root / "run")
+    main(small_config(), run)
+    write_run_record(run, "mlp_classifier")
+    export_run(run, str(root / "model"))
+    return run, str(root / "model")
 
 
 _SESSION_START = __import__("time").time()

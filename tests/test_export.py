@@ -14,23 +14,8 @@ import lab.data
 from lab import artifact, checkpoint
 from lab.export import export_run
 from tests.helpers import serving
-from tests.test_train import small_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def mlp_export(tmp_path_factory):
-    """A 20-step digits MLP run (with its run record, as the CLI writes it) and its export."""
-    from experiments.mlp_classifier.__main__ import main
-    from lab.export import write_run_record
-
-    root = tmp_path_factory.mktemp("export")
-    run = str(root / "run")
-    main(small_config(), run)
-    write_run_record(run, "mlp_classifier")
-    export_run(run, str(root / "model"))
-    return run, str(root / "model")
 
 
 def test_the_export_computes_the_live_models_logits_for_any_batch(mlp_export):

@@ -16,7 +16,6 @@ import pytest
 import lab.data
 from lab import artifact
 from tests.helpers import serving
-from tests.test_export import mlp_export  # noqa: F401  (the module fixture: a digits MLP and its export)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT = os.path.join(ROOT, "test-output")

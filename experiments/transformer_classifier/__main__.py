@@ -4,10 +4,9 @@ import os
 
 import lab.data
 from lab import configs, pipeline, train
-from lab.models import transformer
 from lab.errors import ConfigValueError
+from lab.models import transformer
 from lab.tasks import language_model
-from lab.data.tfidf_baseline import comedy_or_tragedy
 from lab.tasks.classification import BinaryClassificationTask, ClassificationTask
 from lab.tasks.language_model import encoder_config
 
@@ -41,7 +40,7 @@ def run_tokenizer(config, workdir: str | None):
     taken at the first start from the pretraining run (`init_from`) or trained on the train
     speeches alone."""
     def train_text():
-        return "\n\n".join(str(t) for t in lab.data.load(config.dataset, "train", data_dir=config.data_dir)["text"])
+        return lab.data.joined_speeches(lab.data.load(config.dataset, "train", data_dir=config.data_dir)["text"])
     return language_model.run_tokenizer(config, workdir, train_text=train_text,
                                         source_workdir=config.get("init_from") or None)
 
@@ -67,7 +66,7 @@ def load_split(config, split: str, tokenizer, ids) -> dict:
     and tragedies' speeches, with tragedy (N,) 0 or 1."""
     raw = lab.data.load(config.dataset, split, data_dir=config.data_dir)
     if config.get("task") == "comedy_tragedy":
-        raw = comedy_or_tragedy(raw)
+        raw = lab.data.comedy_or_tragedy(raw)
     inputs, token_mask = pipeline.encode_padded(tokenizer.encode, raw["text"], config.model.max_len, ids.pad_id)
     return {"inputs": inputs, "token_mask": token_mask,
             **{k: raw[k] for k in ("play", "genre", "tragedy") if k in raw}}
@@ -97,7 +96,7 @@ def exportable(config):
     (the first max_len characters, padded) -> logits per play and per genre."""
     from lab.export import Exportable
 
-    if (config.get("tokenizer") or {"name": "char"})["name"] != "char" or config.get("task", "play_genre") != "play_genre":
+    if language_model.tokenizer_name(config) != "char" or config.get("task", "play_genre") != "play_genre":
         raise ConfigValueError("lab.export takes character-level play and genre classifiers only so far; this "
                                "run uses subwords or the comedy_tragedy task")
     model, tokenizer, ids, plays_info = build_model(config)

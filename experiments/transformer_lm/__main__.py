@@ -8,7 +8,8 @@ import lab.data
 from lab import configs, pipeline, train
 from lab.data.subword import encode_text
 from lab.errors import ConfigValueError
-from lab.tasks.language_model import CausalLMTask, check_tokenizer, gpt_config, run_tokenizer, sample_text
+from lab.tasks.language_model import (CausalLMTask, check_tokenizer, gpt_config, run_tokenizer, sample_text,
+                                      tokenizer_name)
 
 
 def validate(config) -> None:
@@ -31,7 +32,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
               for s in ("train", "validation")}
     tokenizer = run_tokenizer(config, workdir, train_text=lambda: chars.decode(splits["train"]))
     chars_per_token = 1.0
-    if config.tokenizer.name == "bpe":
+    if tokenizer_name(config) == "bpe":
         text = {k: chars.decode(v) for k, v in splits.items()}
         splits = {k: encode_text(tokenizer, v) for k, v in text.items()}
         chars_per_token = len(text["validation"]) / len(splits["validation"])
@@ -63,7 +64,7 @@ def exportable(config):
     from lab.export import Exportable
     from lab.models import transformer
 
-    if (config.get("tokenizer") or {"name": "char"})["name"] != "char":
+    if tokenizer_name(config) != "char":
         raise ConfigValueError("lab.export takes character-level GPT runs only so far; this run uses subwords "
                                "(sample it with python -m experiments.transformer_lm.sample)")
     tokenizer = lab.data.char_tokenizer(config.data_dir)

@@ -16,7 +16,11 @@ Measured on the 2-core CPU machine (AMD EPYC, AVX-512), otherwise idle; BUILD_NO
   tiny       a seconds-long run for tests.
 """
 
+import math
+
 import ml_collections
+
+from experiments.transformer_mlm.config import tokenizer_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -46,7 +50,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
 
     # 'char': the 65 characters (nanoGPT's recipe); 'bpe': byte-level BPE subwords of vocab_size
     # tokens, trained on the train split at the first start, kept in workdir/tokenizer.json.
-    c.tokenizer = ml_collections.ConfigDict(dict(name="char", vocab_size=1024))
+    c.tokenizer = tokenizer_config()
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"
@@ -91,7 +95,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c = get_config("tuned")
         c.tokenizer.name = "bpe"
         c.reference = ml_collections.ConfigDict(dict(
-            metric="val_bits_per_char", value=1.573 / 0.6931471805599453,
+            metric="val_bits_per_char", value=1.573 / math.log(2),
             source="the tuned char run's val loss in bits per character (1.573 nats)"))
         return c
     if variant == "wide":

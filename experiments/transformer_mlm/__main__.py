@@ -25,7 +25,6 @@ def validate(config) -> None:
     check_tokenizer(config)
 
 
-
 def pretraining_text(config, split: str) -> str:
     """The pretraining text of `split`.
 
@@ -35,8 +34,7 @@ def pretraining_text(config, split: str) -> str:
     most of the plays' test speeches, unlabelled).
     """
     if config.dataset == "shakespeare_plays":
-        texts = lab.data.load(config.dataset, split, data_dir=config.data_dir)["text"]
-        return "\n\n".join(str(t) for t in texts)
+        return lab.data.joined_speeches(lab.data.load(config.dataset, split, data_dir=config.data_dir)["text"])
     chars = lab.data.char_tokenizer(config.data_dir)
     return chars.decode(lab.data.load(config.dataset, split, data_dir=config.data_dir)["tokens"])
 

@@ -38,7 +38,7 @@ cut into forecasting windows:
 
 from lab.data.errors import DataError
 from lab.data.registry import DATASETS, char_tokenizer, info, load
-from lab.data.shakespeare import CharTokenizer, corpus_checksum
+from lab.data.shakespeare import CharTokenizer, comedy_or_tragedy, corpus_checksum, joined_speeches
 from lab.data.storage import default_data_dir
 from lab.data.streaming import STREAMABLE, StreamedSplit, stream
 from lab.data.timeseries import series, windows
@@ -50,9 +50,11 @@ __all__ = [
     "STREAMABLE",
     "StreamedSplit",
     "char_tokenizer",
+    "comedy_or_tragedy",
     "corpus_checksum",
     "default_data_dir",
     "info",
+    "joined_speeches",
     "load",
     "series",
     "stream",

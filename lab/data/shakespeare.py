@@ -254,3 +254,19 @@ class ShakespearePlays(storage.OfflineBuilder):
                 k,
                 {"text": s.text, "play": s.play, "genre": st.PLAY_GENRE[s.play], "index": s.index},
             )
+
+
+def joined_speeches(texts: Sequence[str]) -> str:
+    """Speeches as one text, joined by blank lines: the pretraining text of `shakespeare_plays`
+    and what a subword tokenizer of the speeches is trained on."""
+    return "\n\n".join(str(t) for t in texts)
+
+
+def comedy_or_tragedy(split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """A loaded `shakespeare_plays` split cut to the comedies' and tragedies' speeches, with
+    ``tragedy`` (N,) int32: 1 for a tragedy's speech, 0 for a comedy's (the binary task;
+    histories are left out)."""
+    keep = np.isin(split["genre"], [st.GENRES.index("comedy"), st.GENRES.index("tragedy")])
+    out = {k: v[keep] for k, v in split.items()}
+    out["tragedy"] = (out["genre"] == st.GENRES.index("tragedy")).astype(np.int32)
+    return out

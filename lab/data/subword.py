@@ -40,7 +40,6 @@ class SubwordTokenizer:
 
     def __init__(self, tokenizer):
         self._tokenizer = tokenizer
-        self.dtype = np.int32
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int, min_frequency: int = 2) -> "SubwordTokenizer":
@@ -116,10 +115,6 @@ class SubwordTokenizer:
     def decode(self, ids: Sequence[int] | np.ndarray) -> str:
         """Ids (T,) back to the string (exact for ids from `encode`)."""
         return self._tokenizer.decode([int(i) for i in np.asarray(ids).ravel()], skip_special_tokens=False)
-
-    def token_text(self, token_id: int) -> str:
-        """The text of one token (bytes of a split character show as the replacement character)."""
-        return self.decode([token_id])
 
 
 def encode_text(tokenizer, text: str) -> np.ndarray:

@@ -66,27 +66,16 @@ def fit_and_score(
     return scores
 
 
-def comedy_or_tragedy(split: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The speeches of comedies and tragedies only, with ``tragedy`` (N,) int32: 1 for a tragedy's
-    speech, 0 for a comedy's (the binary task; histories are left out)."""
-    from lab.data.shakespeare_text import GENRES
-
-    keep = np.isin(split["genre"], [GENRES.index("comedy"), GENRES.index("tragedy")])
-    out = {k: v[keep] for k, v in split.items()}
-    out["tragedy"] = (out["genre"] == GENRES.index("tragedy")).astype(np.int32)
-    return out
-
-
 def fit_and_score_binary(train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, C: float = 3.0,
                          max_chars: int | None = None) -> dict[str, float]:
-    """TF-IDF + logistic regression on comedy vs tragedy (``comedy_or_tragedy`` of each split):
+    """TF-IDF + logistic regression on comedy vs tragedy (``lab.data.comedy_or_tragedy`` of each split):
     ``{'tragedy_accuracy', 'tragedy_f1' (of the tragedy class), 'tragedy_roc_auc',
     'tragedy_majority', 'n_train', 'n_test'}``."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, roc_auc_score
 
-    train, test = comedy_or_tragedy(train), comedy_or_tragedy(test)
+    train, test = data.comedy_or_tragedy(train), data.comedy_or_tragedy(test)
     cut = slice(None, max_chars)
     vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
     x_train = vectorizer.fit_transform([str(t)[cut] for t in train["text"]])

@@ -501,6 +501,31 @@ def generate_long(config: TransformerConfig, params, prompt_BxP: Array, max_new_
 # Encoder models.
 
 
+POOLINGS = ("mean", "max", "attention")
+
+
+def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None = None) -> Array:
+    """float32 pooled_BxD of the hidden states over real positions (mask 1; a row with none: 0).
+
+    kind: 'mean'; 'max' (per feature); 'attention' (weights softmax(hidden . query_D / sqrt(D))
+    over the real positions).
+    """
+    h_BxLxD = hidden_BxLxD.astype(jnp.float32)
+    real_BxL = jnp.asarray(mask_BxL) > 0
+    any_B1 = real_BxL.any(axis=1, keepdims=True)
+    if kind == "max":
+        pooled = jnp.where(real_BxL[..., None], h_BxLxD, -jnp.inf).max(axis=1)
+        return jnp.where(any_B1, pooled, 0.0)
+    if kind == "attention":
+        scores_BxL = h_BxLxD @ query_D.astype(jnp.float32) / jnp.sqrt(h_BxLxD.shape[-1])
+        weights_BxL = jax.nn.softmax(jnp.where(real_BxL, scores_BxL, -jnp.inf), axis=1)
+        return jnp.where(any_B1, jnp.einsum("bl,bld->bd", jnp.where(real_BxL, weights_BxL, 0.0), h_BxLxD), 0.0)
+    if kind == "mean":
+        w_BxLx1 = real_BxL[..., None].astype(jnp.float32)
+        return (h_BxLxD * w_BxLx1).sum(axis=1) / jnp.maximum(w_BxLx1.sum(axis=1), 1.0)
+    raise ValueError(f"pooling {kind!r}: use one of {', '.join(POOLINGS)}")
+
+
 class Encoder(_Backbone):
     """Bidirectional encoder: embeddings, N blocks under a key padding mask, final LayerNorm.
 
@@ -519,10 +544,7 @@ class Encoder(_Backbone):
         _check_length(self.config, tokens_BxL.shape[1])
         real_BxL = mask_BxL > 0
         hidden_BxLxD = self._hidden(tokens_BxL, real_BxL[:, None, None, :], train=train)
-        weight_BxLx1 = real_BxL.astype(jnp.float32)[..., None]
-        count_Bx1 = jnp.maximum(weight_BxLx1.sum(axis=1), 1.0)
-        pooled_BxD = (hidden_BxLxD.astype(jnp.float32) * weight_BxLx1).sum(axis=1) / count_Bx1
-        return hidden_BxLxD, pooled_BxD
+        return hidden_BxLxD, pool(hidden_BxLxD, mask_BxL, "mean")
 
 
 class MaskedLM(nn.Module):
@@ -580,31 +602,6 @@ class EncoderClassifier(nn.Module):
         h_BxF = nn.Dropout(self.head_dropout, deterministic=not train)(h_BxF)
         return {label: nn.Dense(n, name=f"head_{label}")(h_BxF).astype(jnp.float32)
                 for label, n in self.num_classes}
-
-
-POOLINGS = ("mean", "max", "attention")
-
-
-def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None = None) -> Array:
-    """float32 pooled_BxD of the hidden states over real positions (mask 1; a row with none: 0).
-
-    kind: 'mean'; 'max' (per feature); 'attention' (weights softmax(hidden . query_D / sqrt(D))
-    over the real positions).
-    """
-    h_BxLxD = hidden_BxLxD.astype(jnp.float32)
-    real_BxL = jnp.asarray(mask_BxL) > 0
-    any_B1 = real_BxL.any(axis=1, keepdims=True)
-    if kind == "max":
-        pooled = jnp.where(real_BxL[..., None], h_BxLxD, -jnp.inf).max(axis=1)
-        return jnp.where(any_B1, pooled, 0.0)
-    if kind == "attention":
-        scores_BxL = h_BxLxD @ query_D.astype(jnp.float32) / jnp.sqrt(h_BxLxD.shape[-1])
-        weights_BxL = jax.nn.softmax(jnp.where(real_BxL, scores_BxL, -jnp.inf), axis=1)
-        return jnp.where(any_B1, jnp.einsum("bl,bld->bd", jnp.where(real_BxL, weights_BxL, 0.0), h_BxLxD), 0.0)
-    if kind == "mean":
-        w_BxLx1 = real_BxL[..., None].astype(jnp.float32)
-        return (h_BxLxD * w_BxLx1).sum(axis=1) / jnp.maximum(w_BxLx1.sum(axis=1), 1.0)
-    raise ValueError(f"pooling {kind!r}: use one of {', '.join(POOLINGS)}")
 
 
 def mask_tokens(rng: Array, tokens_BxL: Array, mask_BxL: Array, *, mask_id: int,

@@ -33,13 +33,20 @@ def gpt_config(model_cfg, vocab_size: int) -> transformer.TransformerConfig:
 TOKENIZERS = ("char", "bpe")
 
 
+def tokenizer_name(config) -> str:
+    """'char' or 'bpe': the config's `tokenizer.name` ('char' for runs older than the block)."""
+    return (config.get("tokenizer") or {"name": "char"})["name"]
+
+
 def check_tokenizer(config) -> None:
     """A text experiment's `tokenizer` block: a known name, a BPE size in range."""
+    from lab.data.subword import MIN_VOCAB
+
     if config.tokenizer.name not in TOKENIZERS:
         raise ConfigValueError(f"config.tokenizer.name={config.tokenizer.name!r}: use one of {', '.join(TOKENIZERS)}")
-    if config.tokenizer.name == "bpe" and not 257 <= config.tokenizer.vocab_size <= 65536:
+    if config.tokenizer.name == "bpe" and not MIN_VOCAB <= config.tokenizer.vocab_size <= 65536:
         raise ConfigValueError(f"config.tokenizer.vocab_size={config.tokenizer.vocab_size}: a byte-level BPE "
-                               f"takes 257..65536 tokens (256 bytes, then merges)")
+                               f"takes {MIN_VOCAB}..65536 tokens (256 bytes, then merges)")
 
 
 def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | None = None,
@@ -61,9 +68,10 @@ def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | N
     import lab.data
     from lab.data import subword
 
-    block = config.get("tokenizer") or {"name": "char"}
-    if block["name"] == "char":
+    if tokenizer_name(config) == "char":
         return lab.data.char_tokenizer(config.get("data_dir"))
+    block = config.tokenizer
+
     def checked(tokenizer, where):
         if tokenizer.vocab_size != block["vocab_size"]:
             raise ConfigValueError(f"{where} has {tokenizer.vocab_size} tokens, the config asks for "
