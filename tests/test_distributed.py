@@ -20,8 +20,8 @@ from tests.helpers import final_params, math_records, max_abs_diff, override
 pytestmark = pytest.mark.multiprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# 160 steps between syncs: XLA:CPU across processes deadlocked with ~100 steps in flight
-# (MeshParallel.max_steps_in_flight bounds them).
+# 160 steps between syncs: XLA:CPU with several devices (across processes or within one)
+# deadlocked with ~100 steps in flight (_Strategy.max_steps_in_flight bounds them).
 MLP_FLAGS = {"num_train_steps": 160, "log_every_steps": 160, "eval_every_steps": 160, "checkpoint_every_steps": 160,
              "model.dropout_rate": 0.2}
 LM_FLAGS = {"num_train_steps": 4, "log_every_steps": 2, "eval_every_steps": 4, "checkpoint_every_steps": 4}
