@@ -9,6 +9,8 @@ from typing import Sequence
 
 import jax
 
+from lab.provenance import cpu_info  # noqa: F401  (the benchmarks call common.cpu_info)
+
 
 def machine() -> dict:
     """The machine and stack a result was measured on."""
@@ -43,20 +45,6 @@ def against_torch_flags(doc: str, configs: Sequence[str], steps_help: str, out_n
     if args.torch_python and not torch_version:
         print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
     return args, chosen, (args.torch_python if torch_version else None), torch_version
-
-
-def cpu_info() -> dict:
-    """The CPU's model name and whether it has AVX-512 (from /proc/cpuinfo, Linux only)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            text = f.read()
-    except OSError:
-        return {}
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    fields = {k.strip(): v.strip() for k, v in fields.items()}
-    flags = fields.get("flags", "").split()
-    return {"model_name": fields.get("model name", ""), "avx2": "avx2" in flags,
-            "avx512f": "avx512f" in flags}
 
 
 def report_against_torch(rows: list[dict], peak: dict, load_before: tuple, torch_version: str | None,

@@ -1,12 +1,14 @@
 """Loop overhead: a full lab run of the seed MLP recipe against a bare jitted step, side by side.
 
-    python -m benchmarks.mlp_classifier [--dataset=fashion_mnist] [--steps=6000] [--out=FILE]
+    python -m benchmarks.mlp_classifier [--dataset=fashion_mnist] [--steps=6000] [--steps_per_call=1,10,100,600]
+        [--out=FILE]
 
 Three ways to run the same math (784-128-64-10 MLP, SGD lr 0.001 momentum 0.9, batch 100):
   bare   a jitted flax/optax step on in-memory numpy slices, nothing else (the yardstick);
   scan   a whole epoch of steps under one jitted `lax.scan` (no per-step dispatch at all);
   lab    `python -m experiments.mlp_classifier --config=...:fashion` in-process: data pipeline,
-         eval every epoch, logging, TensorBoard, async checkpoints, results and plots included.
+         eval every epoch, logging, TensorBoard, async checkpoints, results and plots included;
+         once per `--steps_per_call` K (`--config.steps_per_call=K`: K steps per compiled call).
 Prints a table and writes JSON (default `benchmarks/results/mlp_classifier.json`).
 """
 
@@ -88,17 +90,18 @@ def _bare_and_scan(x: np.ndarray, y: np.ndarray, steps: int, batch: int) -> dict
     return out
 
 
-def _lab_run(dataset: str, steps: int) -> dict:
+def _lab_run(dataset: str, steps: int, steps_per_call: int) -> dict:
     from experiments.mlp_classifier.__main__ import main
     from experiments.mlp_classifier.config import get_config
     config = get_config("fashion")
     config.dataset = dataset
     config.num_train_steps = steps
+    config.steps_per_call = steps_per_call
     with tempfile.TemporaryDirectory() as workdir:
         t0 = time.perf_counter()
         results = main(config, workdir)
         wall = time.perf_counter() - t0
-    return {"seconds": results["train_seconds"], "steps_per_sec": results["steps_per_sec"],
+    return {"steps_per_call": steps_per_call, "seconds": results["train_seconds"], "steps_per_sec": results["steps_per_sec"],
             "wall_seconds_incl_data_load": wall, "test_accuracy": results["test_accuracy"],
             "evals": steps // config.eval_every_steps, "checkpoints_every": config.checkpoint_every_steps}
 
@@ -107,21 +110,35 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--steps", type=int, default=6000)
+    parser.add_argument("--steps_per_call", default="1,10,100,600",
+                        help="comma-separated K: one lab run per K; the first is the 'lab' row")
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "mlp_classifier.json"))
     args = parser.parse_args()
 
     train = lab.data.load(args.dataset, "train")
     x, y = train["inputs"], train["label"]
+    from benchmarks.transformer_lm import matmul_peak
     result = {"dataset": args.dataset, "steps": args.steps, "batch_size": 100,
-              "machine": common.machine()}
+              "machine": common.machine(), "cpu": common.cpu_info(), "matmul_peak": matmul_peak()}
     result.update(_bare_and_scan(x, y, args.steps, 100))
-    result["lab"] = _lab_run(args.dataset, args.steps)
+    ks = [int(k) for k in args.steps_per_call.split(",")]
+    result["lab_runs"] = [_lab_run(args.dataset, args.steps, k) for k in ks]
+    result["lab"] = result["lab_runs"][0]
     result["lab_over_bare"] = result["lab"]["steps_per_sec"] / result["bare"]["steps_per_sec"]
+    for r in result["lab_runs"]:
+        r["over_scan"] = r["steps_per_sec"] / result["scan"]["steps_per_sec"]
 
-    for name in ("bare", "scan", "lab"):
+    cpu = result["cpu"]
+    print(f"CPU {cpu.get('model_name', '?')} (family/model {cpu.get('family_model')}, AVX-512: "
+          f"{'yes' if cpu.get('avx512f') else 'no'}, AVX512_BF16: {'yes' if cpu.get('avx512_bf16') else 'no'}); "
+          f"matmul peak {result['matmul_peak']['peak_gflops']:.1f} GFLOP/s (f32, jit)")
+    for name in ("bare", "scan"):
         r = result[name]
-        print(f"{name:5s} {r['steps_per_sec']:8.0f} steps/s  {r['seconds']:6.2f} s")
-    print(f"lab / bare = {result['lab_over_bare']:.2f}  (lab test accuracy {result['lab']['test_accuracy']:.4f})")
+        print(f"{name:12s} {r['steps_per_sec']:8.0f} steps/s  {r['seconds']:6.2f} s")
+    for r in result["lab_runs"]:
+        print(f"lab K={r['steps_per_call']:<6d} {r['steps_per_sec']:8.0f} steps/s  {r['seconds']:6.2f} s  "
+              f"lab / scan {r['over_scan']:.2f}  test accuracy {r['test_accuracy']:.4f}")
+    print(f"lab (K={ks[0]}) / bare = {result['lab_over_bare']:.2f}")
     common.save(result, args.out)
 
 

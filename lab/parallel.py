@@ -235,6 +235,16 @@ class _Strategy:
             return batch
         return jax.device_put(batch, self.data_sharding)
 
+    def global_batches(self, batches: dict) -> dict:
+        """`global_batch` of K batches stacked on a leading axis (K, B, ...): the K steps of one
+        `steps_per_call` call, split over the devices along B."""
+        sharding = NamedSharding(self.mesh, P(None, MESH_AXES))
+        if jax.process_count() > 1:
+            return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batches.items()}
+        if self.num_devices == 1:
+            return batches
+        return jax.device_put(batches, sharding)
+
     def compile_eval(self, fn: Callable) -> Callable:
         """jit of `fn(variables, batch, rng) -> sums` over global arrays; the sums come out
         replicated, so every process reads them whole."""
@@ -284,6 +294,7 @@ class MeshParallel(_Strategy):
         return placed
 
     put_batch = _Strategy.global_batch
+    put_batches = _Strategy.global_batches
 
     def compile_step(self, fn: Callable, state_shardings: PyTree, acc_sharding) -> Callable:
         """jit of `fn(state, acc, batch) -> (state, acc)`, the state donated, its shardings kept."""
@@ -334,6 +345,12 @@ class PmapParallel(_Strategy):
     def put_batch(self, batch: dict) -> dict:
         n = self.num_local
         return {k: v.reshape((n, v.shape[0] // n) + v.shape[1:]) for k, v in batch.items()}
+
+    def put_batches(self, batches: dict) -> dict:
+        """K stacked batches (K, B, ...) -> (devices, K, B / devices, ...)."""
+        n = self.num_local
+        return {k: np.swapaxes(v.reshape((v.shape[0], n, v.shape[1] // n) + v.shape[2:]), 0, 1)
+                for k, v in batches.items()}
 
     def compile_step(self, fn: Callable, state_shardings: PyTree, acc_sharding) -> Callable:
         return jax.pmap(fn, axis_name=DATA_AXIS, devices=self.devices, donate_argnums=(0,))

@@ -8,7 +8,9 @@ non-finite loss, gradient or parameter.
 The step is `(state, acc, batch) -> (state, acc)` with `rng = fold_in(train_key, state.step)`,
 jitted with the state donated. It adds its metrics into an on-device accumulator, so the host
 reads metrics only at sync points (log, eval, checkpoint, end) and the device runs ahead of the
-Python loop meanwhile (as in nanodo): no per-step device-to-host transfer.
+Python loop meanwhile (as in nanodo): no per-step device-to-host transfer. With
+`config.steps_per_call = K` one compiled call runs up to K steps under a `lax.scan` over K
+batches sent at once (never past a sync point): the same step, rng and numbers, fewer calls.
 
 Multi-process runs (`lab.distributed`): every process runs this same loop over the global devices;
 each feeds its own rows of every batch, all take part in checkpoints, only process 0 writes logs,
@@ -37,7 +39,7 @@ import optax
 from jax.experimental import multihost_utils
 
 from lab import checkpoint as ckpt_lib
-from lab import configs, distributed, optim, parallel as parallel_lib, pipeline, report
+from lab import configs, distributed, optim, parallel as parallel_lib, pipeline, provenance, report
 from lab.errors import ConfigValueError, NonFiniteLossError
 from lab.logbook import MetricLogger
 from lab.task import StepTools, Task, TrainState
@@ -135,13 +137,16 @@ def make_train_step(task: Task, tools: StepTools, train_key: jax.Array) -> Calla
 
 
 def build_train_step(task: Task, tools: StepTools, train_key: jax.Array, strategy, shardings: PyTree,
-                     state: TrainState, batch: dict) -> tuple[Callable, MetricVector]:
+                     state: TrainState, batch: dict, steps_per_call: int = 1) -> tuple[Callable, MetricVector]:
     """The compiled-on-first-call step `(state, acc, batch) -> (state, acc)` and its metric layout.
 
     Args:
       task, tools, train_key: as `make_train_step`.
       strategy: a `lab.parallel` strategy; `shardings`: the state's (from `state_shardings`).
       state, batch: a placed state and batch, to read the metrics' shapes from.
+      steps_per_call: above 1, the returned function takes K batches stacked on a leading axis
+        (`strategy.put_batches`, any K: each new K compiles once) and runs the K steps in one
+        `lax.scan`, the same step on the same rng per step as K calls would.
     `acc` is a `layout`-sized float32 vector the step adds its metrics into.
     """
     step_fn = make_train_step(task, tools, train_key)
@@ -156,7 +161,19 @@ def build_train_step(task: Task, tools: StepTools, train_key: jax.Array, strateg
         state, metrics = step_fn(state, batch)
         return state, acc + layout.pack(metrics)
 
-    return strategy.compile_step(packed, shardings, strategy.replicated), layout
+    def scanned(state, acc, batches):
+        def body(carry, batch):
+            return packed(*carry, batch), None
+        return jax.lax.scan(body, (state, acc), batches)[0]
+
+    return strategy.compile_step(packed if steps_per_call == 1 else scanned, shardings, strategy.replicated), layout
+
+
+def _next_sync(step: int, config, checkpointer, total_steps: int) -> int:
+    """The first step after `step` where the loop reads metrics: a log, eval or checkpoint
+    step, or the last."""
+    every = [config.log_every_steps, config.eval_every_steps, checkpointer.every_steps]
+    return min([total_steps] + [(step // e + 1) * e for e in every if e > 0])
 
 
 def _window_metrics(task: Task, sums: dict, seconds: float) -> dict[str, float]:
@@ -223,8 +240,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                        allow_config_change: bool = False) -> dict:
     """Trains `task` on `data` as `config` says, in `workdir`, resuming what is there.
 
-    Writes `config.json`, `metrics.jsonl`, TensorBoard events, Orbax checkpoints in
-    `checkpoints/`, `results.json` and PNG plots. Returns the results dict (final eval metrics).
+    Writes `config.json`, `environment.json` (`lab.provenance`: what the run ran on, per start),
+    `metrics.jsonl`, TensorBoard events, Orbax checkpoints in `checkpoints/`, `results.json` and
+    PNG plots. Returns the results dict (final eval metrics).
     A finished workdir is not trained or logged again: its results are returned as they are.
 
     Raises:
@@ -273,10 +291,22 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                 f"but this run's data puts step {start_step} at {expected}; the dataset or batch size "
                 f"changed: use a new --workdir")
         print(f"resumed from {checkpointer.directory} at step {start_step}", flush=True)
+    if jax.process_index() == 0:
+        provenance.record(workdir, provenance.environment(config, start_step))
     state = strategy.put_state(state, shardings)
 
+    steps_per_call = config.get("steps_per_call", 1)
     train_step, layout = build_train_step(task, tools, train_key, strategy, shardings, state,
-                                          strategy.put_batch(data.train.batch(start_step)))
+                                          strategy.put_batch(data.train.batch(start_step)), steps_per_call)
+
+    def next_batches(step: int) -> tuple[dict, int]:
+        """The placed input of the call at `step` and how many steps it runs: one batch, or
+        up to steps_per_call of them stacked, stopping at the next sync point."""
+        if steps_per_call == 1:
+            return strategy.put_batch(data.train.batch(step)), 1
+        n = min(steps_per_call, _next_sync(step, config, checkpointer, total_steps) - step)
+        batches = [data.train.batch(s) for s in range(step, step + n)]
+        return strategy.put_batches({k: np.stack([b[k] for b in batches]) for k in batches[0]}), n
 
     def eval_fn(variables, batch, rng):
         if tools.gather is not None:  # FSDP: whole parameters, activations split by batch
@@ -314,13 +344,16 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     eval_results: dict[str, dict] = {}
     step = start_step
     acc = acc_zero
+    in_flight = 0  # steps dispatched since the host last waited for one
     try:
         while step < total_steps:
-            batch = strategy.put_batch(data.train.batch(step))
+            batch, num_steps = next_batches(step)
             state, acc = train_step(state, acc, batch)
-            step += 1
-            if strategy.max_steps_in_flight and step % strategy.max_steps_in_flight == 0:
+            step += num_steps
+            in_flight += num_steps
+            if strategy.max_steps_in_flight and in_flight >= strategy.max_steps_in_flight:
                 acc.block_until_ready()
+                in_flight = 0
             is_log = step % config.log_every_steps == 0
             is_eval = step % config.eval_every_steps == 0
             is_ckpt = checkpointer.should_save(step)
@@ -331,6 +364,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             # far), refuse to go on (or save) past a non-finite loss, gradient or parameter.
             # Time spent after the read (eval, checkpoint, logging) is kept out of the train rate.
             host = layout.unpack(strategy.acc_to_host(acc))
+            in_flight = 0
             window_seconds += time.perf_counter() - window_start
             acc = acc_zero
             bad = sorted(k for k, v in host.items() if not np.all(np.isfinite(v)))

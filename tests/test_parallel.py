@@ -10,7 +10,7 @@ import numpy as np
 
 from lab import checkpoint
 from tests import toys
-from tests.helpers import final_params, math_records, max_abs_diff
+from tests.helpers import final_params, math_records, max_abs_diff, trees_equal
 from tests.test_train import small_config
 
 from experiments.mlp_classifier.__main__ import main
@@ -36,8 +36,10 @@ from tests.test_parallel import RANDOM_AND_SCHEDULED
 from tests.test_train import small_config
 main(small_config(parallel="jit", **RANDOM_AND_SCHEDULED), sys.argv[1] + "/jit_dropout")
 for mode in ("jit", "pmap"):
-    main(small_config(parallel=mode, **{"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 5}),
-         sys.argv[1] + "/" + mode)
+    for k in (1, 4):
+        main(small_config(parallel=mode, steps_per_call=k,
+                          **{"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 5}),
+             sys.argv[1] + "/" + mode + ("" if k == 1 else f"_k{k}"))
 """
 
 
@@ -53,7 +55,8 @@ def _assert_same_run(workdir, reference, name):
 
 def test_jit_pmap_and_one_device_agree(tmp_path):
     """jit on 4 devices draws dropout over the global batch, as 1 device does: same numbers.
-    pmap draws train-time randomness per device (see BUILD_NOTES), so it is compared without."""
+    pmap draws train-time randomness per device (see BUILD_NOTES), so it is compared without.
+    steps_per_call=4 under each gives its steps_per_call=1 numbers bit for bit."""
     _on_four_devices(_MLP_RUNS, str(tmp_path))
     main(small_config(**RANDOM_AND_SCHEDULED), str(tmp_path / "one_dropout"))
     main(small_config(**{"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 5}),
@@ -61,6 +64,9 @@ def test_jit_pmap_and_one_device_agree(tmp_path):
     _assert_same_run(str(tmp_path / "jit_dropout"), str(tmp_path / "one_dropout"), "jit, dropout")
     for name in ("jit", "pmap"):
         _assert_same_run(str(tmp_path / name), str(tmp_path / "one"), name)
+        # 4 steps per call (one lax.scan over batches split on the devices): the same numbers.
+        assert math_records(str(tmp_path / f"{name}_k4")) == math_records(str(tmp_path / name)), name
+        assert trees_equal(final_params(str(tmp_path / f"{name}_k4")), final_params(str(tmp_path / name))), name
 
 
 _CONTRACT_RUNS = """

@@ -71,6 +71,23 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     assert trees_equal(final_params(resumed), final_params(straight))
 
 
+@pytest.mark.parametrize("parallel", ["jit", "pmap"])
+def test_several_steps_per_call_give_the_numbers_of_one(tmp_path, parallel):
+    """steps_per_call=4 (calls of 4 and 1 steps between the syncs every 5) and 64 (one call per
+    sync window): the logged metrics and the params of steps_per_call=1, bit for bit, with
+    dropout and a schedule; a run stopped at 10 and resumed with another K equals them too."""
+    one, resumed = str(tmp_path / "k1"), str(tmp_path / "resumed")
+    main(small_config(parallel=parallel, **RESUME_FEATURES), one)
+    for k in (4, 64):
+        main(small_config(parallel=parallel, steps_per_call=k, **RESUME_FEATURES), str(tmp_path / f"k{k}"))
+        assert math_records(str(tmp_path / f"k{k}")) == math_records(one)
+        assert trees_equal(final_params(str(tmp_path / f"k{k}")), final_params(one))
+    main(small_config(parallel=parallel, num_train_steps=10, steps_per_call=3, **RESUME_FEATURES), resumed)
+    main(small_config(parallel=parallel, steps_per_call=7, **RESUME_FEATURES), resumed)
+    assert math_records(resumed) == math_records(one)
+    assert trees_equal(final_params(resumed), final_params(one))
+
+
 def test_extending_a_run_must_keep_its_schedule(tmp_path):
     """A cosine shaped over num_train_steps would silently change shape on an extended resume."""
     cosine = {"optimizer.schedule": "warmup_cosine", "optimizer.warmup_steps": 2}

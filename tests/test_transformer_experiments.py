@@ -110,6 +110,36 @@ def test_a_subword_pretraining_hands_its_tokenizer_to_the_classifier(tmp_path):
         classifier.validate(config)
 
 
+def test_next_token_pretraining_of_a_causal_encoder_feeds_the_classifier(tmp_path):
+    """transformer_mlm with model.causal: next-token loss on the windows (it learns: the loss falls
+    well below the uniform log V within 30 steps); the classifier with the same causal encoder and
+    'last' pooling loads it; one that disagrees on model.causal or num_heads is refused in one line."""
+    pre = mlm_config("tiny")
+    pre.dataset = "shakespeare_plays"
+    pre.tokenizer.name, pre.tokenizer.vocab_size = "bpe", 300
+    pre.model.causal = True
+    pre.num_train_steps, pre.eval_every_steps, pre.checkpoint_every_steps = 30, 30, 30
+    pre.optimizer.warmup_steps, pre.optimizer.learning_rate = 5, 1e-2
+    results = mlm.main(pre, str(tmp_path / "pre"))
+    assert results["val_loss"] < np.log(300) - 1.0
+    config = classifier_config("tiny")
+    config.init_from = str(tmp_path / "pre")
+    config.tokenizer.name, config.tokenizer.vocab_size = "bpe", 300
+    config.model.causal, config.model.pooling = True, "last"
+    config.optimizer.frozen = ("encoder",)  # so the loaded encoder must come out unchanged
+    classifier.validate(config)
+    results = classifier.main(config, str(tmp_path / "cls"))
+    assert np.isfinite(results["test_loss"])
+    assert trees_equal(final_params(str(tmp_path / "cls"))["encoder"], final_params(str(tmp_path / "pre"))["encoder"])
+    for key, value, theirs in (("causal", False, "True"), ("num_heads", 1, "2")):
+        wrong = classifier_config("tiny")
+        wrong.init_from, wrong.tokenizer.name, wrong.tokenizer.vocab_size = str(tmp_path / "pre"), "bpe", 300
+        wrong.model.causal = True
+        wrong.model[key] = value
+        with pytest.raises(ConfigValueError, match=f"config.model.{key}={value!r} but the pretraining run .* has {theirs}"):
+            classifier.validate(wrong)
+
+
 def test_the_articles_binary_head_runs_on_comedy_vs_tragedy(tmp_path):
     """One sigmoid output, binary cross-entropy, Adam 3e-5: accuracy, F1 and ROC AUC on the
     comedies' and tragedies' test speeches (no history among them)."""
@@ -233,3 +263,19 @@ def test_init_from_is_read_at_the_first_start_only_and_recorded(tmp_path):
     assert resumed["step"] == 4 and resumed["init_from"] == where
     meta = json.loads((tmp_path / "cls" / "checkpoints" / "4" / "meta" / "metadata").read_text())
     assert meta["init_from"] == where
+
+
+def test_bfloat16_compute_trains_the_same_model_with_float32_state(tmp_path):
+    """model.compute_dtype=bfloat16: parameters and optimizer state stay float32, the loss is
+    float32 and close to the float32 run's at the same steps; an unknown dtype is refused."""
+    f32 = lm.main(lm_config("tiny"), str(tmp_path / "f32"))
+    config = lm_config("tiny")
+    config.model.compute_dtype = "bfloat16"
+    lm.validate(config)
+    bf16 = lm.main(config, str(tmp_path / "bf16"))
+    assert abs(bf16["val_loss"] - f32["val_loss"]) < 0.05
+    assert bf16["val_loss"] != f32["val_loss"]  # the matmuls did run in bfloat16
+    assert {np.asarray(x).dtype for x in jax.tree.leaves(final_params(str(tmp_path / "bf16")))} == {np.dtype("float32")}
+    config.model.compute_dtype = "float16"
+    with pytest.raises(ConfigValueError, match="compute_dtype='float16'"):
+        lm.validate(config)

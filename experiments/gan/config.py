@@ -32,6 +32,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"  # 'jit' or 'pmap': the same numbers (the noise travels with the batch)
+    c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()

@@ -48,6 +48,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 70
     c.max_checkpoints_to_keep = 3
     c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
+    c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()

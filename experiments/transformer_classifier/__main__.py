@@ -1,5 +1,6 @@
 """python -m experiments.transformer_classifier --workdir=DIR [--config=...:variant] [--config.key=value]"""
 
+import json
 import os
 
 import lab.data
@@ -11,6 +12,9 @@ from lab.tasks.classification import BinaryClassificationTask, ClassificationTas
 from lab.tasks.language_model import encoder_config
 
 LABELS = ("play", "genre")
+# The encoder keys a pretraining run and the classifier starting from it must share: the
+# checkpoint's shapes do not tell the heads or the attention mask.
+ENCODER_KEYS = ("num_layers", "num_heads", "width", "max_len", "causal")
 TASKS = ("play_genre", "comedy_tragedy")  # two softmax heads; or one sigmoid (the article's binary listing)
 
 
@@ -25,6 +29,21 @@ def validate(config) -> None:
     language_model.check_tokenizer(config)
     if config.task not in TASKS:
         raise ConfigValueError(f"config.task={config.task!r}: use one of {', '.join(TASKS)}")
+    check_pretraining_run(config)
+
+
+def check_pretraining_run(config) -> None:
+    """Refuses an `init_from` run whose encoder differs from ours in a key of ENCODER_KEYS."""
+    path = os.path.join(config.get("init_from") or "", "config.json")
+    if not config.get("init_from") or not os.path.isfile(path):
+        return  # no pretraining, or no run there: lab.configs.validate names the missing run
+    with open(path) as f:
+        theirs = json.load(f).get("model", {})
+    for key in ENCODER_KEYS:
+        ours, pretrained = config.model.get(key, False), theirs.get(key, False)
+        if ours != pretrained:
+            raise ConfigValueError(f"config.model.{key}={ours!r} but the pretraining run {config.init_from} has "
+                                   f"{pretrained!r}: set --config.model.{key}={pretrained!r}")
 
 
 def resolve_steps(config, num_train: int) -> None:

@@ -8,8 +8,8 @@ import lab.data
 from lab import configs, pipeline, train
 from lab.data.subword import encode_text
 from lab.errors import ConfigValueError
-from lab.tasks.language_model import (CausalLMTask, check_tokenizer, gpt_config, run_tokenizer, sample_text,
-                                      tokenizer_name)
+from lab.tasks.language_model import (CausalLMTask, check_compute_dtype, check_tokenizer, gpt_config, run_tokenizer,
+                                      sample_text, tokenizer_name)
 
 
 def validate(config) -> None:
@@ -19,6 +19,7 @@ def validate(config) -> None:
     configs.check_block(config, "", positive_ints=("eval_batches",))
     configs.check_block(config.sample, "sample", positive_ints=("num_tokens",))
     check_tokenizer(config)
+    check_compute_dtype(config.model)
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:

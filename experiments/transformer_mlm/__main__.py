@@ -9,7 +9,7 @@ from lab import configs, pipeline, train
 from lab.data.subword import encode_text
 from lab.errors import ConfigValueError
 from lab.models import transformer
-from lab.tasks.language_model import MaskedLMTask, check_tokenizer, encoder_config, run_tokenizer
+from lab.tasks.language_model import EncoderLMTask, check_tokenizer, encoder_config, run_tokenizer
 
 PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
 
@@ -50,7 +50,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     tokenizer = run_tokenizer(config, workdir, train_text=lambda: text["train"])
     num_chars = tokenizer.vocab_size
     splits = {s: encode_text(tokenizer, t) for s, t in text.items()}
-    task = MaskedLMTask(encoder_config(config.model, num_chars), transformer.encoder_token_ids(num_chars),
+    task = EncoderLMTask(encoder_config(config.model, num_chars), transformer.encoder_token_ids(num_chars),
                         config.mask_rate)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     length = config.model.max_len

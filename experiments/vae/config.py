@@ -34,6 +34,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 2000
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"
+    c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()

@@ -37,7 +37,7 @@ cut into forecasting windows:
 """
 
 from lab.data.errors import DataError
-from lab.data.registry import DATASETS, char_tokenizer, info, load
+from lab.data.registry import DATASETS, char_tokenizer, checksum, info, load
 from lab.data.shakespeare import CharTokenizer, comedy_or_tragedy, corpus_checksum, joined_speeches
 from lab.data.storage import default_data_dir
 from lab.data.streaming import STREAMABLE, StreamedSplit, stream
@@ -50,6 +50,7 @@ __all__ = [
     "STREAMABLE",
     "StreamedSplit",
     "char_tokenizer",
+    "checksum",
     "comedy_or_tragedy",
     "corpus_checksum",
     "default_data_dir",

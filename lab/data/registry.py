@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -323,6 +324,32 @@ def info(name: str, *, data_dir: str | None = None) -> dict[str, Any]:
     }
     facts.update(spec.describe(builder))
     return facts
+
+
+def checksum(name: str, *, data_dir: str | None = None) -> str:
+    """sha256 (hex) of the dataset's content: every split as ``load`` returns it (split names,
+    array keys, dtypes, shapes and bytes, in name order). The same data gives the same checksum
+    wherever it was built (the TFDS files' bytes differ from build to build).
+
+    Raises:
+      DataError: as for ``load``.
+    """
+    data_dir = storage.default_data_dir(data_dir)
+    builder = _prepared(name, data_dir) if name not in _STOCK_SPLITS else tfds.builder(name, data_dir=data_dir)
+    return storage.cached_checksum(builder, lambda: _content_checksum(name, data_dir))
+
+
+def _content_checksum(name: str, data_dir: str) -> str:
+    digest = hashlib.sha256()
+    for split in sorted(info(name, data_dir=data_dir)["splits"]):
+        arrays = load(name, split, data_dir=data_dir)
+        for key in sorted(arrays):
+            array = np.ascontiguousarray(arrays[key])
+            if array.dtype == object:  # strings
+                array = np.asarray([str(x) for x in array.ravel()], dtype=str)
+            digest.update(f"{split}/{key}/{array.dtype.str}/{array.shape}\0".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def char_tokenizer(data_dir: str | None = None) -> shakespeare.CharTokenizer:

@@ -25,7 +25,7 @@ import re
 import tempfile
 import time
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -261,6 +261,28 @@ def _write_cache(path: Path, fingerprint: str, arrays: dict[str, np.ndarray]) ->
         os.replace(tmp, path)
     except OSError:
         pass  # Read-only data dir: the cache is an optimisation only.
+
+
+def cached_checksum(builder: tfds.core.DatasetBuilder, compute: Callable[[], str]) -> str:
+    """`compute()`, kept in the built dataset's ``lab-checksum.json`` under the fingerprint of
+    its shard files (computed again when they change; not kept in a read-only data dir)."""
+    data_path = Path(os.fspath(builder.data_path))
+    if not (data_path / "dataset_info.json").is_file():
+        return compute()
+    path = data_path / "lab-checksum.json"
+    fingerprint = json.dumps({s: _fingerprint(builder, s) for s in sorted(builder.info.splits)})
+    try:
+        saved = json.loads(path.read_text())
+        if saved.get("fingerprint") == fingerprint:
+            return saved["sha256"]
+    except (OSError, ValueError, AttributeError, KeyError):
+        pass
+    value = compute()
+    with contextlib.suppress(OSError):
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"fingerprint": fingerprint, "sha256": value}))
+        os.replace(tmp, path)
+    return value
 
 
 def read_split(

@@ -98,6 +98,10 @@ class TransformerConfig:
     # measured the same (within noise) for vocab 65 in both small() and base(); the gather costs
     # O(B*L*D) rather than O(B*L*V*D), so it stays the default.
     one_hot_embed: bool = False
+    # Encoder models only: each position attends to itself and the positions before it (GPT's
+    # mask under the padding mask), so that the encoder pretrains by next-token prediction. GPT
+    # is causal whatever this says.
+    causal: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "num_heads", "width", "mlp_ratio", "max_len"):
@@ -501,14 +505,15 @@ def generate_long(config: TransformerConfig, params, prompt_BxP: Array, max_new_
 # Encoder models.
 
 
-POOLINGS = ("mean", "max", "attention")
+POOLINGS = ("mean", "max", "attention", "last")
 
 
 def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None = None) -> Array:
     """float32 pooled_BxD of the hidden states over real positions (mask 1; a row with none: 0).
 
     kind: 'mean'; 'max' (per feature); 'attention' (weights softmax(hidden . query_D / sqrt(D))
-    over the real positions).
+    over the real positions); 'last' (the last real position, the only one that a causal encoder
+    lets read the whole input; real positions must come first, pads after them).
     """
     h_BxLxD = hidden_BxLxD.astype(jnp.float32)
     real_BxL = jnp.asarray(mask_BxL) > 0
@@ -520,6 +525,10 @@ def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None 
         scores_BxL = h_BxLxD @ query_D.astype(jnp.float32) / jnp.sqrt(h_BxLxD.shape[-1])
         weights_BxL = jax.nn.softmax(jnp.where(real_BxL, scores_BxL, -jnp.inf), axis=1)
         return jnp.where(any_B1, jnp.einsum("bl,bld->bd", jnp.where(real_BxL, weights_BxL, 0.0), h_BxLxD), 0.0)
+    if kind == "last":
+        last_B = jnp.maximum(real_BxL.sum(axis=1) - 1, 0)
+        pooled = jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0]
+        return jnp.where(any_B1, pooled, 0.0)
     if kind == "mean":
         w_BxLx1 = real_BxL[..., None].astype(jnp.float32)
         return (h_BxLxD * w_BxLx1).sum(axis=1) / jnp.maximum(w_BxLx1.sum(axis=1), 1.0)
@@ -528,6 +537,7 @@ def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None 
 
 class Encoder(_Backbone):
     """Bidirectional encoder: embeddings, N blocks under a key padding mask, final LayerNorm.
+    With `config.causal` every query sees only itself and earlier real positions.
 
     Params: `embed`, `block_0` ... `block_{N-1}`, `ln_f` (the same tree as GPT's). `attend` is
     the tied head over the token embedding (used by MaskedLM).
@@ -543,12 +553,17 @@ class Encoder(_Backbone):
         """
         _check_length(self.config, tokens_BxL.shape[1])
         real_BxL = mask_BxL > 0
-        hidden_BxLxD = self._hidden(tokens_BxL, real_BxL[:, None, None, :], train=train)
+        attend_Bx1xLxL = real_BxL[:, None, None, :]
+        if self.config.causal:
+            length = tokens_BxL.shape[1]
+            attend_Bx1xLxL = attend_Bx1xLxL & jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
+        hidden_BxLxD = self._hidden(tokens_BxL, attend_Bx1xLxL, train=train)
         return hidden_BxLxD, pool(hidden_BxLxD, mask_BxL, "mean")
 
 
 class MaskedLM(nn.Module):
     """BERT-style masked LM: `encoder`, Dense(D) -> GELU -> LayerNorm, tied logits + bias.
+    On a causal encoder (`config.causal`) the logits at position i are read as position i + 1's.
 
     Params: `encoder` (exactly an Encoder's tree), `head_dense`, `head_ln`, `output_bias` (V).
     """

@@ -19,15 +19,28 @@ from lab.models import transformer
 from lab.task import Task
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def check_compute_dtype(model_cfg) -> None:
+    """`model.compute_dtype`, where the block has one: float32 or bfloat16."""
+    dtype = model_cfg.get("compute_dtype", "float32")
+    if dtype not in COMPUTE_DTYPES:
+        raise ConfigValueError(f"config.model.compute_dtype={dtype!r}: use one of {', '.join(COMPUTE_DTYPES)}")
+
+
 def gpt_config(model_cfg, vocab_size: int) -> transformer.TransformerConfig:
     """The GPT's TransformerConfig from an experiment's `model` block (`transformer_lm`).
 
     A workdir written before `model.use_bias` existed holds a model with biases: absent means True.
+    `model.compute_dtype` (absent: float32) is the matmuls' dtype; parameters, optimizer state,
+    softmax and the loss stay float32.
     """
     m = model_cfg
     return transformer.TransformerConfig(
         vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
-        max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True))
+        max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True),
+        dtype=jnp.dtype(m.get("compute_dtype", "float32")))
 
 
 TOKENIZERS = ("char", "bpe")
@@ -98,11 +111,11 @@ def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | N
 def encoder_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
     """The encoder's TransformerConfig from a `model` block: tokens (characters or subwords)
     0..N-1, PAD = N, MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts
-    from it)."""
+    from it); `causal` (default False) as the block says."""
     return transformer.TransformerConfig(
         vocab_size=transformer.encoder_token_ids(num_chars).vocab_size,
         num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, width=model_cfg.width,
-        max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate)
+        max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate, causal=model_cfg.get("causal", False))
 
 
 def sample_text(gpt_cfg: transformer.TransformerConfig, params, tokenizer, prompt: str,
@@ -182,8 +195,10 @@ class CausalLMTask(Task):
         report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), text)
 
 
-class MaskedLMTask(Task):
-    """`lab.task.Task` for BERT-style masked-LM pretraining on batches of token `inputs` (B, L).
+class EncoderLMTask(Task):
+    """`lab.task.Task` pretraining an encoder (a `transformer.MaskedLM`) on batches of token
+    `inputs` (B, L): BERT's masked LM on a bidirectional encoder, next-token prediction on a
+    causal one (`config.causal`; L - 1 targets per row).
 
     Masking (15%, 80/10/10) happens on device from the step's rng in training, and from the
     loop's fixed eval rng (derived from the run's seed) in eval, so eval numbers are comparable
@@ -209,11 +224,17 @@ class MaskedLMTask(Task):
     def _sums(self, params, batch, rng, *, train: bool) -> dict:
         mask_rng, dropout_rng = jax.random.split(rng)
         token_mask = batch.get("token_mask", jnp.ones(batch["inputs"].shape, jnp.int32))
-        inputs, targets, weights = transformer.mask_tokens(
-            mask_rng, batch["inputs"], token_mask, mask_id=self.ids.mask_id,
-            vocab_size=self.ids.num_chars, rate=self.mask_rate)
+        if self.config.causal:  # position i predicts token i + 1, where both are real
+            inputs, targets = batch["inputs"], batch["inputs"][:, 1:]
+            weights = (token_mask[:, :-1] * token_mask[:, 1:]).astype(jnp.float32)
+        else:
+            inputs, targets, weights = transformer.mask_tokens(
+                mask_rng, batch["inputs"], token_mask, mask_id=self.ids.mask_id,
+                vocab_size=self.ids.num_chars, rate=self.mask_rate)
         logits = self.model.apply({"params": params}, inputs, token_mask, train=train,
                                   rngs={"dropout": dropout_rng} if train else None)
+        if self.config.causal:
+            logits = logits[:, :-1]
         if "mask" in batch:  # padded eval rows
             weights = weights * batch["mask"][:, None]
         return token_sums(logits, targets, weights)

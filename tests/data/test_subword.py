@@ -43,3 +43,16 @@ def test_a_saved_tokenizer_loads_equal_and_a_bad_file_is_one_clear_error(tmp_pat
     (tmp_path / "tokenizer.json").write_text("{not json")
     with pytest.raises(DataError, match="not a readable tokenizer"):
         SubwordTokenizer.load(str(tmp_path))
+
+
+def test_the_tfidf_baseline_sees_the_first_tokens_a_subword_classifier_sees():
+    """`tfidf_baseline.first_tokens`: each text becomes the text of its first N tokens."""
+    from lab.data.tfidf_baseline import first_tokens
+
+    tokenizer = SubwordTokenizer.train(TEXT, vocab_size=320)
+    texts = np.asarray([TEXT[:400], "Romeo", ""], dtype=object)
+    cut = first_tokens({"text": texts, "play": np.arange(3)}, tokenizer, 10)
+    np.testing.assert_array_equal(cut["play"], np.arange(3))
+    assert [str(t) for t in cut["text"][1:]] == ["Romeo", ""]
+    np.testing.assert_array_equal(tokenizer.encode(cut["text"][0]), tokenizer.encode(TEXT[:400])[:10])
+    assert TEXT.startswith(cut["text"][0]) and len(cut["text"][0]) < 100

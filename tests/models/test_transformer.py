@@ -443,7 +443,30 @@ def test_pooling_reads_real_positions_only():
         np.testing.assert_allclose(tfm.pool(padded, mask, kind, query)[0], tfm.pool(hidden, mask, kind, query)[0],
                                    rtol=1e-6)
         assert np.all(np.asarray(tfm.pool(hidden, mask, kind, query)[2]) == 0)
+    np.testing.assert_allclose(tfm.pool(hidden, mask, "last")[:2], np.stack([hidden[0, 2], hidden[1, 4]]))
+    np.testing.assert_allclose(tfm.pool(padded, mask, "last")[0], hidden[0, 2])
+    assert np.all(np.asarray(tfm.pool(hidden, mask, "last")[2]) == 0)
     # A learned query weights the positions it matches more.
     query = 10 * hidden[1, 2]
     weights = jax.nn.softmax(hidden[1] @ query / 2.0)
     np.testing.assert_allclose(tfm.pool(hidden, mask, "attention", query)[1], weights @ hidden[1], rtol=1e-5)
+
+
+def test_a_causal_encoder_reads_no_later_token():
+    """config.causal: the hidden state at position i is the same whatever follows i (and pads
+    still count for nothing); the bidirectional encoder's changes."""
+    results = {}
+    for causal in (False, True):
+        cfg = tfm.TransformerConfig.tiny(vocab_size=15, causal=causal)
+        model = tfm.Encoder(cfg)
+        tokens = jnp.asarray([[1, 2, 3, 4, 5, 6, 0, 0]])
+        mask = jnp.asarray([[1, 1, 1, 1, 1, 1, 0, 0]])
+        params = model.init(jax.random.key(0), tokens, mask, train=False)
+        changed = tokens.at[0, 4].set(9)  # a later token
+        hidden, _ = model.apply(params, tokens, mask, train=False)
+        hidden_changed, _ = model.apply(params, changed, mask, train=False)
+        results[causal] = float(jnp.abs(hidden[0, :4] - hidden_changed[0, :4]).max())
+        repadded = tokens.at[0, 6:].set(7)
+        np.testing.assert_allclose(model.apply(params, repadded, mask, train=False)[0][0, :6], hidden[0, :6],
+                                   rtol=1e-6, atol=1e-6)
+    assert results[True] == 0.0 and results[False] > 1e-4

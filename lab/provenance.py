@@ -1,0 +1,138 @@
+"""What makes a run reproducible, recorded beside its numbers: `WORKDIR/environment.json`.
+
+The train loop appends one entry per start of a run (a resume may run on another machine):
+
+    {"starts": [{"step": 0, "time_utc": ..., "git": {"revision", "dirty"}, "versions": {python, jax,
+      jaxlib, flax, optax, orbax-checkpoint, tensorflow-datasets, numpy}, "devices": {"platform",
+      "kind", "count", "process_count"}, "cpu": {"model_name", "family_model", "avx2", "avx512f",
+      "avx512_bf16", "amx_bf16"}, "xla_flags", "prng_impl", "seed", "dataset": {"name", "sha256"}},
+      ...]}
+
+The resolved config itself is `config.json`. `differences(a, b)` names what two entries disagree
+on, for a reproduction that compares its environment with a reference's.
+"""
+
+from __future__ import annotations
+
+import datetime
+import importlib.metadata
+import json
+import os
+import platform
+import subprocess
+from typing import Any
+
+import jax
+
+FILENAME = "environment.json"
+PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
+# What `differences` compares: the keys whose change can change a run's numbers.
+COMPARED = ("git.revision", "git.dirty", "versions", "devices.platform", "devices.kind", "devices.count",
+            "cpu.model_name", "cpu.avx512f", "xla_flags", "prng_impl", "dataset.sha256")
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def cpu_info() -> dict:
+    """The CPU's model name, family/model and the vector extensions that change XLA:CPU's
+    kernels (from /proc/cpuinfo; {} where there is none)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            text = f.read()
+    except OSError:
+        return {}
+    fields = dict(line.split(":", 1) for line in text.split("\n\n")[0].splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    flags = fields.get("flags", "").split()
+    return {"model_name": fields.get("model name", platform.processor()),
+            "family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
+            **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}}
+
+
+def git_state(repo: str = _REPO) -> dict:
+    """{'revision': HEAD's sha (None outside a git checkout), 'dirty': tracked files changed}."""
+    def git(*args):
+        return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
+    try:
+        head = git("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return {"revision": None, "dirty": None}
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"revision": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+    except (OSError, subprocess.SubprocessError):
+        return {"revision": None, "dirty": None}
+
+
+def versions() -> dict:
+    """Python's and every stack package's version (None: not installed)."""
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def environment(config, step: int = 0) -> dict:
+    """This process's entry for a run of `config` starting at `step` (see the module docstring).
+    The dataset's sha256 is `lab.data.checksum` of `config.dataset` (None: not a lab dataset)."""
+    import lab.data
+
+    name = config.get("dataset")
+    checksum = lab.data.checksum(name, data_dir=config.get("data_dir")) if name in lab.data.DATASETS else None
+    devices = jax.devices()
+    return {
+        "step": int(step),
+        "time_utc": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_state(),
+        "versions": versions(),
+        "devices": {"platform": devices[0].platform, "kind": devices[0].device_kind, "count": len(devices),
+                    "process_count": jax.process_count()},
+        "cpu": cpu_info(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        "prng_impl": str(jax.config.jax_default_prng_impl),
+        "seed": config.get("seed"),
+        "dataset": {"name": name, "sha256": checksum},
+    }
+
+
+def record(workdir: str, entry: dict) -> None:
+    """Appends `entry` to `workdir/environment.json` (an unreadable file starts over)."""
+    path = os.path.join(workdir, FILENAME)
+    starts = []
+    if os.path.exists(path):
+        try:
+            with open(path) as f:
+                starts = json.load(f)["starts"]
+        except (OSError, ValueError, KeyError, TypeError):
+            starts = []
+    starts = [s for s in starts if s.get("step") != entry["step"]] + [entry]  # a rerun from the same step: once
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"starts": starts}, f, indent=2)
+    os.replace(tmp, path)
+
+
+def load(workdir: str) -> list[dict]:
+    """The entries of `workdir/environment.json` ([] where there is none)."""
+    path = os.path.join(workdir, FILENAME)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["starts"]
+
+
+def _get(entry: dict, dotted: str) -> Any:
+    for part in dotted.split("."):
+        entry = entry.get(part) if isinstance(entry, dict) else None
+    return entry
+
+
+def differences(entry: dict, reference: dict) -> dict[str, tuple[Any, Any]]:
+    """{key: (entry's value, reference's)} for each COMPARED key where they differ."""
+    out = {}
+    for key in COMPARED:
+        a, b = _get(entry, key), _get(reference, key)
+        if a != b:
+            out[key] = (a, b)
+    return out
