@@ -69,8 +69,10 @@ def _lost_peer(e: BaseException) -> bool:
         s in text for s in ("Gloo", "Connection reset", "Connection closed", "peer", "UNAVAILABLE"))
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int, after_report=None) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
+    if after_report is not None:  # e.g. release the process that waits until this one has reported
+        after_report()
     if _multi_process():
         # A normal exit would wait (minutes) at jax's shutdown barrier for processes that are
         # still running: leave at once, so a launcher or scheduler sees the failure.
@@ -184,7 +186,7 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         except LabError as e:
             if os.environ.get("LAB_DEBUG"):
                 raise
-            _fail(" ".join(str(e).split()) or type(e).__name__, EXIT_FAILURE)
+            _fail(" ".join(str(e).split()) or type(e).__name__, EXIT_FAILURE, getattr(e, "after_report", None))
         except BaseException as e:
             if not _multi_process():
                 raise

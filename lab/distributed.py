@@ -150,7 +150,9 @@ def agree(name: str, check: Callable[[], None]) -> None:
     """Process 0 runs `check`; every process then stops with an error if it raised a LabError.
 
     Process 0 re-raises its own error; the others raise DistributedError quoting it, so no
-    process is left waiting in a collective for one that stopped.
+    process is left waiting in a collective for one that stopped. Process 0 waits (up to 30 s)
+    until the others call their error's `after_report()`, which the CLI does once it has printed
+    the error line.
     """
     if jax.process_count() == 1:
         check()
@@ -176,8 +178,14 @@ def agree(name: str, check: Callable[[], None]) -> None:
         raise DistributedError(f"process {jax.process_index()}: process 0 did not finish {name!r} within "
                                f"{_RUNTIME.timeout_s:g} s (see its output)") from e
     if verdict != "ok":
-        try:
-            client.wait_at_barrier(f"{key}/read", int(min(_RUNTIME.timeout_s, 30) * 1000))
-        except Exception:
-            pass
-        raise DistributedError(f"process 0 stopped the run at {name!r}: {verdict.removeprefix('error:')}")
+        def release():
+            # Process 0 leaves, and the run's service with it, once every process is past this
+            # barrier: a process that passed it before reporting could be aborted by the lost
+            # service before its error line was out (seen under load).
+            try:
+                client.wait_at_barrier(f"{key}/read", int(min(_RUNTIME.timeout_s, 30) * 1000))
+            except Exception:
+                pass
+        error = DistributedError(f"process 0 stopped the run at {name!r}: {verdict.removeprefix('error:')}")
+        error.after_report = release  # the CLI calls it once the error line is printed
+        raise error
