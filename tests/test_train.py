@@ -71,11 +71,11 @@ def test_resume_is_bit_identical_to_a_straight_run(tmp_path):
     assert trees_equal(final_params(resumed), final_params(straight))
 
 
-@pytest.mark.parametrize("parallel", ["jit", "pmap"])
-def test_several_steps_per_call_give_the_numbers_of_one(tmp_path, parallel):
+def test_several_steps_per_call_give_the_numbers_of_one(tmp_path, parallel="jit"):
     """steps_per_call=4 (calls of 4 and 1 steps between the syncs every 5) and 64 (one call per
     sync window): the logged metrics and the params of steps_per_call=1, bit for bit, with
-    dropout and a schedule; a run stopped at 10 and resumed with another K equals them too."""
+    dropout and a schedule; a run stopped at 10 and resumed with another K equals them too.
+    (pmap, and 4 devices: tests/test_parallel.py.)"""
     one, resumed = str(tmp_path / "k1"), str(tmp_path / "resumed")
     main(small_config(parallel=parallel, **RESUME_FEATURES), one)
     for k in (4, 64):

@@ -344,11 +344,12 @@ def _content_checksum(name: str, data_dir: str) -> str:
     for split in sorted(info(name, data_dir=data_dir)["splits"]):
         arrays = load(name, split, data_dir=data_dir)
         for key in sorted(arrays):
-            array = np.ascontiguousarray(arrays[key])
-            if array.dtype == object:  # strings
-                array = np.asarray([str(x) for x in array.ravel()], dtype=str)
+            array = arrays[key]
             digest.update(f"{split}/{key}/{array.dtype.str}/{array.shape}\0".encode())
-            digest.update(array.tobytes())
+            if array.dtype == object:  # strings: their UTF-8, each ended by a NUL
+                digest.update("".join(f"{x}\0" for x in array.ravel()).encode())
+            else:
+                digest.update(np.ascontiguousarray(array).tobytes())
     return digest.hexdigest()
 
 
