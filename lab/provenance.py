@@ -8,8 +8,7 @@ The train loop appends one entry per start of a run (a resume may run on another
       "avx512_bf16", "amx_bf16"}, "xla_flags", "prng_impl", "seed", "dataset": {"name", "sha256"}},
       ...]}
 
-The resolved config itself is `config.json`. `differences(a, b)` names what two entries disagree
-on, for a reproduction that compares its environment with a reference's.
+The resolved config itself is `config.json`.
 """
 
 from __future__ import annotations
@@ -20,15 +19,11 @@ import json
 import os
 import platform
 import subprocess
-from typing import Any
 
 import jax
 
 FILENAME = "environment.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
-# What `differences` compares: the keys whose change can change a run's numbers.
-COMPARED = ("git.revision", "git.dirty", "versions", "devices.platform", "devices.kind", "devices.count",
-            "cpu.model_name", "cpu.avx512f", "xla_flags", "prng_impl", "dataset.sha256")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -112,27 +107,3 @@ def record(workdir: str, entry: dict) -> None:
         json.dump({"starts": starts}, f, indent=2)
     os.replace(tmp, path)
 
-
-def load(workdir: str) -> list[dict]:
-    """The entries of `workdir/environment.json` ([] where there is none)."""
-    path = os.path.join(workdir, FILENAME)
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return json.load(f)["starts"]
-
-
-def _get(entry: dict, dotted: str) -> Any:
-    for part in dotted.split("."):
-        entry = entry.get(part) if isinstance(entry, dict) else None
-    return entry
-
-
-def differences(entry: dict, reference: dict) -> dict[str, tuple[Any, Any]]:
-    """{key: (entry's value, reference's)} for each COMPARED key where they differ."""
-    out = {}
-    for key in COMPARED:
-        a, b = _get(entry, key), _get(reference, key)
-        if a != b:
-            out[key] = (a, b)
-    return out

@@ -30,11 +30,8 @@ def test_a_run_records_its_environment_once_per_start(tmp_path):
     assert entry["cpu"]["model_name"] and "avx512f" in entry["cpu"]
     assert entry["prng_impl"] == str(jax.config.jax_default_prng_impl) and entry["seed"] == 0
     assert entry["dataset"] == {"name": "digits", "sha256": lab.data.checksum("digits")}
-    assert provenance.load(str(tmp_path)) == starts
-    assert provenance.differences(starts[0], starts[1]) == {}
-    other = json.loads(json.dumps(entry))
-    other["versions"]["jax"], other["dataset"]["sha256"] = "0.0.1", "0" * 64
-    assert set(provenance.differences(other, entry)) == {"versions", "dataset.sha256"}
+    assert {k: v for k, v in starts[0].items() if k not in ("step", "time_utc")} == \
+        {k: v for k, v in entry.items() if k not in ("step", "time_utc")}  # the same machine and tree
 
 
 def test_the_dataset_checksum_is_of_its_content(tmp_path):

@@ -40,7 +40,8 @@ def pretraining_text(config, split: str) -> str:
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
-    """Pretrains a MaskedLM on windows of a Shakespeare text in `workdir`; returns the results.
+    """Pretrains an encoder on windows of a Shakespeare text in `workdir` (masked LM, or
+    next-token prediction with `model.causal`); returns the results.
 
     With `tokenizer.name='bpe'` the text is subwords: the tokenizer is trained on the train
     split's text at the first start and kept in the workdir (a classifier starting from this run

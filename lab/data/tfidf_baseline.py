@@ -32,6 +32,16 @@ def first_tokens(split: dict[str, np.ndarray], tokenizer, max_tokens: int) -> di
     return {**split, "text": np.asarray(cut, dtype=object)}
 
 
+def _features(train: dict[str, np.ndarray], test: dict[str, np.ndarray], max_chars: int | None):
+    """Word 1-2-gram TF-IDF (sublinear tf, min_df 2) fit on train: (x_train, x_test) sparse."""
+    from sklearn.feature_extraction.text import TfidfVectorizer
+
+    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
+    cut = slice(None, max_chars)
+    x_train = vectorizer.fit_transform([str(t)[cut] for t in train["text"]])
+    return x_train, vectorizer.transform([str(t)[cut] for t in test["text"]])
+
+
 def fit_and_score(
     train: dict[str, np.ndarray], test: dict[str, np.ndarray], *, C: float = 3.0,
     max_chars: int | None = None,
@@ -52,14 +62,10 @@ def fit_and_score(
       always predicting the most frequent train class.
     """
     # Imported here: scikit-learn is only needed for this baseline.
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score
 
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
-    cut = slice(None, max_chars)
-    x_train = vectorizer.fit_transform([str(t)[cut] for t in train["text"]])
-    x_test = vectorizer.transform([str(t)[cut] for t in test["text"]])
+    x_train, x_test = _features(train, test, max_chars)
     scores = {"n_train": len(train["text"]), "n_test": len(test["text"])}
     for label in ("play", "genre"):
         # saga: ~10x faster than the default lbfgs on these 65k sparse features
@@ -79,15 +85,11 @@ def fit_and_score_binary(train: dict[str, np.ndarray], test: dict[str, np.ndarra
     """TF-IDF + logistic regression on comedy vs tragedy (``lab.data.comedy_or_tragedy`` of each split):
     ``{'tragedy_accuracy', 'tragedy_f1' (of the tragedy class), 'tragedy_roc_auc',
     'tragedy_majority', 'n_train', 'n_test'}``."""
-    from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import f1_score, roc_auc_score
 
     train, test = data.comedy_or_tragedy(train), data.comedy_or_tragedy(test)
-    cut = slice(None, max_chars)
-    vectorizer = TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, lowercase=True)
-    x_train = vectorizer.fit_transform([str(t)[cut] for t in train["text"]])
-    x_test = vectorizer.transform([str(t)[cut] for t in test["text"]])
+    x_train, x_test = _features(train, test, max_chars)
     clf = LogisticRegression(C=C, solver="saga", max_iter=300).fit(x_train, train["tragedy"])
     predicted = clf.predict(x_test)
     return {"tragedy_accuracy": float(np.mean(predicted == test["tragedy"])),

@@ -585,8 +585,9 @@ class MaskedLM(nn.Module):
 class EncoderClassifier(nn.Module):
     """`encoder` -> pooled -> Dense(hidden) -> ReLU -> Dropout -> one logits Dense per label.
 
-    pooling: 'mean' (the Encoder's own), 'max', or 'attention' (softmax over real positions of
-    hidden . q / sqrt(D), q a learned `head_pool_query`, zero at init: the mean at the start).
+    pooling: 'mean' (the Encoder's own), 'max', 'attention' (softmax over real positions of
+    hidden . q / sqrt(D), q a learned `head_pool_query`, zero at init: the mean at the start), or
+    'last' (the last real position); see `pool`.
 
     num_classes: {label: number of classes}, e.g. {"play": 37, "genre": 3}, or a sequence of
     (label, n) pairs. Params: `encoder` (exactly an Encoder's tree, so a MaskedLM's
@@ -597,7 +598,7 @@ class EncoderClassifier(nn.Module):
     num_classes: Mapping[str, int] | Sequence[tuple[str, int]]
     hidden: int = 512
     head_dropout: float = 0.1
-    pooling: str = "mean"  # of the hidden states over real tokens: 'mean', 'max' or 'attention'
+    pooling: str = "mean"  # of the hidden states over real tokens: one of POOLINGS
 
     def __post_init__(self):
         # Stored as a tuple of (label, n) pairs, so that the module stays hashable.
