@@ -119,6 +119,21 @@ class EpochBatcher:
         rows are read."""
         return self.rows.gather(self.indices(step))
 
+    def batches(self, step: int, num: int) -> dict[str, np.ndarray]:
+        """Batches `step` .. `step + num - 1` stacked: each array (num, B/processes, ...), equal
+        to stacking `batch(s)`, read in one gather (no second copy to stack them)."""
+        rows = self.rows.gather(np.concatenate([self.indices(s) for s in range(step, step + num)]))
+        return {k: v.reshape(num, -1, *v.shape[1:]) for k, v in rows.items()}
+
+
+def stacked_batches(batcher, step: int, num: int) -> dict[str, np.ndarray]:
+    """`num` consecutive batches of any batcher stacked on a new leading axis (num, B, ...): its
+    own `batches` where it has one (a single gather), else its `batch(s)` stacked."""
+    if hasattr(batcher, "batches"):
+        return batcher.batches(step, num)
+    batches = [batcher.batch(s) for s in range(step, step + num)]
+    return {k: np.stack([b[k] for b in batches]) for k in batches[0]}
+
 
 class Prefetcher:
     """Another batcher's batches, read ahead on one background thread while the step runs.

@@ -305,8 +305,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         if steps_per_call == 1:
             return strategy.put_batch(data.train.batch(step)), 1
         n = min(steps_per_call, _next_sync(step, config, checkpointer, total_steps) - step)
-        batches = [data.train.batch(s) for s in range(step, step + n)]
-        return strategy.put_batches({k: np.stack([b[k] for b in batches]) for k in batches[0]}), n
+        return strategy.put_batches(pipeline.stacked_batches(data.train, step, n)), n
 
     def eval_fn(variables, batch, rng):
         if tools.gather is not None:  # FSDP: whole parameters, activations split by batch

@@ -40,6 +40,20 @@ def test_process_shards_are_disjoint_and_make_the_global_batch():
         np.testing.assert_array_equal(np.concatenate(pieces), whole.indices(step))
 
 
+def test_stacked_batches_equal_the_batches_stacked():
+    """Several steps' batches in one gather (a steps_per_call > 1 call): the same rows, across an
+    epoch boundary, for a process's part too; a batcher without `batches` is stacked."""
+    for batcher, local in ((pipeline.EpochBatcher(arrays(), 10, seed=1), 10),
+                           (pipeline.EpochBatcher(arrays(), 12, seed=1, process_index=1, process_count=3), 4)):
+        stacked = pipeline.stacked_batches(batcher, 7, 6)  # steps 7-12 cross the end of epoch 0
+        assert stacked["inputs"].shape == (6, local, 3)
+        for k, v in stacked.items():
+            np.testing.assert_array_equal(v, np.stack([batcher.batch(s)[k] for s in range(7, 13)]))
+    windows = pipeline.WindowBatcher(np.arange(500, dtype=np.int32), block_size=8, batch_size=4, seed=0)
+    stacked = pipeline.stacked_batches(windows, 3, 2)
+    np.testing.assert_array_equal(stacked["inputs"], np.stack([windows.batch(3)["inputs"], windows.batch(4)["inputs"]]))
+
+
 def test_padded_batches_see_each_example_once_with_a_mask():
     batches = list(pipeline.padded_batches(arrays(23), 10))
     assert [len(b["label"]) for b in batches] == [10, 10, 10]

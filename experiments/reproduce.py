@@ -1,0 +1,229 @@
+"""Reruns lab's published numbers from fixed seeds and checks them against the reference table.
+
+    python -m experiments.reproduce --workdir=DIR [--budget=quick|full] [--seeds=N] [--only=row,...]
+
+Each row of `experiments/reference_results.json` is one experiment run through its own entry
+point (`python -m experiments.<name> --workdir=DIR/<budget>/<row>/seed_<s> --config=...`, seeds
+0 .. N-1), so a reproduction runs exactly what a researcher runs. Then:
+
+- `DIR/RESULTS.md` and `DIR/results.json`: per row and headline metric the value (mean ± std
+  over the seeds when N > 1), the reference (mean ± std over its seeds), the tolerance, whether
+  it holds, how many seeds gave the reference's value to the bit, and the wall time; and per
+  row where the recorded environment (CPU, versions, XLA_FLAGS, PRNG, dataset checksum) differs
+  from the reference's.
+- Exit status 1 if any value falls outside its tolerance or any run failed; 2 on bad flags.
+- A repeated command with the same DIR skips the runs that finished and resumes an interrupted
+  one from its last checkpoint (the train loop's own resume).
+
+Budgets: `quick` (shrunken configs with their own references; minutes, what CI runs) and
+`full` (the published configs). `--write_reference` stores this run's values as the table's
+reference for the budget (run it with `--seeds=3` or more: the tolerance comes from the
+seed-to-seed spread, `lab.reproduce.tolerance`). `--readme` prints README's results table,
+generated from the reference table, and exits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+
+from absl import app, flags
+
+from lab import reproduce
+from lab.errors import EXIT_FAILURE, EXIT_USAGE, exit_with_error
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TABLE = os.path.join(REPO, "experiments", "reference_results.json")
+LEDGER = "ledger.json"  # DIR's record of the finished runs: what a rerun skips
+_DEFAULT_WALL_S = 60.0  # the ETA's guess for a run the table has no time for
+
+flags.DEFINE_string("workdir", None, "Directory of the reproduction: one workdir per run, RESULTS.md, results.json.")
+flags.DEFINE_enum("budget", "quick", list(reproduce.BUDGETS), "quick: minutes, shrunken configs; full: the published configs.")
+flags.DEFINE_integer("seeds", 1, "Seeds 0 .. N-1 per row.")
+flags.DEFINE_list("only", [], "Rows to run (and the rows they need); default: every row of the budget.")
+flags.DEFINE_string("reference", TABLE, "The reference table.")
+flags.DEFINE_bool("write_reference", False, "Store this run's values as the reference of --budget (all runs must succeed).")
+flags.DEFINE_bool("readme", False, "Print README's results table from the reference table and exit.")
+FLAGS = flags.FLAGS
+
+
+def _read_json(path: str, default):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return default
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2)
+        f.write("\n")
+    os.replace(tmp, path)
+
+
+def _error_line(log_path: str, returncode: int) -> str:
+    """The run's own `error: ...` line, else its exit status; with where the whole log is."""
+    with open(log_path, errors="replace") as f:
+        lines = [line.strip() for line in f if line.startswith("error: ")]
+    what = lines[-1][len("error: "):] if lines else f"exit status {returncode}"
+    return f"{what} (log: {log_path})"
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _run_one(row: dict, budget: str, seed: int, workdir: str, needs: dict) -> tuple[dict | None, float, str | None]:
+    """Runs (or resumes) one row's seed: (its results.json, wall seconds, error or None)."""
+    os.makedirs(os.path.dirname(workdir), exist_ok=True)
+    command = [sys.executable, "-m", f"experiments.{row['experiment']}", f"--workdir={workdir}",
+               *reproduce.config_flags(row, budget, seed, needs)]
+    log_path = workdir + ".log"
+    start = time.perf_counter()
+    with open(log_path, "a") as log:
+        log.write(f"$ {shlex.join(command)}\n")
+        log.flush()
+        proc = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    wall = time.perf_counter() - start
+    if proc.returncode != 0:
+        return None, wall, _error_line(log_path, proc.returncode)
+    results = _read_json(os.path.join(workdir, "results.json"), None)
+    if results is None:
+        return None, wall, f"the run wrote no results.json (log: {log_path})"
+    missing = [m for m in row["metrics"] if not isinstance(results.get(m), (int, float))]
+    if missing:
+        return None, wall, f"results.json has no {', '.join(missing)} (log: {log_path})"
+    return results, wall, None
+
+
+def _environment(workdir: str) -> dict:
+    """The last start recorded in the run's environment.json (the machine that finished it)."""
+    starts = _read_json(os.path.join(workdir, "environment.json"), {}).get("starts") or [{}]
+    return starts[-1]
+
+
+def main(argv):
+    if len(argv) > 1:
+        exit_with_error(f"unexpected arguments {argv[1:]}; flags are written --name=value", EXIT_USAGE)
+    try:
+        table = reproduce.load_table(FLAGS.reference)
+        if FLAGS.readme:
+            print(reproduce.reference_markdown(table), end="")
+            return
+        if not FLAGS.workdir:
+            exit_with_error("--workdir is required: the directory that receives the runs and RESULTS.md", EXIT_USAGE)
+        if FLAGS.seeds < 1:
+            exit_with_error(f"--seeds={FLAGS.seeds}: use 1 or more", EXIT_USAGE)
+        rows = reproduce.select(table, FLAGS.budget, FLAGS.only)
+    except reproduce.ReproduceError as e:
+        exit_with_error(str(e), EXIT_USAGE)
+
+    budget, seeds = FLAGS.budget, list(range(FLAGS.seeds))
+    root = os.path.abspath(FLAGS.workdir)
+    os.makedirs(root, exist_ok=True)
+    ledger_path = os.path.join(root, LEDGER)
+    ledger = _read_json(ledger_path, {})
+    done = ledger.setdefault(budget, {})
+
+    def expected_wall(row):
+        return row.get("measured", {}).get(budget, {}).get("wall_s") or _DEFAULT_WALL_S
+
+    todo = [(row, s) for row in rows for s in seeds]
+    remaining_expected = sum(expected_wall(row) for row, _ in todo)
+    spent, spent_expected = 0.0, 0.0
+    failed: dict[str, str] = {}
+    print(f"reproduce: {len(rows)} rows x {len(seeds)} seeds, budget {budget}, expected "
+          f"{_clock(remaining_expected)} on the reference machine", flush=True)
+    try:
+        for i, (row, seed) in enumerate(todo, 1):
+            name = row["name"]
+            workdir = os.path.join(root, budget, name, f"seed_{seed}")
+            entry = done.get(name, {}).get(str(seed))
+            blocked = [dep for dep in row.get("needs", {}).values() if dep in failed]
+            remaining_expected -= expected_wall(row)
+            if entry and os.path.exists(os.path.join(workdir, "results.json")):
+                print(f"[{i}/{len(todo)}] {name} seed {seed}: finished earlier, skipped", flush=True)
+                continue
+            if blocked:
+                failed[name] = f"needs {', '.join(blocked)}, which failed"
+                print(f"[{i}/{len(todo)}] {name} seed {seed}: not run: {failed[name]}", flush=True)
+                continue
+            needs = {dep: os.path.join(root, budget, dep, f"seed_{seed}") for dep in row.get("needs", {}).values()}
+            results, wall, error = _run_one(row, budget, seed, workdir, needs)
+            spent += wall
+            spent_expected += expected_wall(row)
+            if error:
+                failed[name] = error
+                print(f"[{i}/{len(todo)}] {name} seed {seed}: error: {error}", flush=True)
+                continue
+            done.setdefault(name, {})[str(seed)] = {
+                "metrics": {m: results[m] for m in row["metrics"]},
+                "wall_s": (entry or {}).get("wall_s", 0.0) + wall, "environment": _environment(workdir)}
+            _write_json(ledger_path, ledger)
+            values = ", ".join(f"{m} {reproduce.fmt(results[m])}" for m in row["metrics"])
+            eta = remaining_expected * (spent / spent_expected if spent_expected else 1.0)
+            print(f"[{i}/{len(todo)}] {name} seed {seed}: {values} ({wall:.0f} s; ETA {_clock(eta)})", flush=True)
+    except KeyboardInterrupt:
+        exit_with_error("interrupted: rerun the same command to resume (finished runs are kept)", EXIT_FAILURE)
+
+    outcomes, ok = [], not failed
+    for row in rows:
+        name = row["name"]
+        runs = {s: done[name][str(s)] for s in seeds if str(s) in done.get(name, {})}
+        if name in failed or len(runs) < len(seeds):
+            outcomes.append({"row": row, "lines": [], "wall_s": 0.0, "error": failed.get(name, "not run")})
+            continue
+        lines = reproduce.compare(row, budget, {s: r["metrics"] for s, r in runs.items()})
+        ok &= all(line["holds"] is not False for line in lines)
+        reference_env = row.get("measured", {}).get(budget, {}).get("environment")
+        outcomes.append({
+            "row": row, "lines": lines, "error": None,
+            "wall_s": sum(r["wall_s"] for r in runs.values()) / len(runs),
+            "differences": reproduce.environment_differences(runs[seeds[0]]["environment"], reference_env)
+            if reference_env else []})
+
+    command = shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
+    with open(os.path.join(root, "RESULTS.md"), "w") as f:
+        f.write(reproduce.results_markdown(budget, outcomes, command))
+    _write_json(os.path.join(root, "results.json"), {
+        "budget": budget, "seeds": seeds, "command": command, "holds": ok,
+        "rows": [{"name": o["row"]["name"], "experiment": o["row"]["experiment"], "variant": o["row"].get("variant"),
+                  "dataset": o["row"].get("dataset"), "error": o["error"], "lines": o["lines"],
+                  "wall_s": o["wall_s"], "differences": o.get("differences", [])} for o in outcomes]})
+    for o in outcomes:
+        for line in o["lines"]:
+            if line["holds"] is False:
+                print(f"FAILS: {o['row']['name']} {line['metric']} = {reproduce.fmt(line['mean'])}, reference "
+                      f"{reproduce.fmt(line['reference'])} ± {reproduce.fmt(line['tolerance'], 2)}", flush=True)
+        if o.get("differences"):
+            print(f"warning: {o['row']['name']}: the environment differs from the reference's: "
+                  + "; ".join(o["differences"]), flush=True)
+    unreferenced = [o["row"]["name"] for o in outcomes if any(line["holds"] is None for line in o["lines"])]
+    if unreferenced:
+        print(f"note: no {budget} reference yet for {', '.join(unreferenced)} (--write_reference stores one)", flush=True)
+    print(f"{'all hold' if ok else 'NOT ALL HOLD'}: {os.path.join(root, 'RESULTS.md')}", flush=True)
+
+    if FLAGS.write_reference:
+        if failed:
+            exit_with_error(f"--write_reference: not written, {len(failed)} row(s) failed: {', '.join(failed)}", EXIT_FAILURE)
+        for row in rows:  # the rows of the file itself, so the hand-written fields stay as they are
+            runs = {s: done[row["name"]][str(s)] for s in seeds}
+            row.setdefault("measured", {})[budget] = reproduce.measured_entry(
+                {s: r["metrics"] for s, r in runs.items()}, row["metrics"],
+                {s: r["wall_s"] for s, r in runs.items()}, runs[0]["environment"])
+        _write_json(FLAGS.reference, table)
+        print(f"reference for budget {budget} written to {FLAGS.reference}", flush=True)
+        return
+    if not ok:
+        sys.exit(EXIT_FAILURE)
+
+
+if __name__ == "__main__":
+    app.run(main)
