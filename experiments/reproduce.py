@@ -13,7 +13,8 @@ point (`python -m experiments.<name> --workdir=DIR/<budget>/<row>/seed_<s> --con
   from the reference's.
 - Exit status 1 if any value falls outside its tolerance or any run failed; 2 on bad flags.
 - A repeated command with the same DIR skips the runs that finished and resumes an interrupted
-  one from its last checkpoint (the train loop's own resume).
+  one from its last checkpoint (the train loop's own resume; its wall time is then that of the
+  resumed part only).
 
 Budgets: `quick` (shrunken configs with their own references; minutes, what CI runs) and
 `full` (the published configs). `--write_reference` stores this run's values as the table's
@@ -165,7 +166,7 @@ def main(argv):
                 continue
             done.setdefault(name, {})[str(seed)] = {
                 "metrics": {m: results[m] for m in row["metrics"]},
-                "wall_s": (entry or {}).get("wall_s", 0.0) + wall, "environment": _environment(workdir)}
+                "wall_s": wall, "environment": _environment(workdir)}
             _write_json(ledger_path, ledger)
             values = ", ".join(f"{m} {reproduce.fmt(results[m])}" for m in row["metrics"])
             eta = remaining_expected * (spent / spent_expected if spent_expected else 1.0)
