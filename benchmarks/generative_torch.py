@@ -39,14 +39,14 @@ default thread count. Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks import torch_cli
 
 RECIPES = ("gan", "gan_reuse", "vae")
 
@@ -220,11 +220,7 @@ def measure(recipe: str, args) -> dict:
 
 def main() -> None:
     """Parses the flags, measures each recipe in turn and prints one JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="gan", help=f"comma-separated, of {RECIPES}")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0: PyTorch's default")
+    parser = torch_cli.parser(__doc__, RECIPES, warmup=3)
     # Defaults: experiments/gan's and experiments/vae's default (Fashion-MNIST) configs.
     for name, default in (("batch", 64), ("height", 28), ("width", 28), ("channels", 1),
                           ("latent", 64), ("vae_latent", 16), ("vae_hidden", 256)):
@@ -234,16 +230,7 @@ def main() -> None:
     for name, default in (("g_lr", 2e-4), ("g_b1", 0.5), ("g_b2", 0.999), ("d_lr", 2e-4),
                           ("d_b1", 0.5), ("d_b2", 0.999), ("vae_lr", 1e-3)):
         parser.add_argument(f"--{name}", type=float, default=default)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    recipes = args.recipes.split(",")
-    for r in recipes:
-        if r not in RECIPES:
-            parser.error(f"unknown recipe {r!r}: use {', '.join(RECIPES)}")
-    results = {r: measure(r, args) for r in recipes}
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "recipes": results}))
+    torch_cli.run(parser, RECIPES, measure)
 
 
 if __name__ == "__main__":

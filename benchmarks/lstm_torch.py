@@ -29,14 +29,14 @@ thread count. Prints one JSON line.
 
 from __future__ import annotations
 
-import argparse
-import json
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from benchmarks import torch_cli
 
 RECIPES = ("forecast_lstm", "forecast_manual_relu", "forecast_manual_tanh", "chatbot",
            "chatbot_additive")
@@ -191,26 +191,13 @@ def measure(recipe: str, args) -> dict:
 
 def main() -> None:
     """Parses the flags, measures each recipe in turn and prints one JSON line."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipes", default="forecast_lstm", help=f"comma-separated, of {RECIPES}")
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads; 0: PyTorch's default")
+    parser = torch_cli.parser(__doc__, RECIPES, warmup=3)
     # Defaults: experiments/lstm_forecast's and experiments/lstm_chatbot's default configs.
     for name, default in (("batch", 32), ("timesteps", 12), ("units", 50), ("vocab", 79),
                           ("embed", 64), ("hidden", 256), ("attention_dim", 64), ("src_len", 96),
                           ("tgt_len", 96)):
         parser.add_argument(f"--{name}", type=int, default=default)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    recipes = args.recipes.split(",")
-    for r in recipes:
-        if r not in RECIPES:
-            parser.error(f"unknown recipe {r!r}: use {', '.join(RECIPES)}")
-    results = {r: measure(r, args) for r in recipes}
-    print(json.dumps({"torch": torch.__version__, "threads": torch.get_num_threads(),
-                      "recipes": results}))
+    torch_cli.run(parser, RECIPES, measure)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Loop overhead: a full lab run of the seed MLP recipe against a bare jitted step, side by side.
 
     python -m benchmarks.mlp_classifier [--dataset=fashion_mnist] [--steps=6000] [--steps_per_call=1,10,100,600]
-        [--out=FILE]
+        [--rounds=3] [--out=FILE]
 
 Three ways to run the same math (784-128-64-10 MLP, SGD lr 0.001 momentum 0.9, batch 100):
   bare   a jitted flax/optax step on in-memory numpy slices, nothing else (the yardstick);
@@ -9,6 +9,9 @@ Three ways to run the same math (784-128-64-10 MLP, SGD lr 0.001 momentum 0.9, b
   lab    `python -m experiments.mlp_classifier --config=...:fashion` in-process: data pipeline,
          eval every epoch, logging, TensorBoard, async checkpoints, results and plots included;
          once per `--steps_per_call` K (`--config.steps_per_call=K`: K steps per compiled call).
+The three alternate, round by round (bare, scan, then each lab run), so a slow spell of a shared
+machine hits all of them; each rate is the median over rounds, each ratio the median of the
+rounds' own ratios, and every round's figures are kept in the JSON.
 Prints a table and writes JSON (default `benchmarks/results/mlp_classifier.json`).
 """
 
@@ -106,39 +109,69 @@ def _lab_run(dataset: str, steps: int, steps_per_call: int) -> dict:
             "evals": steps // config.eval_every_steps, "checkpoints_every": config.checkpoint_every_steps}
 
 
+def _median_run(runs: list[dict]) -> dict:
+    """The round whose steps/s is the median (the lower middle one for an even count), with every
+    round's steps/s beside it."""
+    ordered = sorted(runs, key=lambda r: r["steps_per_sec"])
+    return dict(ordered[(len(ordered) - 1) // 2], round_steps_per_sec=[r["steps_per_sec"] for r in runs])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist")
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--steps_per_call", default="1,10,100,600",
                         help="comma-separated K: one lab run per K; the first is the 'lab' row")
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "mlp_classifier.json"))
     args = parser.parse_args()
 
     train = lab.data.load(args.dataset, "train")
     x, y = train["inputs"], train["label"]
     from benchmarks.transformer_lm import matmul_peak
-    result = {"dataset": args.dataset, "steps": args.steps, "batch_size": 100,
+    loads_before = os.getloadavg()
+    result = {"dataset": args.dataset, "steps": args.steps, "batch_size": 100, "rounds": args.rounds,
               "machine": common.machine(), "cpu": common.cpu_info(), "matmul_peak": matmul_peak()}
-    result.update(_bare_and_scan(x, y, args.steps, 100))
     ks = [int(k) for k in args.steps_per_call.split(",")]
-    result["lab_runs"] = [_lab_run(args.dataset, args.steps, k) for k in ks]
+    rounds = []  # each round: bare, scan, then one lab run per K, one after the other
+    for _ in range(args.rounds):
+        measured = _bare_and_scan(x, y, args.steps, 100)
+        measured["lab_runs"] = [_lab_run(args.dataset, args.steps, k) for k in ks]
+        for r in measured["lab_runs"]:
+            r["over_scan"] = r["steps_per_sec"] / measured["scan"]["steps_per_sec"]
+            r["over_bare"] = r["steps_per_sec"] / measured["bare"]["steps_per_sec"]
+        rounds.append(measured)
+    result["round_results"] = rounds
+    for name in ("bare", "scan"):
+        result[name] = _median_run([m[name] for m in rounds])
+    result["lab_runs"] = []
+    for i, k in enumerate(ks):
+        runs = [m["lab_runs"][i] for m in rounds]
+        row = _median_run(runs)
+        row["over_scan"] = float(np.median([r["over_scan"] for r in runs]))  # the median of the rounds' ratios
+        row["round_over_scan"] = [r["over_scan"] for r in runs]
+        row["over_bare"] = float(np.median([r["over_bare"] for r in runs]))
+        row["round_over_bare"] = [r["over_bare"] for r in runs]
+        result["lab_runs"].append(row)
     result["lab"] = result["lab_runs"][0]
-    result["lab_over_bare"] = result["lab"]["steps_per_sec"] / result["bare"]["steps_per_sec"]
-    for r in result["lab_runs"]:
-        r["over_scan"] = r["steps_per_sec"] / result["scan"]["steps_per_sec"]
+    result["lab_over_bare"] = result["lab"]["over_bare"]
+    result["load_average_1_5_15min"] = {"before": loads_before, "after": os.getloadavg()}
 
     cpu = result["cpu"]
     print(f"CPU {cpu.get('model_name', '?')} (family/model {cpu.get('family_model')}, AVX-512: "
           f"{'yes' if cpu.get('avx512f') else 'no'}, AVX512_BF16: {'yes' if cpu.get('avx512_bf16') else 'no'}); "
-          f"matmul peak {result['matmul_peak']['peak_gflops']:.1f} GFLOP/s (f32, jit)")
+          f"matmul peak {result['matmul_peak']['peak_gflops']:.1f} GFLOP/s (f32, jit); load average "
+          f"{loads_before[0]:.1f} before, {os.getloadavg()[0]:.1f} after; {args.rounds} rounds, medians")
     for name in ("bare", "scan"):
         r = result[name]
-        print(f"{name:12s} {r['steps_per_sec']:8.0f} steps/s  {r['seconds']:6.2f} s")
+        rates = ", ".join(f"{v:.0f}" for v in r["round_steps_per_sec"])
+        print(f"{name:12s} {r['steps_per_sec']:8.0f} steps/s  (rounds: {rates})")
     for r in result["lab_runs"]:
-        print(f"lab K={r['steps_per_call']:<6d} {r['steps_per_sec']:8.0f} steps/s  {r['seconds']:6.2f} s  "
-              f"lab / scan {r['over_scan']:.2f}  test accuracy {r['test_accuracy']:.4f}")
-    print(f"lab (K={ks[0]}) / bare = {result['lab_over_bare']:.2f}")
+        ratios = ", ".join(f"{v:.2f}" for v in r["round_over_scan"])
+        print(f"lab K={r['steps_per_call']:<6d} {r['steps_per_sec']:8.0f} steps/s  lab / scan {r['over_scan']:.2f} "
+              f"(rounds: {ratios})  test accuracy {r['test_accuracy']:.4f}")
+    print(f"lab (K={ks[0]}) / bare = {result['lab_over_bare']:.2f} (rounds: "
+          f"{', '.join(f'{v:.2f}' for v in result['lab']['round_over_bare'])})")
     common.save(result, args.out)
 
 

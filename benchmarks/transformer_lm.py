@@ -1,29 +1,42 @@
-"""GPT train-step speed: lab's step for the nanoGPT CPU recipe and for a wider model.
+"""GPT train-step speed: lab's step for the nanoGPT CPU recipe and a wider model, in float32 and
+bfloat16, against PyTorch.
 
-    python -m benchmarks.transformer_lm [--steps=30] [--rounds=3] [--torch_python=PYTHON] [--out=FILE]
+    python -m benchmarks.transformer_lm [--steps=30] [--rounds=3] [--configs=default,wide,default_bf16,wide_bf16]
+                                        [--torch_python=PYTHON] [--torch_threads=0] [--out=FILE]
 
-For each config: compile time, median step time, tokens/s, and model FLOP/s as a fraction of
-this machine's matmul peak, measured here with a jit'd float32 matmul. The step measured is
-lab's own (`lab.train.build_train_step`: loss, grads, AdamW with clipping, metrics), on random
-tokens. Model FLOPs per token follow nanoGPT's estimate: 6 * (non-embedding params + tied
-embedding matmul) + 12 * layers * width * block (attention scores and values, fwd + bwd).
+Configs (each lab's own step, `lab.train.build_train_step`: loss, grads, AdamW with clipping,
+metrics, on random tokens of the config's shapes):
+  default       experiments/transformer_lm's default config, nanoGPT's shakespeare_char CPU recipe:
+                4 layers, 4 heads, width 128, block 64, batch 12, no biases, AdamW (beta2 0.99,
+                weight decay 0.1, clip 1.0).
+  wide          its `wide` variant, nanoGPT's GPU model shape: 6 layers, 6 heads, width 384,
+                block 256, batch 8.
+  default_bf16  `default` with `model.compute_dtype = "bfloat16"` (lab's mixed precision: matmuls
+                and activations in bfloat16; parameters, optimizer state, softmax, logits and the
+                loss in float32; `lab.tasks.language_model.gpt_config`).
+  wide_bf16     `wide` likewise.
+For each: compile time, median step time (each step waited for), the mean time of steps run in a
+row (how lab's loop runs them), tokens/s (batch * block per step), and model FLOP/s as a fraction
+of this machine's jit'd float32 matmul peak (`matmul_peak`; the bfloat16 rows against the same
+float32 peak). Model FLOPs per step follow nanoGPT's estimate, the same for both dtypes:
+6 * (non-embedding params + tied embedding matmul) + 12 * layers * width * block per token
+(attention scores and values, forward and backward).
 
-The yardstick runs side by side: `benchmarks/nanogpt_torch.py` (the same recipe in eager
-PyTorch) under `--torch_python` (a Python with torch; default: this one, skipped if it has no
-torch), in its own process, in the environment a user gives nanoGPT (without lab's malloc
-settings) and, for the record, with them. The measurements alternate, lab then PyTorch, for
-`--rounds` rounds, and each side reports the median of its round medians, so a slow spell of a
-shared machine hits both sides.
-Prints a table and writes JSON (default `benchmarks/results/transformer_lm.json`).
+The yardstick runs side by side: `benchmarks/nanogpt_torch.py` (the same recipe in eager PyTorch,
+PyTorch's default threads unless `--torch_threads`) under `--torch_python` (a Python with torch;
+default: this one, skipped if it has no torch), in its own process without lab's malloc settings,
+with each model shape's own flags and 5 untimed warm-up steps (or `--steps`, if fewer). Pairings:
+default and wide against `gpt_f32`; default_bf16 and wide_bf16 against `gpt_bf16` (the forward
+and loss under `torch.autocast("cpu", bfloat16)`, parameters and AdamW state float32).
+Measurements alternate, lab (both dtypes of a shape) then PyTorch, for `--rounds` rounds; each
+side reports the median of its round medians. Prints a table and writes JSON (default
+`benchmarks/results/transformer_lm.json`).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import subprocess
-import sys
 import time
 
 import jax
@@ -31,11 +44,27 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks import common
+from experiments.cli import ensure_malloc_env
 from experiments.transformer_lm.config import get_config
-from experiments.cli import MALLOC_ENV, ensure_malloc_env
 from lab.tasks.language_model import CausalLMTask, gpt_config
 
 VOCAB = 76  # the shakespeare_char vocabulary
+STEPS = 30  # default timed steps per round
+WARMUP = 5  # the yardstick's untimed steps per run (fewer if fewer are timed)
+
+# model shape -> its lab rows (measured together against one yardstick run of that shape).
+GROUPS = {
+    "default": ("default", "default_bf16"),
+    "wide": ("wide", "wide_bf16"),
+}
+# lab row -> the torch recipes it is compared with.
+PAIRINGS = {
+    "default": ("gpt_f32",),
+    "wide": ("gpt_f32",),
+    "default_bf16": ("gpt_bf16",),
+    "wide_bf16": ("gpt_bf16",),
+}
+CONFIGS = ("default", "wide", "default_bf16", "wide_bf16")
 
 
 def matmul_peak(sizes=(1024, 2048), repeats=5) -> dict:
@@ -55,43 +84,12 @@ def matmul_peak(sizes=(1024, 2048), repeats=5) -> dict:
 
 
 def flops_per_step(cfg, batch: int) -> float:
+    """nanoGPT's model FLOPs of one train step of the TransformerConfig `cfg` on `batch` rows."""
     d, layers, length = cfg.width, cfg.num_layers, cfg.max_len
     per_layer = 12 * d * d  # qkv (3 d^2) + out (d^2) + mlp (8 d^2) weights
     matmul_params = layers * per_layer + VOCAB * d  # + the tied output projection
     per_token = 6 * matmul_params + 12 * layers * d * length
     return per_token * batch * length
-
-
-def lab_step(name: str):
-    """Compiles lab's train step for config `name`; -> (info dict, run) with `run` below."""
-    config = get_config(None if name == "default" else name)
-    cfg = gpt_config(config.model, VOCAB)
-    task = CausalLMTask(cfg)
-    rng = np.random.default_rng(0)
-    b, length = config.batch_size, cfg.max_len
-    batches = [{"inputs": rng.integers(0, VOCAB, (b, length)).astype(np.int32),
-                "targets": rng.integers(0, VOCAB, (b, length)).astype(np.int32)} for _ in range(4)]
-    run, compile_s, n_params = common.compiled_train_step(task, config, batches)
-    info = {"config": name, "layers": cfg.num_layers, "heads": cfg.num_heads, "width": cfg.width,
-            "block": length, "batch": b, "params": int(n_params), "use_bias": cfg.use_bias,
-            "compile_s": compile_s, "model_gflop_per_step": flops_per_step(cfg, b) / 1e9}
-    return info, run
-
-
-def torch_step_ms(python: str, info: dict, steps: int, malloc_settings: bool) -> float | None:
-    """Median step time (ms) of benchmarks/nanogpt_torch.py under `python`, in a fresh process,
-    for the model shape in `info` (from `lab_step`); None (and its error on stderr) if it fails."""
-    env = {k: v for k, v in os.environ.items() if k not in MALLOC_ENV}
-    if malloc_settings:
-        env.update(MALLOC_ENV)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    shape = [f"--{k}={info[k]}" for k in ("layers", "heads", "width", "block", "batch")]
-    out = subprocess.run([python, "-m", "benchmarks.nanogpt_torch", f"--steps={steps}", *shape],
-                         capture_output=True, text=True, cwd=root, env=env)
-    if out.returncode != 0:
-        print(f"the PyTorch yardstick failed: {out.stderr.strip()[-500:]}", file=sys.stderr)
-        return None
-    return json.loads(out.stdout.strip().splitlines()[-1])["median_step_ms"]
 
 
 def has_torch(python: str) -> str | None:
@@ -100,61 +98,51 @@ def has_torch(python: str) -> str | None:
     return out.stdout.strip() if out.returncode == 0 else None
 
 
-def bench_config(name: str, steps: int, rounds: int, torch_python: str | None) -> dict:
-    info, run = lab_step(name)
-    lab_medians, lab_pipelined, torch_medians, torch_malloc_medians = [], [], [], []
-    for _ in range(rounds):
-        waited, pipelined = run(steps)
-        lab_medians.append(float(np.median(waited)) * 1e3)
-        lab_pipelined.append(pipelined * 1e3)
-        if torch_python:
-            torch_medians.append(torch_step_ms(torch_python, info, steps, malloc_settings=False))
-            torch_malloc_medians.append(torch_step_ms(torch_python, info, steps, malloc_settings=True))
-    median_ms = float(np.median(lab_medians))
-    row = dict(info, median_step_ms=median_ms, round_medians_ms=lab_medians,
-               pipelined_step_ms=float(np.median(lab_pipelined)), round_pipelined_ms=lab_pipelined,
-               tokens_per_sec=info["batch"] * info["block"] / median_ms * 1e3,
-               model_gflops=info["model_gflop_per_step"] / median_ms * 1e3)
-    if torch_python and None not in torch_medians + torch_malloc_medians:
-        row["torch_median_step_ms"] = float(np.median(torch_medians))
-        row["torch_round_medians_ms"] = torch_medians
-        row["torch_with_malloc_settings_median_step_ms"] = float(np.median(torch_malloc_medians))
-        row["lab_over_torch"] = median_ms / row["torch_median_step_ms"]
-    return row
+def lab_step(name: str):
+    """Compiles lab's train step for config `name`; -> (info dict, run, torch shape flags)."""
+    variant, _, dtype = name.partition("_")
+    config = get_config(None if variant == "default" else variant)
+    config.model.compute_dtype = "bfloat16" if dtype == "bf16" else "float32"
+    cfg = gpt_config(config.model, VOCAB)
+    task = CausalLMTask(cfg)
+    rng = np.random.default_rng(0)
+    b, length = config.batch_size, cfg.max_len
+    batches = [{"inputs": rng.integers(0, VOCAB, (b, length)).astype(np.int32),
+                "targets": rng.integers(0, VOCAB, (b, length)).astype(np.int32)} for _ in range(4)]
+    run, compile_s, n_params = common.compiled_train_step(task, config, batches)
+    shape = {"layers": cfg.num_layers, "heads": cfg.num_heads, "width": cfg.width, "block": length,
+             "batch": b}
+    info = dict(shape, config=name, compute_dtype=config.model.compute_dtype, params=int(n_params),
+                use_bias=cfg.use_bias, unit="tokens", units_per_step=b * length, compile_s=compile_s,
+                model_gflop_per_step=flops_per_step(cfg, b) / 1e9)
+    return info, run, shape
+
+
+def bench_group(names, steps: int | None, rounds: int, torch_python: str | None,
+                torch_threads: int = 0) -> list[dict]:
+    """Measures lab rows `names` (one model shape) against their torch recipes
+    (`common.alternate_with_torch`); -> one row per lab row."""
+    steps = steps or STEPS
+    built = {name: lab_step(name) for name in names}
+    shape = next(iter(built.values()))[2]
+    return common.alternate_with_torch({name: (info, run) for name, (info, run, _) in built.items()},
+                                       {name: PAIRINGS[name] for name in names}, "benchmarks.nanogpt_torch",
+                                       shape, steps, min(WARMUP, steps), rounds, torch_python, torch_threads)
 
 
 def main() -> None:
+    """Parses the flags, measures each config, prints the table and saves the JSON."""
     ensure_malloc_env()  # measure the process the experiments run in
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=30, help="timed steps per round")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--configs", default="default,wide")
-    parser.add_argument("--torch_python", default=sys.executable,
-                        help="a Python with torch for the nanoGPT-recipe yardstick; '' skips it")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "transformer_lm.json"))
-    args = parser.parse_args()
-    torch_version = has_torch(args.torch_python) if args.torch_python else None
-    if args.torch_python and not torch_version:
-        print(f"no torch under {args.torch_python}: the PyTorch yardstick is skipped")
-    torch_python = args.torch_python if torch_version else None
+    args, names, torch_python, torch_version = common.against_torch_flags(
+        __doc__, CONFIGS, f"default: {STEPS}", "transformer_lm.json")
+    load_before = os.getloadavg()
     peak = matmul_peak()
-    rows = [bench_config(name, args.steps, args.rounds, torch_python) for name in args.configs.split(",")]
-    for r in rows:
-        r["fraction_of_matmul_peak"] = r["model_gflops"] / peak["peak_gflops"]
-    result = {"matmul_peak": peak, "configs": rows, "torch": torch_version,
-              "machine": common.machine()}
-    print(f"matmul peak {peak['peak_gflops']:.1f} GFLOP/s (f32, jit)")
-    for r in rows:
-        print(f"{r['config']:8s} {r['layers']}L/{r['heads']}H/w{r['width']}/block{r['block']}/batch{r['batch']}: "
-              f"compile {r['compile_s']:.1f} s, step {r['median_step_ms']:.1f} ms "
-              f"({r['pipelined_step_ms']:.1f} ms in a row), "
-              f"{r['tokens_per_sec']:.0f} tokens/s, {r['model_gflops']:.1f} GFLOP/s = "
-              f"{100 * r['fraction_of_matmul_peak']:.0f}% of peak")
-        if "torch_median_step_ms" in r:
-            print(f"{'':8s} nanoGPT recipe in PyTorch {torch_version}: step {r['torch_median_step_ms']:.1f} ms "
-                  f"({r['torch_with_malloc_settings_median_step_ms']:.1f} ms with lab's malloc settings); "
-                  f"lab / PyTorch = {r['lab_over_torch']:.2f}")
-    common.save(result, args.out)
+    rows = []
+    for group in GROUPS.values():
+        chosen = [n for n in group if n in names]
+        if chosen:
+            rows += bench_group(chosen, args.steps, args.rounds, torch_python, args.torch_threads)
+    common.report_against_torch(rows, peak, load_before, torch_version, args.out, width=12)
 
 
 if __name__ == "__main__":
