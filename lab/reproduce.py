@@ -112,9 +112,10 @@ def config_flags(row: dict, budget: str, seed: int, needs_workdirs: Mapping[str,
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value)."""
+    """Mean and sample standard deviation (0 for one value). Seeds that agree to the bit give
+    their value and a std of exactly 0 (the mean is taken around the first value)."""
     n = len(values)
-    mean = sum(values) / n
+    mean = values[0] + math.fsum(v - values[0] for v in values) / n
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
     return mean, std
 

@@ -135,3 +135,11 @@ def test_every_quick_row_has_a_reference_and_the_readme_shows_the_table():
     begin, end = "<!-- results table: python -m experiments.reproduce --readme -->\n", "<!-- end of results table -->"
     assert begin in readme and end in readme
     assert readme.split(begin)[1].split(end)[0] == reproduce.reference_markdown(table)
+
+
+def test_seeds_that_agree_to_the_bit_have_their_value_as_mean_and_no_spread():
+    """A deterministic baseline's seeds: mean = the value, std exactly 0 (not a rounding residue)."""
+    for value in (1.7950863838195801, 0.1, 0.98611):
+        assert reproduce.mean_std([value] * 3) == (value, 0.0)
+    mean, std = reproduce.mean_std([1.0, 2.0, 3.0])
+    assert (mean, std) == (2.0, 1.0)
