@@ -6,6 +6,10 @@ Measured on the 2-core CPU machine (AMD EPYC, AVX-512), otherwise idle; BUILD_NO
              block 64, batch 12, no biases, AdamW lr 1e-3 (beta2 0.99, weight decay 0.1, clip 1.0),
              100 warmup steps then cosine to 1e-4 over 2,000 steps, dropout 0.
              44.6 s of training (evals and samples included); val loss 1.885.
+             On a 2-core AMD EPYC Zen 3 (AVX2, no AVX-512), 3 seeds (experiments.reproduce
+             --budget=full): 137-159 s wall a seed, val loss 1.8844 +- 0.0080; with
+             --config.model.compute_dtype=bfloat16, 1.8850 +- 0.0076 at the same speed (that part
+             has no bf16 instructions).
   tuned      python -m experiments.transformer_lm --workdir=runs/lm_tuned --config=experiments/transformer_lm/config.py:tuned
              the same model, lr 2e-3, 200 warmup steps, 7,000 steps, two evals.
              136-144 s of training in two runs (139-148 s wall); val loss 1.573 in both, to the
