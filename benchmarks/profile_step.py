@@ -28,7 +28,7 @@ import jax
 import numpy as np
 
 from benchmarks import common
-from benchmarks.xla_cpu_flags import MODELS, _task_config_batches
+from benchmarks.xla_cpu_flags import MODELS, task_config_batches
 
 # Trace events that are not kernels of the compiled program: the runtime's own spans and
 # Python frames (jax's profiler records those as '$file:line name').
@@ -60,7 +60,7 @@ def main() -> None:
     from experiments.cli import ensure_malloc_env
 
     ensure_malloc_env()
-    task, config, batches, _ = _task_config_batches(args.model)
+    task, config, batches, _ = task_config_batches(args.model)
     run, compile_s, n_params = common.compiled_train_step(task, config, batches)
     run(5)
     _, step_s = run(args.steps)  # untraced, for the step time

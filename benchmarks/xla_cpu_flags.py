@@ -45,7 +45,7 @@ SETTINGS = {
 MODELS = ("mlp", "lm_default", "lm_wide")
 
 
-def _task_config_batches(model: str):
+def task_config_batches(model: str):
     """(task, config, a few random batches of the recipe's shapes) for `model`."""
     rng = np.random.default_rng(0)
     if model == "mlp":
@@ -78,7 +78,7 @@ def _child(model: str, steps: int) -> None:
     from experiments.cli import ensure_malloc_env
 
     ensure_malloc_env()
-    task, config, batches, units = _task_config_batches(model)
+    task, config, batches, units = task_config_batches(model)
     run, compile_s, n_params = common.compiled_train_step(task, config, batches)
     run(5)  # warm-up
     waited, in_a_row = run(steps)
