@@ -81,19 +81,18 @@ def assert_same_numbers(workdir, reference, keys, atol=1e-5, param_atol=1e-5):
 
 
 def test_two_processes_equal_one_process_and_write_once(tmp_path):
-    """2 processes x 2 devices == 1 x 4 == 1 x 1 (within 1e-5), for the MLP (with dropout) and the
-    Transformer LM (whose evals sample text: every process samples, process 0 writes)."""
+    """2 processes x 2 devices == 1 x 1 (within 1e-5), for the MLP (with dropout) and the
+    Transformer LM (whose evals sample text: every process samples, process 0 writes). One process
+    on 4 devices == 1 x 1 is test_parallel's."""
     for name, command in (("mlp", MLP), ("lm", LM)):
         proc = launch(2, 2, *command, f"--workdir={tmp_path}/{name}_2x2")
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
         lines = proc.stdout.splitlines()
         assert any(line.startswith("[p0] done: step") for line in lines)
         assert not any(line.startswith("[p1] done:") or line.startswith("[p1] step ") for line in lines)
-        run(4, *command, f"--workdir={tmp_path}/{name}_1x4")
     in_process("mlp_classifier", tmp_path / "mlp_1x1", **MLP_FLAGS)
     in_process("transformer_lm", tmp_path / "lm_1x1", "tiny", **LM_FLAGS)
     for name, keys in (("mlp", ("train/loss", "test/loss", "test/accuracy")), ("lm", ("train/loss", "val/loss"))):
-        assert_same_numbers(f"{tmp_path}/{name}_2x2", f"{tmp_path}/{name}_1x4", keys)
         assert_same_numbers(f"{tmp_path}/{name}_2x2", f"{tmp_path}/{name}_1x1", keys)
         records = math_records(f"{tmp_path}/{name}_2x2")  # one writer: no record twice
         assert len({(r["step"], tuple(sorted(r))) for r in records}) == len(records)

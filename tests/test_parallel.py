@@ -8,8 +8,6 @@ import sys
 
 import numpy as np
 
-from lab import checkpoint
-from tests import toys
 from tests.helpers import final_params, math_records, max_abs_diff, trees_equal
 from tests.test_train import small_config
 
@@ -81,10 +79,6 @@ from tests import toys
 from tests.test_train import small_config
 out = sys.argv[1]
 
-# The GAN-shaped contract under both strategies.
-for mode in ("jit", "pmap"):
-    toys.toy_gan_run(f"{out}/gan_{mode}", parallel=mode)
-
 # A sharded parameter: its shards are built where they live, trained, checkpointed, restored.
 config = small_config()
 arrays = {s: lab.data.load("digits", s) for s in ("train", "test")}
@@ -122,19 +116,11 @@ mlm_main(c, f"{out}/mlm_pmap")
 """
 
 
-def test_two_optimizers_sharded_params_and_eval_agree_across_devices(tmp_path):
+def test_sharded_params_and_masked_eval_agree_across_devices(tmp_path):
+    """A parameter sharded over 4 devices is built in place, trained, checkpointed and restored
+    with its sharding, and trains as the replicated model; masked-LM evaluation under pmap draws
+    its masks as 1 device does. (Two optimizers under jit and pmap: test_generative's GAN.)"""
     _on_four_devices(_CONTRACT_RUNS, str(tmp_path))
-    toys.toy_gan_run(str(tmp_path / "gan_one"))
-    for mode in ("jit", "pmap"):
-        records = math_records(str(tmp_path / f"gan_{mode}"))
-        reference = math_records(str(tmp_path / "gan_one"))
-        for r, ref in zip(records, reference):
-            for key in ("train/d_loss", "train/g_loss", "val/loss"):
-                if key in ref:
-                    np.testing.assert_allclose(r[key], ref[key], atol=1e-5, err_msg=f"{mode} {key}")
-        assert max_abs_diff(checkpoint.load_state(str(tmp_path / f"gan_{mode}"))[0]["params"],
-                            checkpoint.load_state(str(tmp_path / "gan_one"))[0]["params"]) < 1e-5, mode
-
     shardings = json.loads((tmp_path / "shardings.json").read_text())
     for when in ("init", "restored"):
         assert shardings[when]["kernel_spec"] == "P(None, 'data')", shardings
