@@ -25,7 +25,6 @@ import tempfile
 import time
 
 import jax
-import numpy as np
 
 from benchmarks import common
 from benchmarks.xla_cpu_flags import MODELS, task_config_batches

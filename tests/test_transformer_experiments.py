@@ -10,7 +10,6 @@ import pytest
 import lab.data
 from lab import checkpoint
 from lab.errors import ConfigValueError
-from lab.models import transformer
 from tests.helpers import final_params, trees_equal
 
 import experiments.transformer_classifier.__main__ as classifier
@@ -211,22 +210,6 @@ def test_mismatched_checkpoint_is_refused(mlm_run, tmp_path):
         checkpoint.load_params_subtree(mlm_run, ("decoder",), target)
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoints"):
         checkpoint.load_params_subtree(str(tmp_path / "nowhere"), ("encoder",), {})
-
-
-def test_generate_long_slides_the_window():
-    cfg = transformer.TransformerConfig.tiny(vocab_size=11)
-    params = transformer.GPT(cfg).init(jax.random.key(0), np.zeros((1, 4), np.int32), train=False)["params"]
-    prompt = np.array([[1, 2, 3]], np.int32)
-    short = transformer.generate_long(cfg, params, prompt, 5, jax.random.key(1), temperature=0)
-    np.testing.assert_array_equal(short, transformer.generate(cfg, params, prompt, 5, jax.random.key(1), temperature=0))
-    long = transformer.generate_long(cfg, params, prompt, 3 * cfg.max_len, jax.random.key(1), temperature=0)
-    assert long.shape == (1, 3 + 3 * cfg.max_len)
-    np.testing.assert_array_equal(long[:, :3 + 5], short)
-    # The first chunk fills the window (max_len tokens); the next continues greedily from the
-    # last max_len // 2 tokens, as a fresh prompt.
-    window, keep = cfg.max_len, cfg.max_len // 2
-    again = transformer.generate(cfg, params, long[:, window - keep:window], keep, jax.random.key(0), temperature=0)
-    np.testing.assert_array_equal(long[:, window:window + keep], again[:, keep:])
 
 
 def test_mlm_pretraining_text_is_the_classifiers_train_speeches_only():
