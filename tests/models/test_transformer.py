@@ -175,6 +175,26 @@ def test_bfloat16_compute_gives_float32_logits(gpt_params):
     np.testing.assert_allclose(logits, ref, atol=0.1)
 
 
+def test_bfloat16_gradients_match_float32_to_rounding(gpt_params):
+    """The bf16 Dense layers' hand-written backward (`_dot_accumulating_f32`): every parameter's
+    gradient within bf16 rounding of the float32 model's (a transposed or swapped operand would
+    be off by far more), and float32 like the parameters."""
+    tokens = _tokens(2)
+
+    def grads(dtype):
+        model = tfm.GPT(dataclasses.replace(CFG, dtype=dtype))
+        loss = lambda p: jnp.mean(model.apply({"params": p}, tokens, train=False) ** 2)
+        return jax.jit(jax.grad(loss))(gpt_params)
+
+    ref, bf16 = grads(jnp.float32), grads(jnp.bfloat16)
+    for path, g in jax.tree_util.tree_leaves_with_path(bf16):
+        r = ref
+        for k in path:
+            r = r[k.key]
+        assert g.dtype == jnp.float32, path
+        assert float(jnp.linalg.norm(g - r)) <= 0.03 * float(jnp.linalg.norm(r)) + 1e-6, path
+
+
 # ------------------------------------------------------------------------------------------------
 # Purity and dropout.
 
