@@ -10,7 +10,8 @@ Measured on the 2-core CPU machine (AMD EPYC, AVX-512), otherwise idle; BUILD_NO
              --budget=full): 137-159 s wall a seed, val loss 1.8844 +- 0.0080; with
              --config.model.compute_dtype=bfloat16, 1.8850 +- 0.0076 at the same speed (that part
              has no bf16 instructions). On a Zen 4 with AVX512_BF16, bf16 seed 0: val loss 1.8849;
-             the step is as fast as f32 at this width, 1.22x faster at `wide`'s (BUILD_NOTES, "Speed").
+             its step 36.0 ms against 35.2 in f32 at this width, 1.22x faster than f32 at `wide`'s
+             (BUILD_NOTES, "Speed").
   tuned      python -m experiments.transformer_lm --workdir=runs/lm_tuned --config=experiments/transformer_lm/config.py:tuned
              the same model, lr 2e-3, 200 warmup steps, 7,000 steps, two evals.
              136-144 s of training in two runs (139-148 s wall); val loss 1.573 in both, to the

@@ -179,10 +179,10 @@ def _dot_accumulating_f32(x_NxD: Array, w_DxF: Array) -> Array:
 
     XLA:CPU runs a bfloat16 matmul on the bf16 instructions (AVX512_BF16, AMX) only when it
     asks for a float32 result and contracts x's last axis; a bf16-result matmul is upcast to a
-    float32 one (measured on a Zen 4: 2048x384 @ 384x1536 at 189 GFLOP/s bf16 -> bf16, 387
-    bf16 -> f32, 208 in f32). The backward pass is written out for the same reason: JAX's own
-    transpose of this dot asks for bf16 results. The kernel gradient contracts over the rows of
-    both operands, which XLA:CPU upcasts whatever it is asked (BUILD_NOTES, "Speed").
+    float32 one (about 2x slower where the instructions exist; BUILD_NOTES, "bf16 on a Zen 4").
+    The backward pass is written out for the same reason: JAX's own transpose of this dot asks
+    for bf16 results. The kernel gradient contracts over the rows of both operands, which
+    XLA:CPU upcasts whatever it is asked.
     """
     return lax.dot(x_NxD, w_DxF, preferred_element_type=jnp.float32).astype(x_NxD.dtype)
 
@@ -212,7 +212,7 @@ def _low_precision_dot_general(lhs, rhs, dimension_numbers, precision=None, pref
 
 
 def _dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT, use_bias=None) -> nn.Dense:
-    """The blocks' Dense layer in `config.dtype` (float32: flax's own; else `_low_precision_dot_general`)."""
+    """A Dense layer computing in `config.dtype` (float32: flax's own; else `_low_precision_dot_general`)."""
     low_precision = jnp.dtype(config.dtype) != jnp.float32
     return nn.Dense(features, use_bias=config.use_bias if use_bias is None else use_bias, dtype=config.dtype,
                     kernel_init=kernel_init, name=name,
