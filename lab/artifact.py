@@ -45,6 +45,18 @@ class ArtifactInputError(ValueError):
     """Inputs that do not match the artifact's spec (names, dtypes, shapes)."""
 
 
+def is_export(path: str) -> bool:
+    """Whether folder `path` is a lab export and nothing else: its sidecar says format FORMAT and it
+    holds no file an export does not write (so replacing it loses nothing of the user's)."""
+    try:
+        with open(os.path.join(path, SIDECAR)) as f:
+            meta = json.load(f)
+        names = set(os.listdir(path))
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("format") == FORMAT and names <= {SIDECAR, PROGRAM, PARAMS}
+
+
 def sha256(path: str) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

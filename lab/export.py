@@ -17,7 +17,8 @@ artifact format, about 4x fewer parameter bytes, served like any other.
 
 The experiment comes from `DIR/run.json` (written by every experiment's CLI at the end of a run)
 or `--experiment`. Bad input (no run there, no checkpoint, an experiment that cannot export, an
-unwritable --out) ends with one `error:` line and exit status 1 (2 for bad flags).
+unwritable --out, an --out that exists and is not an earlier lab export, or an --out inside or
+around the run) ends with one `error:` line and exit status 1 (2 for bad flags), before any work.
 """
 
 from __future__ import annotations
@@ -92,8 +93,35 @@ def _flat_params(params) -> dict[str, np.ndarray]:
     return flat
 
 
+def check_out(out: str, workdir: str | None = None) -> None:
+    """Refuses an `out` that exporting could damage; call it before any work.
+
+    `out` may be missing (it is created) or an earlier lab export (it is replaced). Anything else
+    that exists there (a file, a folder of notes, a run, a folder of runs) is left alone and refused,
+    and so is any `out` that is the run's workdir, lies inside it or holds it.
+
+    Raises:
+      ConfigValueError: with one line naming `out` and what to do.
+    """
+    out = os.path.realpath(out)
+    if workdir is not None:
+        run = os.path.realpath(workdir)
+        if out == run or out.startswith(run + os.sep) or run.startswith(out + os.sep):
+            raise ConfigValueError(f"--out={out} is or overlaps the run's workdir {run}: "
+                                   f"give --out a folder outside the run (e.g. {run}_export)")
+    if not os.path.lexists(out):
+        return
+    if not os.path.isdir(out) or os.path.islink(out):
+        raise ConfigValueError(f"--out={out} exists and is not a folder: give a new path for the export")
+    if os.listdir(out) and not artifact.is_export(out):
+        raise ConfigValueError(f"--out={out} exists and is not a lab export (no {artifact.SIDECAR} of format "
+                               f"{artifact.FORMAT!r}); lab replaces only an earlier export: give a new path")
+
+
 def export(exportable: Exportable, params, out: str, source: dict) -> dict:
     """Writes the artifact directory `out` (replacing an older export there); returns its sidecar.
+
+    `out` must pass `check_out` (checked again here): nothing but an earlier export is ever removed.
 
     Args:
       exportable: the experiment's serving function and input spec.
@@ -109,6 +137,7 @@ def export(exportable: Exportable, params, out: str, source: dict) -> dict:
     outputs = {name: {"shape": [d if isinstance(d, int) else str(d) for d in aval.shape], "dtype": str(aval.dtype)}
                for name, aval in out_avals.items()}
     flat = _flat_params(params)
+    check_out(out, source.get("workdir"))
 
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
@@ -133,12 +162,16 @@ def export(exportable: Exportable, params, out: str, source: dict) -> dict:
         }
         with open(os.path.join(staging, artifact.SIDECAR), "w") as f:
             json.dump(meta, f, indent=2)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
+        old = None
+        if os.path.isdir(out):  # an earlier export (check_out): moved aside, removed once the new one is in
+            old = tempfile.mkdtemp(dir=parent, prefix=".export-old-")
+            os.replace(out, os.path.join(old, "export"))
         os.replace(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return meta
 
 
@@ -169,6 +202,7 @@ def export_run(workdir: str, out: str, step: int | None = None, experiment: str 
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
         raise ConfigValueError(f"{workdir} holds no run (no config.json): give the --workdir of a trained run")
+    check_out(out, workdir)
     experiment = experiment or read_experiment(workdir)
     if not experiment:
         raise ConfigValueError(f"{workdir} does not say which experiment trained it (no {RUN_RECORD}): "

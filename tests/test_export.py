@@ -128,6 +128,35 @@ def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
     assert not os.path.exists(tmp_path / "m")
 
 
+def test_export_never_deletes_what_is_not_an_export(mlp_export, tmp_path, run_cli):
+    run, model = mlp_export
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep me")
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("keep me too")
+    before = sorted(os.listdir(run))
+    from lab.errors import ConfigValueError
+    for out, message in [(notes, "is not a lab export"), (a_file, "is not a folder"), (run, "overlaps the run"),
+                         (os.path.join(run, "export"), "overlaps the run"), (tmp_path, "is not a lab export"),
+                         (os.path.dirname(run), "overlaps the run")]:
+        with pytest.raises(ConfigValueError, match=message):
+            export_run(run, str(out))
+    proc = run_cli("lab.export", f"--workdir={run}", f"--out={run}")
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(lines) == 1 and "overlaps the run" in lines[0], proc.stderr[-1500:]
+    assert (notes / "todo.txt").read_text() == "keep me" and a_file.read_text() == "keep me too"
+    assert sorted(os.listdir(run)) == before
+    # An earlier export (and an empty folder) is replaced; an export with a stranger file in it is not.
+    (tmp_path / "empty").mkdir()
+    export_run(run, str(tmp_path / "empty"))
+    assert artifact.is_export(str(tmp_path / "empty"))
+    export_run(run, str(tmp_path / "empty"))
+    (tmp_path / "empty" / "mine.txt").write_text("x")
+    with pytest.raises(ConfigValueError, match="is not a lab export"):
+        export_run(run, str(tmp_path / "empty"))
+
+
 def _post(url, body: bytes):
     import urllib.error
     import urllib.request
