@@ -11,6 +11,11 @@ with its process (`[p1] ...`). When one process fails, the others are stopped at
 launcher exits non-zero naming it; when all succeed, it exits 0. Checkpoints already committed
 stay: rerunning the same command resumes the run.
 
+The workers never outlive the launcher: SIGTERM, SIGINT (Ctrl-C) or SIGHUP to the launcher (or to
+its process group) stops every worker and says so in one line (exit 128 + the signal's number), and
+each worker gets SIGTERM from the kernel if the launcher itself dies, even by SIGKILL (Linux's
+parent-death signal).
+
 On a real cluster nothing here is needed: SLURM's `srun` (or a TPU pod's per-host command)
 starts the processes, and `--coordinator_address=auto` lets each find the others.
 """
@@ -18,6 +23,7 @@ starts the processes, and `--coordinator_address=auto` lets each find the others
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import signal
 import socket
@@ -86,14 +92,45 @@ def _stop(procs: list[subprocess.Popen]) -> None:
     """SIGTERM to every process still running (its whole group), then SIGKILL after a grace."""
     for p in procs:
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGTERM)
+            _signal_group(p, signal.SIGTERM)
     deadline = time.monotonic() + GRACE_SECONDS
     for p in procs:
         try:
             p.wait(timeout=max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
-            os.killpg(p.pid, signal.SIGKILL)
+            _signal_group(p, signal.SIGKILL)
             p.wait()
+
+
+def _signal_group(p: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(p.pid, sig)
+    except ProcessLookupError:  # exited between the check and the signal
+        pass
+
+
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+_PR_SET_PDEATHSIG = 1  # prctl option (linux/prctl.h)
+
+
+class _Signalled(Exception):
+    """The launcher received one of FORWARDED_SIGNALS."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_signalled(signum, frame):
+    raise _Signalled(signum)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: SIGTERM when the launcher dies, however it dies (Linux only)."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):  # not Linux: the signal handlers below still forward
+        pass
 
 
 def _blame(code: int) -> int:
@@ -123,41 +160,57 @@ def launch(num_processes: int, command: list[str], devices_per_process: int | No
     if devices_per_process is not None:
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
-    lock = threading.Lock()
-    procs, threads = [], []
+    procs: list[subprocess.Popen] = []
+    previous = {sig: signal.signal(sig, _raise_signalled) for sig in FORWARDED_SIGNALS}
+    try:
+        return _run(procs, num_processes, command, address, env)
+    except _Signalled as e:
+        for sig in FORWARDED_SIGNALS:  # a second Ctrl-C must not cut the stopping short
+            signal.signal(sig, signal.SIG_IGN)
+        _stop(procs)
+        name = signal.Signals(e.signum).name
+        print(f"error: the launcher received {name}; stopped every process. Committed checkpoints are kept: "
+              f"rerun the same command to resume", file=sys.stderr, flush=True)
+        return 128 + e.signum
+    finally:
+        _stop(procs)  # nothing outlives the launcher, whatever ends it
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], address: str, env: dict) -> int:
+    """`launch` once its signal handlers are set: starts the processes into `procs` and waits."""
     for i in range(num_processes):
         args = command + [f"--coordinator_address={address}", f"--num_processes={num_processes}",
                           f"--process_id={i}"]
         try:
+            # A session of its own: Ctrl-C in the terminal reaches the launcher only, which stops
+            # the workers in order; the parent-death signal covers a launcher killed outright.
             proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    text=True, bufsize=1, start_new_session=True)
+                                    text=True, bufsize=1, start_new_session=True, preexec_fn=_die_with_parent)
         except OSError as e:
-            _stop(procs)
             print(f"error: cannot start process {i} ({args[0]}): {e.strerror}", file=sys.stderr)
             return EXIT_USAGE
         procs.append(proc)
-        thread = threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock), daemon=True)
+    lock = threading.Lock()
+    threads = [threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock), daemon=True)
+               for i, proc in enumerate(procs)]
+    for thread in threads:  # after every fork: preexec_fn runs while no other thread exists
         thread.start()
-        threads.append(thread)
     finished: list[int] = []  # process indices in the order they were seen to exit
-    try:
-        while True:
-            finished += [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
-            failed = [i for i in finished if procs[i].returncode != 0]
-            if failed or len(finished) == len(procs):
-                break
-            time.sleep(0.1)
-        if failed:  # one failure brings down the others within moments: see them all, then judge
-            deadline = time.monotonic() + SETTLE_SECONDS
-            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                time.sleep(0.05)
-            finished += [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
-            failed = sorted((i for i in finished if procs[i].returncode != 0),
-                            key=lambda i: (_blame(procs[i].returncode), finished.index(i)))
-    except KeyboardInterrupt:
-        _stop(procs)
-        print("error: interrupted; stopped every process", file=sys.stderr)
-        return 130
+    while True:
+        finished += [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
+        failed = [i for i in finished if procs[i].returncode != 0]
+        if failed or len(finished) == len(procs):
+            break
+        time.sleep(0.1)
+    if failed:  # one failure brings down the others within moments: see them all, then judge
+        deadline = time.monotonic() + SETTLE_SECONDS
+        while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+            time.sleep(0.05)
+        finished += [i for i, p in enumerate(procs) if p.poll() is not None and i not in finished]
+        failed = sorted((i for i in finished if procs[i].returncode != 0),
+                        key=lambda i: (_blame(procs[i].returncode), finished.index(i)))
     if not failed:
         for t in threads:
             t.join(timeout=2)

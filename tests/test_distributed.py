@@ -221,6 +221,47 @@ def test_timeouts_name_the_process_that_did_not_arrive(tmp_path):
     assert not os.path.exists(tmp_path / "alone")
 
 
+_SLEEPER = "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(600)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie has exited: only its parent has not reaped it yet
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_workers_never_outlive_the_launcher(tmp_path, sig):
+    launcher = subprocess.Popen([sys.executable, "-m", "lab.launch", "--num_processes=2", "--",
+                                 sys.executable, "-c", _SLEEPER, str(tmp_path)],
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while len(os.listdir(tmp_path)) < 2:
+            assert launcher.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        workers = [int(name) for name in os.listdir(tmp_path)]
+        launcher.send_signal(sig)
+        _, stderr = launcher.communicate(timeout=30)
+        deadline = time.monotonic() + 10
+        while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in workers), "a worker outlived the launcher"
+    finally:
+        launcher.kill()
+        for name in os.listdir(tmp_path):
+            try:
+                os.kill(int(name), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+    if sig == signal.SIGTERM:  # SIGKILL leaves the launcher no word to say; the kernel stops the workers
+        (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
+        assert "received SIGTERM; stopped every process" in line and launcher.returncode == 128 + signal.SIGTERM
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--", sys.executable, "-c", "pass"], "--num_processes"),
     (["--num_processes=0", "--", "true"], "--num_processes=0 is invalid"),
