@@ -73,12 +73,13 @@ def _fail(message: str, code: int, after_report=None) -> None:
     print(f"error: {message}", file=sys.stderr, flush=True)
     if after_report is not None:  # e.g. release the process that waits until this one has reported
         after_report()
-    if _multi_process():
-        # A normal exit would wait (minutes) at jax's shutdown barrier for processes that are
-        # still running: leave at once, so a launcher or scheduler sees the failure.
-        sys.stdout.flush()
-        os._exit(code)
-    sys.exit(code)
+    # The line is the last word. A normal exit would wait: at jax's shutdown barrier for processes
+    # still running (minutes), and on background writer threads of a failed checkpoint save that
+    # can never finish (Orbax's, forever). Everything finished is on disk already (the loop closes
+    # its logs and waits for its saves before an error leaves it), so leave at once.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 _USAGE_ERRORS = (flags.Error, AttributeError, KeyError, TypeError, ValueError)

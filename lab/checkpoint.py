@@ -11,8 +11,11 @@ latest step -> restore state and meta onto that target -> continue from `meta['s
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import re
+import sys
 from typing import Any, Sequence
 
 import jax
@@ -24,14 +27,60 @@ from lab.errors import CheckpointError
 PyTree = Any
 
 
+class _QuietOrbaxErrors(logging.Filter):
+    """Drops Orbax's own error logs (tracebacks from its writer threads): the failure reaches the
+    caller as the exception lab raises, which says what to do. LAB_DEBUG=1 keeps them."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno >= logging.ERROR and f"{os.sep}orbax{os.sep}" in record.pathname)
+
+
+def _quiet_closed_loop_hook(previous):
+    """A `sys.unraisablehook` that drops "Event loop is closed": TensorStore's threads report it
+    when a failed save's writes complete after Orbax has closed its event loop. Anything else goes
+    on to `previous`."""
+    def hook(unraisable):
+        if not (unraisable.exc_type is RuntimeError and str(unraisable.exc_value) == "Event loop is closed"):
+            previous(unraisable)
+    hook.lab_quiet_closed_loop = True
+    return hook
+
+
+def check_writable(directory: str) -> None:
+    """Creates `directory` and writes a probe file in it, so a checkpoint directory that cannot be
+    written fails before training rather than at the first save.
+
+    Raises:
+      OSError: with the errno of the failure (read-only disk, no permission, full disk).
+    """
+    os.makedirs(directory, exist_ok=True)
+    probe = os.path.join(directory, f".write-probe-{os.getpid()}-{jax.process_index()}")
+    with open(probe, "w") as f:
+        f.write("lab")
+    os.remove(probe)
+
+
 class Checkpointer:
-    """Saves every `every_steps` steps (and when forced), keeps the newest `max_to_keep`, async."""
+    """Saves every `every_steps` steps (and when forced), keeps the newest `max_to_keep`, async.
+
+    A save that fails in the background (full disk) raises its OSError at the next `save` or at
+    `wait`; after that the checkpointer refuses further saves. Orbax's writer threads that were
+    waiting on the failed save may then never finish: an entry point reports the error and leaves
+    without waiting for them (experiments/cli.py).
+    """
 
     def __init__(self, directory: str, every_steps: int, max_to_keep: int = 3, async_save: bool = True):
         if max_to_keep < 1:  # Orbax would read 0 as "keep none" and delete every checkpoint
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.directory = os.path.abspath(directory)
         self.every_steps = every_steps
+        self.failed: BaseException | None = None
+        check_writable(self.directory)
+        self._quiet = None if os.environ.get("LAB_DEBUG") else _QuietOrbaxErrors()
+        if self._quiet is not None:
+            logging.getLogger("absl").addFilter(self._quiet)
+            if not getattr(sys.unraisablehook, "lab_quiet_closed_loop", False):
+                sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
         self.manager = ocp.CheckpointManager(
             self.directory,
             options=ocp.CheckpointManagerOptions(
@@ -49,11 +98,23 @@ class Checkpointer:
         return self.every_steps > 0 and step % self.every_steps == 0
 
     def save(self, step: int, state: PyTree, meta: dict) -> None:
-        """Starts an (async) save of `state` and `meta` at `step`."""
+        """Starts an (async) save of `state` and `meta` at `step`; raises an earlier save's error."""
+        if self.failed is not None:
+            raise self.failed
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+        with self._failure():
+            self.manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)))
+
+    @contextlib.contextmanager
+    def _failure(self):
+        """Records the first write error (an OSError anywhere in the chain is what is raised)."""
+        try:
+            yield
+        except Exception as e:
+            self.failed = _os_error(e, self.directory) or e
+            raise self.failed from (None if self.failed is e else e)
 
     def restore(self, step: int, abstract_state: PyTree) -> tuple[PyTree, dict]:
         """Restores (state, meta) at `step` onto `abstract_state` (shapes, dtypes, shardings)."""
@@ -69,11 +130,35 @@ class Checkpointer:
         return restored["state"], restored["meta"]
 
     def wait(self) -> None:
-        """Blocks until async saves are on disk; call before the process exits."""
-        self.manager.wait_until_finished()
+        """Blocks until async saves are on disk; call before the process exits. Raises the error
+        of a save that failed."""
+        if self.failed is not None:
+            raise self.failed
+        with self._failure():
+            self.manager.wait_until_finished()
 
     def close(self) -> None:
-        self.manager.close()
+        """Releases the manager (after a failed save only the log filter: Orbax's close would
+        wait on writer threads that cannot finish)."""
+        if self.failed is None:
+            self.manager.close()
+        if self._quiet is not None:
+            logging.getLogger("absl").removeFilter(self._quiet)
+            self._quiet = None
+
+
+def _os_error(e: BaseException, directory: str) -> OSError | None:
+    """The OS error behind a failed save: an OSError in the exception's chain, or the errno that
+    TensorStore (Orbax's array writer) puts in its message as `os_error_code='N'`."""
+    cause: BaseException | None = e
+    while cause is not None:
+        if isinstance(cause, OSError):
+            return cause
+        code = re.search(r"os_error_code='(\d+)'", str(cause))
+        if code:
+            return OSError(int(code[1]), os.strerror(int(code[1])), directory)
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def _first_line(e: BaseException) -> str:
@@ -140,29 +225,6 @@ def load_state(workdir: str, step: int | None = None) -> tuple[PyTree, str]:
     return jax.tree.map(np.asarray, restored["state"]), f"{directory}/{step}"
 
 
-def load_params_subtree(workdir: str, source_path: Sequence[str], target: PyTree,
-                        step: int | None = None) -> PyTree:
-    """Reads `params[source_path...]` of another run's checkpoint, checked against `target`.
-
-    This is how a new model starts from a pretrained one: e.g. the encoder of a masked-LM run
-    loaded into a classifier whose `params['encoder']` has the same structure.
-
-    Args:
-      workdir: the other run's --workdir (its checkpoints live in `workdir/checkpoints`).
-      source_path: keys from the checkpointed state's `params` down to the sub-tree, e.g. ('encoder',).
-      target: the sub-tree it will replace (arrays or ShapeDtypeStructs): names, shapes and
-        dtypes must match exactly.
-      step: checkpoint step to read; the latest when None.
-    Returns:
-      The sub-tree as host numpy arrays, with the structure of `target`.
-    Raises:
-      CheckpointError: no checkpoint, a missing key, or any name/shape/dtype mismatch (the
-        message lists the first differences).
-    """
-    params, where = load_params(workdir, step)
-    return _checked_subtree(params, where, source_path, target)
-
-
 def load_pretrained(workdir: str, names: Sequence[str], params: PyTree, step: int | None = None
                     ) -> tuple[PyTree, str]:
     """`params` with the top-level entries `names` replaced by those of another run's checkpoint.
@@ -175,7 +237,8 @@ def load_pretrained(workdir: str, names: Sequence[str], params: PyTree, step: in
     Returns:
       (new params, "DIR/STEP" of the checkpoint read).
     Raises:
-      CheckpointError: as `load_params_subtree`.
+      CheckpointError: no checkpoint, a missing name, or any name/shape/dtype mismatch (the
+        message lists the first differences).
     """
     source, where = load_params(workdir, step)
     loaded = {name: _checked_subtree(source, where, (name,), params[name]) for name in names}

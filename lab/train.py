@@ -395,9 +395,11 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         if start_step >= total_steps:  # checkpointed at the end, but killed before its results
             eval_results = run_evals(state, step)
     finally:
-        checkpointer.wait()
-        checkpointer.close()
-        logger.close()
+        try:
+            checkpointer.wait()  # raises a failed save's error (unless another error is on its way)
+        finally:
+            checkpointer.close()
+            logger.close()
     # No process leaves before every process has committed the last checkpoint.
     distributed.barrier("the end of training")
 

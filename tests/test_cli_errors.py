@@ -3,6 +3,8 @@
 import json
 import os
 
+import pytest
+
 
 MODULE = "experiments.mlp_classifier"
 FAST = ["--config.num_train_steps=4", "--config.log_every_steps=2", "--config.eval_every_steps=2",
@@ -112,6 +114,41 @@ def test_full_disk_is_one_line_and_keeps_what_was_written(tmp_path):
     line = error_line(proc)
     assert "No space left on device" in line and "disk is full" in line
     assert (tmp_path / "finished_work").read_text() == "kept"
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`mount(size, read_only)` -> a tmpfs at tmp_path/run/checkpoints (needs root and mount rights)."""
+    import subprocess
+    mounted = []
+
+    def mount(size: str, read_only: bool = False):
+        target = tmp_path / "run" / "checkpoints"
+        target.mkdir(parents=True)
+        options = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(target)], capture_output=True)
+        if proc.returncode != 0:
+            pytest.skip("cannot mount a small tmpfs here (needs root): " + proc.stderr.decode()[-200:])
+        mounted.append(target)
+        return tmp_path / "run"
+
+    yield mount
+    for target in mounted:
+        subprocess.run(["umount", str(target)], check=False)
+
+
+@pytest.mark.parametrize("case", ["read_only", "full_mid_run"])
+def test_a_checkpoint_write_that_fails_ends_with_one_line_and_no_hang(run_cli, small_disk, case):
+    workdir = small_disk("1m", read_only=True) if case == "read_only" else small_disk("24k")
+    proc = run_cli(MODULE, f"--workdir={workdir}", "--config.num_train_steps=60", "--config.log_every_steps=10",
+                   "--config.eval_every_steps=30", "--config.checkpoint_every_steps=20", timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    line = error_line(proc)
+    if case == "read_only":  # found before any training
+        assert "disk is read-only" in line and "step " not in proc.stdout
+    else:  # the first save fills the disk; what was logged before it is kept
+        assert "disk is full" in line and "step 20/60" in proc.stdout
+        assert (workdir / "metrics.jsonl").read_text().count("\n") >= 2
 
 
 def test_config_values_are_checked_before_any_data_is_read(run_cli, tmp_path):
