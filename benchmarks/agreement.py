@@ -8,7 +8,7 @@ Runs each experiment through its normal entry point (the 2-process runs through 
 loss and of every final parameter, and the wall time of each run. Saves JSON (default
 `benchmarks/results/agreement.json`). The recipes: the MLP digits classifier as published (140
 steps, dropout off) and the default GPT recipe cut to 300 steps (dropout off, AdamW, warmup +
-cosine, evals with samples every 100 steps). Runtime on a 2-core EPYC: about 6 minutes.
+cosine, evals with samples every 100 steps). Every run is a real training run: expect minutes.
 """
 
 from __future__ import annotations

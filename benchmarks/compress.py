@@ -9,7 +9,7 @@ and compares beside it:
              fine-tuned from it on the loop with the `optimizer.prune` block: sparsity ramped
              (cubic) over the first two thirds of the fine-tune, then the masks fixed; sparsity
              checked on the saved params;
-  distilled  a smaller student trained on the loop with `lab.compress.DistillationTask` (T=4,
+  distilled  a smaller student trained on the loop with `lab.tasks.distill.DistillationTask` (T=4,
              alpha=0.9) from the baseline, beside the same student on labels alone.
 The families:
   mlp          the seed recipe `mlp_classifier:fashion` (784-128-64-10, SGD, 6,000 steps) on
@@ -38,7 +38,9 @@ import lab.data
 from benchmarks import common
 from lab import train
 from lab.checkpoint import load_params
-from lab.compress import DistillationTask, dequantize, param_bytes, quantize, sparsity
+from lab.compress import dequantize, param_bytes, quantize
+from lab.optim.prune import sparsity
+from lab.tasks.distill import DistillationTask
 from lab.tasks.classification import ClassificationTask
 
 

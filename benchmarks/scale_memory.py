@@ -28,8 +28,8 @@ that fit `--budget_gb`. Every FSDP layout is compiled three ways (`--activations
     (`BatchShardedLMTask`, a diagnostic).
 Prints a table and writes JSON (default `benchmarks/results/scale_memory.json`).
 
-Runtime on this repo's 2-core AMD EPYC (default flags: 30 compiles of 8-63 s each): 870 s;
-peak RSS 1.2 GB. Temporaries are XLA:CPU's: its scheduler, fusion and collectives (all-reduce +
+The default flags make 30 compiles (nothing runs): expect minutes; the JSON records each
+compile's seconds and the peak RSS. Temporaries are XLA:CPU's: its scheduler, fusion and collectives (all-reduce +
 slice where XLA:GPU would make a reduce-scatter) differ from XLA:GPU's and TPU's, so read `temp`
 as an estimate.
 """

@@ -8,9 +8,9 @@ warms it up, then lets `--clients` threads (each with its own keep-alive HTTP co
 requests for `--seconds` or `--max_requests`, whichever ends first. Reports requests/s, inputs/s,
 p50/p99 latency, errors, and the model calls the server made (from its /metrics). Saves JSON
 (default benchmarks/results/serve.json). Without --model it trains the digits MLP
-(`mlp_classifier:digits_tuned`, about 10 s) and exports it into runs/bench_serve/.
+(`mlp_classifier:digits_tuned`, a short run) and exports it into runs/bench_serve/.
 
-The clients run on the same 2 cores as the server, so the figures are a floor for the server.
+The clients run on the same cores as the server, so the figures are a floor for the server.
 """
 
 from __future__ import annotations

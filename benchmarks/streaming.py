@@ -19,6 +19,8 @@ rounds), examples/s, and the first batch's cost including opening the split (mem
 whole split; grain_iter: starting its threads). The array_record files are in the OS page cache
 (they were just built or read): cold-disk reads would cost more.
 
+Needs grain, which lab does not depend on: `pip install grain`.
+
 End to end: steps/s of `python -m experiments.mlp_classifier --config=...:fashion` (or the default
 digits config with `--dataset=digits`) for `--train_steps` steps with `--config.data_source=memory`
 and `=stream`, the median over its log intervals (compile and the final eval excluded) and the
@@ -37,7 +39,6 @@ import tempfile
 import time
 from importlib.metadata import version
 
-import grain
 import numpy as np
 import tensorflow_datasets as tfds
 
@@ -67,9 +68,20 @@ class TfdsDecodedRows:
         return self.spec.canonical({k: raw[k] for k in self.spec.keys}, self.builder)
 
 
-def grain_dataset(name: str, batcher: pipeline.EpochBatcher, steps: int) -> grain.MapDataset:
-    """grain over the split's TFDS data source: element `step` is the batcher's batch `step`
-    (its example order, read example by example through TFDS, stacked by grain's batch)."""
+def _grain():
+    """The grain module; exits with one line if it is not installed (lab does not depend on it)."""
+    try:
+        import grain
+    except ImportError:
+        raise SystemExit("error: benchmarks.streaming compares with grain, which lab does not install: "
+                         "pip install grain") from None
+    return grain
+
+
+def grain_dataset(name: str, batcher: pipeline.EpochBatcher, steps: int):
+    """A grain.MapDataset over the split's TFDS data source: element `step` is the batcher's batch
+    `step` (its example order, read example by example through TFDS, stacked by grain's batch)."""
+    grain = _grain()
     spec, builder = registry._spec(name), registry._prepared(name, storage.default_data_dir())
     source = tfds.data_source(builder.name, split="train", data_dir=storage.default_data_dir())
     order = np.concatenate([batcher.indices(s) for s in range(steps)])
@@ -120,7 +132,7 @@ def measure_batchers(name: str, batch_size: int, steps: int, rounds: int) -> dic
         # Timed from the iterator's start: its threads read ahead up to `steps` batches, so the
         # batches after the first come out of its buffer and timing them alone would flatter it.
         t = time.perf_counter()
-        it = iter(ds.to_iter_dataset(grain.ReadOptions()))
+        it = iter(ds.to_iter_dataset(_grain().ReadOptions()))
         first_batch = next(it)
         first = time.perf_counter() - t
         for _ in range(steps - 1):
@@ -182,6 +194,7 @@ def end_to_end(dataset: str, steps: int) -> dict:
 
 def main() -> None:
     """Parses the flags, measures the batchers and the end-to-end runs, prints and saves JSON."""
+    _grain()  # before any work
     ensure_malloc_env()  # measure the process the experiments run in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist", help="falls back to digits if it cannot be built")

@@ -31,9 +31,9 @@ and loss under `torch.autocast("cpu", bfloat16)`, parameters and AdamW state flo
 Measurements alternate, lab (both dtypes of a shape) then PyTorch, for `--rounds` rounds; each
 side reports the median of its round medians. Prints a table and writes JSON (default
 `benchmarks/results/transformer_lm.json`).
-On a CPU without AVX512_BF16 or AMX, PyTorch's bfloat16 step is emulated: measured 16x its
-float32 step for `default` and about 37 s a step for `wide` on a 2-core AVX2 EPYC, so leave
-`wide_bf16` out there (`--configs=default,wide,default_bf16`).
+On a CPU without AVX512_BF16 or AMX, PyTorch's bfloat16 step is emulated, many times slower
+than its float32 step (for `wide`, too slow to time), so leave `wide_bf16` out there
+(`--configs=default,wide,default_bf16`).
 """
 
 from __future__ import annotations

@@ -53,8 +53,8 @@ def ensure_malloc_env() -> None:
 def _multi_process() -> bool:
     if "jax" not in sys.modules:
         return False
-    from jax._src import distributed
-    return distributed.global_state.client is not None
+    import jax
+    return jax.distributed.is_initialized()
 
 
 def _first_line(e: BaseException, limit: int = 160) -> str:

@@ -34,19 +34,19 @@ import time
 
 from absl import app, flags
 
-from lab import reproduce
+from experiments import REFERENCE_TABLE
+from lab import reference_table, reproduce
 from lab.errors import EXIT_FAILURE, EXIT_USAGE, exit_with_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TABLE = os.path.join(REPO, "experiments", "reference_results.json")
 LEDGER = "ledger.json"  # DIR's record of the finished runs: what a rerun skips
 _DEFAULT_WALL_S = 60.0  # the ETA's guess for a run the table has no time for
 
 flags.DEFINE_string("workdir", None, "Directory of the reproduction: one workdir per run, RESULTS.md, results.json.")
-flags.DEFINE_enum("budget", "quick", list(reproduce.BUDGETS), "quick: minutes, shrunken configs; full: the published configs.")
+flags.DEFINE_enum("budget", "quick", list(reference_table.BUDGETS), "quick: minutes, shrunken configs; full: the published configs.")
 flags.DEFINE_integer("seeds", 1, "Seeds 0 .. N-1 per row.")
 flags.DEFINE_list("only", [], "Rows to run (and the rows they need); default: every row of the budget.")
-flags.DEFINE_string("reference", TABLE, "The reference table.")
+flags.DEFINE_string("reference", REFERENCE_TABLE, "The reference table.")
 flags.DEFINE_bool("write_reference", False, "Store this run's values as the reference of --budget (all runs must succeed).")
 flags.DEFINE_bool("readme", False, "Print README's results table from the reference table and exit.")
 FLAGS = flags.FLAGS
@@ -114,7 +114,7 @@ def main(argv):
     if len(argv) > 1:
         exit_with_error(f"unexpected arguments {argv[1:]}; flags are written --name=value", EXIT_USAGE)
     try:
-        table = reproduce.load_table(FLAGS.reference)
+        table = reference_table.load_table(FLAGS.reference)
         if FLAGS.readme:
             print(reproduce.reference_markdown(table), end="")
             return
@@ -123,7 +123,7 @@ def main(argv):
         if FLAGS.seeds < 1:
             exit_with_error(f"--seeds={FLAGS.seeds}: use 1 or more", EXIT_USAGE)
         rows = reproduce.select(table, FLAGS.budget, FLAGS.only)
-    except reproduce.ReproduceError as e:
+    except reference_table.ReproduceError as e:
         exit_with_error(str(e), EXIT_USAGE)
 
     budget, seeds = FLAGS.budget, list(range(FLAGS.seeds))
@@ -168,7 +168,7 @@ def main(argv):
                 "metrics": {m: results[m] for m in row["metrics"]},
                 "wall_s": wall, "environment": _environment(workdir)}
             _write_json(ledger_path, ledger)
-            values = ", ".join(f"{m} {reproduce.fmt(results[m])}" for m in row["metrics"])
+            values = ", ".join(f"{m} {reference_table.fmt(results[m])}" for m in row["metrics"])
             eta = remaining_expected * (spent / spent_expected if spent_expected else 1.0)
             print(f"[{i}/{len(todo)}] {name} seed {seed}: {values} ({wall:.0f} s; ETA {_clock(eta)})", flush=True)
     except KeyboardInterrupt:
@@ -201,8 +201,8 @@ def main(argv):
     for o in outcomes:
         for line in o["lines"]:
             if line["holds"] is False:
-                print(f"FAILS: {o['row']['name']} {line['metric']} = {reproduce.fmt(line['mean'])}, reference "
-                      f"{reproduce.fmt(line['reference'])} ± {reproduce.fmt(line['tolerance'], 2)}", flush=True)
+                print(f"FAILS: {o['row']['name']} {line['metric']} = {reference_table.fmt(line['mean'])}, reference "
+                      f"{reference_table.fmt(line['reference'])} ± {reference_table.fmt(line['tolerance'], 2)}", flush=True)
         if o.get("differences"):
             print(f"warning: {o['row']['name']}: the environment differs from the reference's: "
                   + "; ".join(o["differences"]), flush=True)

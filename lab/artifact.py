@@ -9,7 +9,7 @@ An artifact is a directory written by `python -m lab.export`:
                   parameters as the function's first argument (not constants), batch symbolic
     params.npz    the parameters, one array per key path ("hidden_0/kernel"), no pickle
 
-    >>> model = Artifact("runs/mlp_digits/export")
+    >>> model = Artifact("exports/mlp_digits")
     >>> model.inputs                         # {'inputs': {'shape': ['b', 8, 8, 1], 'dtype': 'float32'}}
     >>> model(inputs=x_Bx8x8x1)["label"]     # logits (B, 10) as numpy
 

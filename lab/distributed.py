@@ -13,8 +13,9 @@ needs around it:
 * `agree`: process 0 does a check (the workdir check) and tells the others its outcome, so an
   error on process 0 stops every process instead of leaving them waiting in a collective.
 
-The coordination service's key-value store and barriers are jax's own (the same service that
-starts the run), so there is no socket or file protocol of lab's.
+The barriers are jax's coordination service's (the service that starts the run; see
+`_wait_at_barrier` for why not a public jax call) and `agree`'s outcome travels through jax's
+public `multihost_utils.broadcast_one_to_all`, so there is no socket or file protocol of lab's.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from dataclasses import dataclass
 from typing import Callable
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from lab.errors import ConfigValueError, LabError
 
@@ -42,7 +45,7 @@ class _Runtime:
     """This process's settings for the run (one run per process, as jax.distributed has)."""
 
     timeout_s: float = DEFAULT_TIMEOUT_S
-    agreements: int = 0  # `agree` calls so far: each uses a fresh key
+    agreements: int = 0  # `agree` calls so far: each uses fresh barrier ids
 
 
 _RUNTIME = _Runtime()
@@ -113,9 +116,17 @@ def initialize(coordinator_address: str | None, num_processes: int | None = None
         watchdog.cancel()
 
 
-def _client():
-    from jax._src import distributed  # the runtime's client: its barriers and key-value store
-    return distributed.global_state.client
+def _wait_at_barrier(barrier_id: str, timeout_s: float) -> None:
+    """Waits at the coordination service's barrier `barrier_id`; raises jax's runtime error on timeout.
+
+    This module's one use of a private jax module (`jax._src.distributed`, the client that
+    `jax.distributed.initialize` starts). jax's public barrier,
+    `jax.experimental.multihost_utils.sync_global_devices`, is a device collective with no timeout:
+    a process that never arrives leaves the others waiting, and nothing names it. The coordination
+    service's barrier takes a timeout and its error names the processes that did not arrive.
+    """
+    from jax._src import distributed
+    distributed.global_state.client.wait_at_barrier(barrier_id, int(timeout_s * 1000))
 
 
 def _missing(message: str) -> str:
@@ -133,9 +144,12 @@ def barrier(name: str, timeout_s: float | None = None) -> None:
     """
     if jax.process_count() == 1:
         return
-    timeout_s = _RUNTIME.timeout_s if timeout_s is None else timeout_s
+    _barrier(f"lab/{name}", name, _RUNTIME.timeout_s if timeout_s is None else timeout_s)
+
+
+def _barrier(barrier_id: str, name: str, timeout_s: float) -> None:
     try:
-        _client().wait_at_barrier(f"lab/{name}", int(timeout_s * 1000))
+        _wait_at_barrier(barrier_id, timeout_s)
     except Exception as e:  # jax raises its runtime error with the coordination service's text
         if "DEADLINE_EXCEEDED" not in str(e) and "timed out" not in str(e):
             raise
@@ -150,42 +164,51 @@ def agree(name: str, check: Callable[[], None]) -> None:
     """Process 0 runs `check`; every process then stops with an error if it raised a LabError.
 
     Process 0 re-raises its own error; the others raise DistributedError quoting it, so no
-    process is left waiting in a collective for one that stopped. Process 0 waits (up to 30 s)
-    until the others call their error's `after_report()`, which the CLI does once it has printed
-    the error line.
+    process is left waiting in a collective for one that stopped. The others wait for process 0
+    at a barrier (`barrier`'s timeout and message), then receive its outcome through jax's
+    `multihost_utils.broadcast_one_to_all`. After an error, process 0 waits (up to 30 s) until
+    the others call their error's `after_report()`, which the CLI does once it has printed the
+    error line.
     """
     if jax.process_count() == 1:
         check()
         return
     _RUNTIME.agreements += 1
-    key = f"lab/agree/{name}/{_RUNTIME.agreements}"
-    client = _client()
+    key = f"lab/agree/{_RUNTIME.agreements}/{name}"
+    error = None
     if jax.process_index() == 0:
         try:
             check()
         except LabError as e:
-            client.key_value_set(key, "error:" + (" ".join(str(e).split()) or type(e).__name__))
-            try:  # stay until the others have read it: the run's service ends with process 0
-                client.wait_at_barrier(f"{key}/read", int(min(_RUNTIME.timeout_s, 30) * 1000))
-            except Exception:
-                pass  # a process that does not come must not hide this error
-            raise
-        client.key_value_set(key, "ok")
-        return
-    try:
-        verdict = client.blocking_key_value_get(key, int(_RUNTIME.timeout_s * 1000))
-    except Exception as e:
-        raise DistributedError(f"process {jax.process_index()}: process 0 did not finish {name!r} within "
-                               f"{_RUNTIME.timeout_s:g} s (see its output)") from e
-    if verdict != "ok":
-        def release():
-            # Process 0 leaves, and the run's service with it, once every process is past this
-            # barrier: a process that passed it before reporting could be aborted by the lost
-            # service before its error line was out (seen under load).
-            try:
-                client.wait_at_barrier(f"{key}/read", int(min(_RUNTIME.timeout_s, 30) * 1000))
-            except Exception:
-                pass
-        error = DistributedError(f"process 0 stopped the run at {name!r}: {verdict.removeprefix('error:')}")
-        error.after_report = release  # the CLI calls it once the error line is printed
+            error = e
+    _barrier(f"{key}/checked", name, _RUNTIME.timeout_s)
+    message = "" if error is None else " ".join(str(error).split()) or type(error).__name__
+    message = _from_process_0(message)
+
+    def reported():
+        # Process 0 leaves, and the run's coordination service with it, once every process is
+        # past this barrier: a process that left before reporting could be aborted by the lost
+        # service before its error line was out (seen under load).
+        try:
+            _wait_at_barrier(f"{key}/reported", min(_RUNTIME.timeout_s, 30))
+        except Exception:
+            pass  # a process that does not come must not hide the error
+
+    if error is not None:
+        reported()
         raise error
+    if message:
+        error = DistributedError(f"process 0 stopped the run at {name!r}: {message}")
+        error.after_report = reported  # the CLI calls it once the error line is printed
+        raise error
+
+
+def _from_process_0(text: str, max_bytes: int = 4096) -> str:
+    """Process 0's `text` (up to `max_bytes` of UTF-8) on every process: jax's public broadcast,
+    a collective over every process's devices."""
+    data = np.zeros(max_bytes, np.uint8)
+    if jax.process_index() == 0:
+        raw = text.encode()[:max_bytes]
+        data[:len(raw)] = np.frombuffer(raw, np.uint8)
+    data = np.asarray(multihost_utils.broadcast_one_to_all(data))
+    return bytes(data).rstrip(b"\0").decode(errors="ignore")

@@ -183,7 +183,7 @@ def shardings_from_rules(abstract: PyTree, mesh: Mesh, rules: PartitionRules) ->
 
 
 # Functions compiled once (init): on CPU, compiling random initialisers (threefry, truncated
-# normals) with LLVM's expensive passes costs seconds (4.7 s -> 0.5 s for the MLP, measured).
+# normals) with LLVM's expensive passes costs seconds, and a function run once gains nothing by them.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -225,7 +225,7 @@ class _Strategy:
         """This process's numpy batch (its slice of the global batch) as global arrays.
 
         One device: the numpy arrays go to jit as they are (its own transfer is the cheapest
-        path, ~0.1 ms less per step than an explicit device_put). Several devices of one
+        path, cheaper per step than an explicit device_put). Several devices of one
         process: split over 'data' by device_put. Several processes: each gives its own slice.
         """
         if jax.process_count() > 1:
@@ -273,8 +273,8 @@ class MeshParallel(_Strategy):
     def gather_for_compute(self) -> Callable[[PyTree], PyTree] | None:
         """With 'fsdp' > 1: `params -> params` constrained to be whole on every device, for use
         inside the step. Left to itself, XLA's sharding propagation follows the split parameters
-        into the activations (split by width, the batch's logits gathered on every device: 7x the
-        replicated step's temporaries for the 125M GPT, measured in benchmarks/scale_memory.py);
+        into the activations (split by width, the batch's logits gathered on every device: several
+        times the replicated step's temporaries; benchmarks/scale_memory.py measures them);
         gathered parameters keep the activations split by batch, as in data parallelism, while
         parameters and optimizer state stay stored split. None without FSDP."""
         if self.mesh.shape[FSDP_AXIS] == 1:

@@ -7,6 +7,9 @@ say) and pyplot's figure list alone.
 In a multi-process run every process computes what a hook draws (samples are jitted: one
 process alone would leave the others waiting), and only process 0 writes: `save_image`,
 `save_figure` and `save_text` write on process 0 and do nothing on the others.
+
+`table_reference` reads the `reference` block a config shows in its closing summary from the
+reference table (`experiments/reference_results.json`), so no published number lives in code.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@
      "metrics": ["val_loss"],                       # keys of the run's results.json
      "needs": {"features_run": "cnn_digits"},       # config key -> the row whose workdir it names
      "budgets": {"quick": {"flags": {"num_train_steps": 300}}, "full": {"flags": {}}},
-     "outside": [{"metric": "val_loss", "value": 1.88, "source": "nanoGPT's README, CPU recipe"}],
-     "measured": {"quick": {"seeds": [0, 1, 2], "wall_s": 21.3, "environment": {...},
+     "outside": [{"metric": "val_loss", "value": ..., "source": "nanoGPT's README, CPU recipe"}],
+     "measured": {"quick": {"seeds": [0, 1, 2], "wall_s": ..., "environment": {...},
                             "metrics": {"val_loss": {"values": [...], "mean": ..., "std": ...,
                                                      "tolerance": ...}}}, "full": {...}}}
 
@@ -19,55 +19,18 @@ arithmetic: which rows, the tolerance rule, the comparison and the tables.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
 from lab import configs
-from lab.errors import LabError
+from lab.reference_table import ReproduceError, fmt
 
-BUDGETS = ("quick", "full")
 # Three seed-to-seed standard deviations of the reference, and never less than a fraction of its
 # value: a one-seed or bit-identical reference still admits float reassociation on another CPU kind.
 TOLERANCE_STDS = 3.0
 TOLERANCE_FLOOR = 0.01  # relative to |mean|
 # What a run records that is not about the machine or the stack (each run has its own).
 _NOT_COMPARED = ("step", "time_utc", "seed", "git.revision", "git.dirty")
-
-
-class ReproduceError(LabError):
-    """A reference table or a selection that cannot be used (the message says how to fix it)."""
-
-
-def load_table(path: str) -> dict:
-    """The reference table at `path`, checked: every row names an experiment, its metrics and a
-    budget, dependencies name rows that come before it."""
-    try:
-        with open(path) as f:
-            table = json.load(f)
-    except OSError as e:
-        raise ReproduceError(f"cannot read the reference table {path}: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise ReproduceError(f"the reference table {path} is not JSON ({e}): restore it from git") from None
-    rows = table.get("rows")
-    if not isinstance(rows, list) or not rows:
-        raise ReproduceError(f"the reference table {path} has no 'rows' list")
-    seen = set()
-    for row in rows:
-        name = row.get("name")
-        for key in ("name", "experiment", "metrics", "budgets"):
-            if not row.get(key):
-                raise ReproduceError(f"row {name or row!r} of {path} has no {key!r}")
-        if name in seen:
-            raise ReproduceError(f"row {name!r} appears twice in {path}")
-        unknown = set(row["budgets"]) - set(BUDGETS)
-        if unknown:
-            raise ReproduceError(f"row {name!r} of {path}: unknown budget {sorted(unknown)}; use {', '.join(BUDGETS)}")
-        for dep in row.get("needs", {}).values():
-            if dep not in seen:
-                raise ReproduceError(f"row {name!r} of {path} needs {dep!r}, which is not a row above it")
-        seen.add(name)
-    return table
 
 
 def select(table: dict, budget: str, only: Sequence[str] = ()) -> list[dict]:
@@ -177,11 +140,6 @@ def environment_differences(run: Mapping, reference: Mapping) -> list[str]:
     if run.get("git", {}).get("dirty"):
         out.append("git: this run's tree had uncommitted changes")
     return out
-
-
-def fmt(value: float | None, digits: int = 5) -> str:
-    """A metric value for the tables: `digits` significant digits ('' for None)."""
-    return "" if value is None else f"{value:.{digits}g}"
 
 
 def _value_cell(mean: float, std: float, n: int) -> str:

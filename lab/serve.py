@@ -32,7 +32,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import importlib.resources
 import json
+import re
+import string
 import time
 from dataclasses import dataclass
 
@@ -364,90 +368,32 @@ def build_app(model_path: str, options: ServeOptions | None = None):
 
 
 def _page(predictor: Predictor, model_id: dict) -> str:
-    """A page to try the model: draw or upload a digit (scaled to the model's input), type a speech or a prompt."""
-    title = f"{model_id['name']} (step {model_id['step']})"
+    """A page to try the model: draw or upload a digit (scaled to the model's input), type a speech or a prompt.
+
+    The HTML is lab/serve_page.html (package data): its "page" section with the form and script
+    sections of the model's kind filled in.
+    """
+    part = _page_sections()
     if predictor.kind in ("generator", "chatbot"):
-        start, limit = ("ROMEO:", predictor.max_prompt) if predictor.kind == "generator" else \
-            ("What say you, my lord?", 2000)
-        form = (f'<input id="prompt" size="60" maxlength="{limit}" value="{start}"> '
-                f'<button id="go">{"Generate" if predictor.kind == "generator" else "Reply"}</button> '
-                f'(up to {predictor.max_new_tokens} characters)')
-        script = """document.getElementById('go').onclick = async () => {
-  const r = await fetch('/generate', {method: 'POST', body: JSON.stringify({prompt: document.getElementById('prompt').value})});
-  const j = await r.json();
-  document.getElementById('result').textContent = j.error ? 'error: ' + j.error : j.text;
-};"""
+        start, limit, button = ("ROMEO:", predictor.max_prompt, "Generate") if predictor.kind == "generator" else \
+            ("What say you, my lord?", 2000, "Reply")
+        form = part["prompt form"].substitute(limit=limit, start=start, button=button,
+                                              max_new_tokens=predictor.max_new_tokens)
+        script = part["prompt script"].substitute()
     elif predictor.kind == "text":
-        form = ('<textarea id="text" rows="6" cols="70">To be, or not to be, that is the question</textarea><br>'
-                '<button id="go">Classify</button>')
-        script = """document.getElementById('go').onclick = async () => {
-  const r = await fetch('/predict', {method: 'POST', body: JSON.stringify({text: [document.getElementById('text').value]})});
-  show(await r.json());
-};"""
+        form, script = part["text form"].substitute(), part["text script"].substitute()
     else:
-        h, w = predictor.row_shape[0], predictor.row_shape[1]
-        form = ('<canvas id="pad" width="224" height="224" style="border:1px solid #888;background:#fff"></canvas><br>'
-                '<button id="go">Classify</button> <button id="clear">Clear</button> '
-                'or upload an image: <input type="file" id="upload" accept="image/*">')
-        script = f"""const pad = document.getElementById('pad'), ctx = pad.getContext('2d');
-ctx.lineWidth = 18; ctx.lineCap = 'round';
-let down = false;
-pad.onmousedown = e => {{ down = true; ctx.beginPath(); ctx.moveTo(e.offsetX, e.offsetY); }};
-pad.onmousemove = e => {{ if (down) {{ ctx.lineTo(e.offsetX, e.offsetY); ctx.stroke(); }} }};
-window.onmouseup = () => {{ down = false; }};
-document.getElementById('clear').onclick = () => ctx.clearRect(0, 0, 224, 224);
-// An uploaded picture becomes ink on the pad: dark-on-light or light-on-dark, judged by its border.
-document.getElementById('upload').onchange = e => {{
-  const file = e.target.files[0]; if (!file) return;
-  const img = new Image();
-  img.onload = () => {{
-    const tmp = document.createElement('canvas'); tmp.width = tmp.height = 224;
-    const t = tmp.getContext('2d'); t.drawImage(img, 0, 0, 224, 224);
-    const src = t.getImageData(0, 0, 224, 224), d = src.data;
-    const lum = i => (0.299 * d[i] + 0.587 * d[i + 1] + 0.114 * d[i + 2]) * d[i + 3] / 255 + 255 - d[i + 3];
-    let border = 0, n = 0;
-    for (let k = 0; k < 224; k++) for (const [x, y] of [[k, 0], [k, 223], [0, k], [223, k]]) {{
-      border += lum((y * 224 + x) * 4); n++; }}
-    const light = border / n > 127;
-    const out = ctx.createImageData(224, 224);
-    for (let i = 0; i < d.length; i += 4) {{
-      const v = lum(i); out.data[i + 3] = light ? 255 - v : v; }}
-    ctx.putImageData(out, 0, 0);
-    URL.revokeObjectURL(img.src);
-    classify();
-  }};
-  img.src = URL.createObjectURL(file);
-}};
-function pixels() {{  // the drawing averaged down to {h}x{w}, ink high in [0, 1]
-  const data = ctx.getImageData(0, 0, 224, 224).data, rows = [];
-  const sy = 224 / {h}, sx = 224 / {w};
-  for (let y = 0; y < {h}; y++) {{ const row = [];
-    for (let x = 0; x < {w}; x++) {{ let s = 0, n = 0;
-      for (let yy = Math.floor(y * sy); yy < Math.floor((y + 1) * sy); yy++)
-        for (let xx = Math.floor(x * sx); xx < Math.floor((x + 1) * sx); xx++) {{ s += data[(yy * 224 + xx) * 4 + 3]; n++; }}
-      row.push([s / n / 255]); }}
-    rows.push(row); }}
-  return rows;
-}}
-async function classify() {{
-  const r = await fetch('/predict', {{method: 'POST', body: JSON.stringify({{inputs: [pixels()]}})}});
-  show(await r.json());
-}}
-document.getElementById('go').onclick = classify;"""
-    return f"""<!doctype html><html><head><meta charset="utf-8"><title>lab: {title}</title></head>
-<body style="font-family:sans-serif;margin:2em">
-<h2>lab: {title}</h2>
-{form}
-<pre id="result">(no prediction yet)</pre>
-<script>
-function show(j) {{
-  const out = document.getElementById('result');
-  if (j.error) {{ out.textContent = 'error: ' + j.error; return; }}
-  out.textContent = Object.entries(j.predictions[0]).map(([head, p]) =>
-    head + ': ' + p.label + ' (' + (100 * p.probability).toFixed(1) + '%)').join('\\n');
-}}
-{script}
-</script></body></html>"""
+        form = part["image form"].substitute()
+        script = part["image script"].substitute(h=predictor.row_shape[0], w=predictor.row_shape[1])
+    return part["page"].substitute(title=f"{model_id['name']} (step {model_id['step']})", form=form, script=script)
+
+
+@functools.cache
+def _page_sections() -> dict[str, string.Template]:
+    """lab/serve_page.html's sections by name (each runs from its `<!-- section: NAME -->` line to the next)."""
+    text = importlib.resources.files("lab").joinpath("serve_page.html").read_text(encoding="utf-8")
+    parts = re.split(r"^<!-- section: ([\w ]+) -->\n", text, flags=re.M)[1:]
+    return {name: string.Template(body.removesuffix("\n")) for name, body in zip(parts[::2], parts[1::2])}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,5 @@
-"""lab.compress: int8 quantization, magnitude pruning (alone and through lab.optim's
-`optimizer.prune` block on the loop), distillation on the loop; small MLPs on digits."""
+"""lab.compress (int8 quantization), lab.optim.prune (magnitude pruning, alone and through lab.optim's
+`optimizer.prune` block on the loop), lab.tasks.distill on the loop; small MLPs on digits."""
 
 import jax
 import jax.numpy as jnp
@@ -14,9 +14,10 @@ from experiments.mlp_classifier.config import get_config
 from lab import optim, train
 from tests.helpers import override
 from lab.checkpoint import load_params, load_state
-from lab.compress import prune
-from lab.compress import (DistillationTask, dequantize, distillation_sums, magnitude_prune, param_bytes,
-                          quantize, sparsity, sparsity_at)
+from lab.compress import dequantize, param_bytes, quantize
+from lab.optim import prune
+from lab.optim.prune import magnitude_prune, sparsity, sparsity_at
+from lab.tasks.distill import DistillationTask, distillation_sums
 from lab.errors import ConfigValueError
 from lab.models.mlp import MLP
 from lab.tasks.classification import ClassificationTask

@@ -11,7 +11,7 @@ import optax
 import pytest
 
 import lab.data
-from lab import checkpoint, parallel, pipeline
+from lab import checkpoint, generative_setup, parallel, pipeline
 from lab.errors import ConfigValueError
 from lab.models import gan
 from lab.tasks import generative
@@ -176,16 +176,16 @@ def test_vae_run_reports_the_elbo_and_writes_its_pngs(tmp_path, features_run):
 
 def test_feature_run_checks(tmp_path, features_run):
     with pytest.raises(ConfigValueError, match="holds no trained classifier.*mlp_classifier.*cnn_digits"):
-        generative.check_features_run(str(tmp_path / "nothing"), "digits")
+        generative_setup.check_features_run(str(tmp_path / "nothing"), "digits")
     with pytest.raises(ConfigValueError, match="trained on digits"):
-        generative.check_features_run(features_run, "fashion_mnist")
+        generative_setup.check_features_run(features_run, "fashion_mnist")
     with pytest.raises(ConfigValueError, match="is empty"):
-        generative.check_features_run("", "digits")
+        generative_setup.check_features_run("", "digits")
     with pytest.raises(ConfigValueError, match="not an image dataset"):
         generative.check_image_dataset("mnist1d", 2)
     with pytest.raises(ConfigValueError, match="do not halve 3 times"):
         generative.check_image_dataset("fashion_mnist", 3)
-    generative.check_features_run(features_run, "digits")
+    generative_setup.check_features_run(features_run, "digits")
 
 
 def test_missing_feature_run_is_one_line_before_any_work(run_cli, tmp_path):

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from lab.data import timeseries
+import lab.data
 from lab.errors import ConfigValueError
 from lab.tasks import forecast
 
@@ -20,7 +20,7 @@ def test_forecast_end_to_end_reports_the_network_beside_three_baselines(tmp_path
     config = forecast_config("tiny")
     config.dataset = dataset
     results = forecaster.main(config, str(tmp_path))
-    series = timeseries.series(dataset)
+    series = lab.data.series(dataset)
     windows = len(range(config.timesteps, series["bounds"]["train"][1]))
     assert results["step"] == config.num_epochs * (windows // config.batch_size)
     for split in ("test", "val"):

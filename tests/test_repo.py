@@ -45,15 +45,16 @@ def test_readme_python_examples_run_as_written(tmp_path):
 
 
 def test_readme_train_export_serve_curl_works_as_written(tmp_path):
-    """README's main job, then its deploy block, run by bash as written: only the workdir (moved
-    into tmp_path), the port (a free one) and the venv's python (the one running the tests) differ."""
+    """README's main job, then its deploy block, run by bash as written: only the workdir and the
+    export (moved into tmp_path), the port (a free one) and the venv's python (the one running the tests) differ."""
     from lab.launch import free_port
 
     blocks = re.findall(r"```bash\n(.*?)\n```", read("README.md"), re.S)
     train = blocks[0].split("&& ")[-1]  # the main job, without the install before it
     (deploy,) = [b for b in blocks if "lab.serve" in b and "curl" in b]
     script = ("set -euo pipefail\n" + train + "\n" + deploy).replace(".venv/bin/python", "python")
-    script = script.replace("runs/mlp_digits", str(tmp_path / "mlp_digits")).replace("8000", str(free_port()))
+    script = (script.replace("runs/mlp_digits", str(tmp_path / "mlp_digits"))
+              .replace("exports/mlp_digits", str(tmp_path / "export")).replace("8000", str(free_port())))
     env = dict(os.environ, PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"])
     proc = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, (proc.stdout[-2000:], proc.stderr[-2000:])

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 
-from lab import reproduce
+from lab import reference_table, reproduce
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -115,7 +115,7 @@ def test_bad_flags_are_one_clear_line(tmp_path):
 
 
 def test_selection_brings_the_rows_a_row_needs():
-    table = reproduce.load_table(os.path.join(ROOT, "experiments", "reference_results.json"))
+    table = reference_table.load_table(os.path.join(ROOT, "experiments", "reference_results.json"))
     assert [r["name"] for r in reproduce.select(table, "quick", ["gan_digits"])] == ["cnn_digits", "gan_digits"]
     assert [r["name"] for r in reproduce.select(table, "full", ["vae_fashion"])] == ["cnn_fashion", "vae_fashion"]
 
@@ -123,7 +123,7 @@ def test_selection_brings_the_rows_a_row_needs():
 def test_every_quick_row_has_a_reference_and_the_readme_shows_the_table():
     """CI runs the quick budget against these references; README's Results table is generated
     from the same file (`python -m experiments.reproduce --readme`)."""
-    table = reproduce.load_table(os.path.join(ROOT, "experiments", "reference_results.json"))
+    table = reference_table.load_table(os.path.join(ROOT, "experiments", "reference_results.json"))
     families = set()
     for row in table["rows"]:
         if "quick" in row["budgets"]:

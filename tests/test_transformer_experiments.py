@@ -206,10 +206,9 @@ def test_mismatched_checkpoint_is_refused(mlm_run, tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="does not match"):
         classifier.main(config, str(tmp_path))
     with pytest.raises(checkpoint.CheckpointError, match="no params\\[decoder\\]"):
-        target = {"x": jax.ShapeDtypeStruct((1,), np.float32)}
-        checkpoint.load_params_subtree(mlm_run, ("decoder",), target)
+        checkpoint.load_pretrained(mlm_run, ("decoder",), {"decoder": {"x": jax.ShapeDtypeStruct((1,), np.float32)}})
     with pytest.raises(checkpoint.CheckpointError, match="no checkpoints"):
-        checkpoint.load_params_subtree(str(tmp_path / "nowhere"), ("encoder",), {})
+        checkpoint.load_pretrained(str(tmp_path / "nowhere"), ("encoder",), {"encoder": {}})
 
 
 def test_mlm_pretraining_text_is_the_classifiers_train_speeches_only():

@@ -6,7 +6,7 @@ A DCGAN (`lab.models.gan`) on one-channel images, trained by lab's loop with two
 
 import os
 
-from lab import configs, train
+from lab import configs, generative_setup, train
 from lab.models import gan
 from lab.tasks import generative
 
@@ -16,13 +16,13 @@ def validate(config) -> None:
     configs.check_block(config.model, "model",
                         positive_ints=("latent_dim", "generator_channels", "discriminator_channels"))
     generative.check_image_dataset(config.dataset, len(config.model.generator_channels))
-    generative.check_features_run(config.features_run, config.dataset)
+    generative_setup.check_features_run(config.features_run, config.dataset)
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains the GAN of `config` in `workdir`; returns the results (FD, coverage, losses)."""
-    features = generative.FeatureNetwork.from_run(config.features_run, config.dataset, config.data_dir)
-    data, info = generative.image_data(config, config.model.latent_dim, train_noise=True,
+    features = generative_setup.load_feature_network(config.features_run, config.dataset, config.data_dir)
+    data, info = generative_setup.image_data(config, config.model.latent_dim, train_noise=True,
                                        eval_streams={"noise": generative.PRIOR_STREAM})
     image_shape = info["test_arrays"]["inputs"].shape[1:]
     task = generative.GANTask(

@@ -1,20 +1,28 @@
 """Configs of the DCGAN. Select a variant with `--config=experiments/gan/config.py:NAME`.
 
-First train the feature network the sample-quality metrics read (`features_run`):
+What they are for: a GAN trained by lab's loop with two optimizers, its samples scored by FD and
+class coverage through a feature network, the classifier run named by `features_run`. Train that
+one first:
 
   python -m experiments.mlp_classifier --workdir=runs/cnn_fashion --config=experiments/mlp_classifier/config.py:cnn_fashion
 
+The measured numbers live in experiments/reference_results.json (README's results table is
+generated from it); each variant names its row, and the closing summary quotes that row.
+
   (default)  python -m experiments.gan --workdir=runs/gan_fashion
-             DCGAN on Fashion-MNIST: Adam(2e-4, b1=0.5) for each network, batch 64, 9,000 steps.
-             Measured on the 2-core AMD EPYC (Zen 3, AVX2, no AVX-512, matmul peak ~136-153
-             GFLOP/s), alone: 788 s wall; test FD 33.3 (10,000 samples vs the 10,000 test images;
-             the VAE: 83.6; train vs test images: 0.15-0.17), class entropy 2.239 (log 10 = 2.303).
+             DCGAN on Fashion-MNIST: Adam(2e-4, b1=0.5) for each network, batch 64, 9,000 steps;
+             test FD and class entropy of 10,000 samples against the 10,000 test images.
+             Row: gan_fashion.
   digits     python -m experiments.gan --workdir=runs/gan_digits --config=experiments/gan/config.py:digits
-             8x8 digits (features_run runs/cnn_digits, built by the mlp_classifier's cnn_digits).
-             42 s wall; test FD 11.96 (the VAE's: 22.1), class entropy 2.267.
+             The same on the 8x8 digits (features_run runs/cnn_digits, built by the
+             mlp_classifier's cnn_digits variant): the quick check of the generative family.
+             Row: gan_digits.
 """
 
 import ml_collections
+
+from experiments import REFERENCE_TABLE
+from lab import reference_table
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -45,8 +53,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     for name in ("generator", "discriminator"):
         c.optimizers[name] = ml_collections.ConfigDict(dict(name="adam", learning_rate=2e-4, b1=0.5, b2=0.999))
 
-    c.reference = ml_collections.ConfigDict(dict(
-        metric="test_fd", value=33.33, source="this config's own published run (BUILD_NOTES.md; lower is better)"))
+    # Shown beside the result in the closing summary (FD: lower is better); no effect on the run.
+    c.reference = reference_table.table_reference(REFERENCE_TABLE, "gan_fashion", "test_fd")
 
     if variant in (None, "", "fashion"):
         return c
@@ -61,6 +69,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model.latent_dim = 32
         c.model.generator_channels = (64, 32)  # 2x2 -> 4x4 -> 8x8
         c.model.discriminator_channels = (32, 64)
-        c.reference.value = 11.96
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "gan_digits", "test_fd")
         return c
     raise ValueError(f"unknown variant {variant!r}: use fashion (the default) or digits")

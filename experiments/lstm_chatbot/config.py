@@ -1,26 +1,34 @@
 """Configs of the LSTM encoder-decoder chatbot. Select a variant with `--config=experiments/lstm_chatbot/config.py:NAME`.
 
-Data: `shakespeare_dialogue` pairs (a speech, the next speech of another speaker in the same
-scene), split by scene; characters as tokens. Validation per-character cross-entropy after 2,000
-steps, seed 0, measured on the 2-core CPU machine (AMD EPYC Zen 3, AVX2, no AVX-512) with two or
-three of these runs sharing it (alone, a step of the default takes 0.31-0.43 s: 11-15 minutes a run);
-BUILD_NOTES.md has the table and sample replies:
+What they are for: a character-level reply model trained on `shakespeare_dialogue` pairs (a
+speech, the next speech of another speaker in the same scene), split by scene, scored by the
+validation per-character cross-entropy and perplexity after 2,000 steps, with sample replies at
+each eval. The measured numbers live in experiments/reference_results.json (README's results
+table is generated from it); each variant names its row, and the closing summary quotes it.
+
   (default)     python -m experiments.lstm_chatbot --workdir=runs/chatbot
                 The article's recipe: Embedding -> LSTM encoder -> LSTM decoder (initialised with
                 the encoder's final state) -> Linear(vocab), Adam lr 1e-3, cross-entropy, teacher
-                forcing; no attention. 1,341 s; val loss 1.690 nats (perplexity 5.42).
-  additive      ... --config=experiments/lstm_chatbot/config.py:additive   additive (Bahdanau-score) attention:
-                2,109 s; val loss 1.531 (perplexity 4.62).
-  dot           ... --config=experiments/lstm_chatbot/config.py:dot        dot-product (Luong 'general') attention:
-                1,711 s; val loss 1.526 (perplexity 4.60).
-  decoder_only  ... --config=experiments/lstm_chatbot/config.py:decoder_only
-                the same decoder as a language model of replies that never sees the prompt:
-                931 s; val loss 1.728 (perplexity 5.63). The encoder is worth the gap to this one.
-  tiny          a seconds-long run for tests.
+                forcing; no attention. Row: chatbot.
+  additive      python -m experiments.lstm_chatbot --workdir=runs/chatbot_additive --config=experiments/lstm_chatbot/config.py:additive
+                additive (Bahdanau-score) attention: what attention adds. No row of its own; its
+                summary quotes the no-attention row, chatbot.
+  dot           python -m experiments.lstm_chatbot --workdir=runs/chatbot_dot --config=experiments/lstm_chatbot/config.py:dot
+                dot-product (Luong 'general') attention. No row of its own; its summary quotes
+                the no-attention row, chatbot.
+  decoder_only  python -m experiments.lstm_chatbot --workdir=runs/chatbot_decoder_only --config=experiments/lstm_chatbot/config.py:decoder_only
+                the same decoder as a language model of replies that never sees the prompt: what
+                the encoder is worth. No row of its own; its summary quotes the encoder-decoder
+                row, chatbot.
+  tiny          python -m experiments.lstm_chatbot --workdir=DIR --config=experiments/lstm_chatbot/config.py:tiny
+                a seconds-long run for tests; no row, no reference in its summary.
 Then: python -m experiments.lstm_chatbot.chat --workdir=runs/chatbot  (reads lines from stdin)
 """
 
 import ml_collections
+
+from experiments import REFERENCE_TABLE
+from lab import reference_table
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -67,20 +75,17 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.sample.top_k = 0  # 0: all characters
 
     # Shown beside the result in the closing summary; no effect on the run.
-    c.reference = ml_collections.ConfigDict(dict(
-        metric="val_perplexity", value=5.421, source="this recipe's published run, seed 0 (BUILD_NOTES.md)"))
+    c.reference = reference_table.table_reference(REFERENCE_TABLE, "chatbot", "val_perplexity")
 
     if variant in (None, ""):
         return c
     if variant in ("additive", "dot"):
         c.model.attention = variant
-        c.reference.value = {"additive": 4.625, "dot": 4.601}[variant]
-        c.reference.source = f"the published {variant}-attention run, seed 0 (BUILD_NOTES.md)"
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "chatbot", "val_perplexity", label="the no-attention recipe")
         return c
     if variant == "decoder_only":
         c.model.use_encoder = False
-        c.reference.value = 5.627
-        c.reference.source = "the published decoder-only run, seed 0 (BUILD_NOTES.md)"
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "chatbot", "val_perplexity", label="the encoder-decoder recipe")
         return c
     if variant == "tiny":
         c.max_src = 16
@@ -97,5 +102,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model.attention_dim = 8
         c.sample.num_prompts = 2
         c.sample.max_new_tokens = 8
+        del c.reference  # no row: a test run
         return c
     raise ValueError(f"unknown variant {variant!r}: use additive, dot, decoder_only or tiny")

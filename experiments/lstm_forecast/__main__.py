@@ -2,6 +2,7 @@
 
 import os
 
+import lab.data
 from lab import configs, train
 from lab.data import timeseries
 from lab.errors import ConfigValueError
@@ -27,7 +28,7 @@ def validate(config) -> None:
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains the forecaster of `config` on its series in `workdir`; returns the results."""
-    series = timeseries.series(config.dataset, data_dir=config.data_dir)
+    series = lab.data.series(config.dataset, data_dir=config.data_dir)
     train_start, train_stop = series["bounds"]["train"]
     first_eval = series["bounds"]["validation"][0]
     need = max(config.timesteps, series["season"])

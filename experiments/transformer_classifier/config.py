@@ -1,41 +1,49 @@
 """Configs of the speech classifier (play and genre). Select with `--config=experiments/transformer_classifier/config.py:NAME`.
 
-The seed-002 recipe: encoder -> Dense(512, relu) -> Dropout(0.1) -> output layers (here two:
-the play, 37 classes, and its genre, 3), Adam, 3 epochs, on the first 128 characters of each
-speech. The seed's lr 3e-5 (constant) is too slow for this budget: measured test play accuracy
-0.070 from scratch and 0.057 from the leak-free pretraining, against 0.081 and 0.079 with what
-every variant here uses instead, Adam 3e-4 with 10% warmup and a cosine decay (BUILD_NOTES.md
-has the table).
-Three runs of the same budget, each about 2.4 minutes on the 2-core CPU machine:
+What they are for: what a small Transformer encoder, from scratch or pretrained, learns of a
+speech's play and genre from its first 128 characters. The seed recipe: encoder ->
+Dense(512, relu) -> Dropout(0.1) -> output layers (here two: the play, 37 classes, and its genre,
+3), Adam, 3 epochs. Its lr 3e-5 (constant) is too slow for this budget, so every variant here
+uses Adam 3e-4 with 10% warmup and a cosine decay instead (BUILD_NOTES.md has the comparison).
+The measured numbers live in experiments/reference_results.json (README's results table is
+generated from it); each variant names its row, and the closing summary quotes it.
 
-  scratch     (default) the encoder from random init. Test play accuracy 0.081, genre 0.476.
-  pretrained  the encoder from a masked-LM run (--config.init_from=WORKDIR of transformer_mlm),
-              a new head. Play 0.086, genre 0.491 (from shakespeare_char pretraining).
-  frozen      as pretrained, the encoder frozen: only the head trains (optax.multi_transform).
-              Play 0.055, genre 0.431.
+  scratch     python -m experiments.transformer_classifier --workdir=runs/speech_classifier
+              (the default) the encoder from random init. Row: speech_classifier (it also holds
+              the TF-IDF + logistic regression baseline on the same characters).
+  pretrained  python -m experiments.transformer_classifier --workdir=runs/classifier_pretrained --config=experiments/transformer_classifier/config.py:pretrained
+              the encoder from a masked-LM run (--config.init_from=WORKDIR of transformer_mlm),
+              a new head: what pretraining is worth. No row of its own; its summary quotes the
+              scratch row, speech_classifier.
+  frozen      python -m experiments.transformer_classifier --workdir=runs/classifier_frozen --config=experiments/transformer_classifier/config.py:frozen
+              as pretrained, the encoder frozen: only the head trains (optax.multi_transform).
+              No row of its own; its summary quotes the scratch row, speech_classifier.
   scratch_bpe, pretrained_bpe, frozen_bpe
-              the same three on 8,192 BPE subwords (the first 128 tokens of each speech) with a
-              causal encoder; pretrained_bpe starts from `transformer_mlm:causal_bpe` in
-              runs/pretrain_bpe. With --config.num_epochs=10, pretrained: play 0.2516 / genre
-              0.5952 (2-core AMD EPYC Zen 3, 38 minutes, shared; TF-IDF on the same 128 tokens:
-              0.271 / 0.606). With --config.tokenizer.vocab_size=1024 (2-core Xeon, family 6
-              model 207): 3 epochs, about 4.7 minutes each, play 0.143 / genre 0.575 pretrained,
-              0.082 / 0.489 frozen; 10 epochs (15 minutes) play 0.208 / genre 0.590 pretrained
-              against 0.153 / 0.548 from scratch (TF-IDF on those 128 tokens: 0.269 / 0.600).
-  binary      the article's binary listing as written: Dense(512, relu) -> Dropout(0.1) -> Dense(1,
+              python -m experiments.transformer_classifier --workdir=runs/classifier_pretrained_bpe --config=experiments/transformer_classifier/config.py:pretrained_bpe
+              (and likewise the other two) the same three on 8,192 BPE subwords (the first 128
+              tokens of each speech) with a causal encoder; pretrained_bpe starts from
+              `transformer_mlm:causal_bpe` in runs/pretrain_bpe. No rows of their own; their
+              summaries quote the character-level scratch row, speech_classifier.
+  binary      python -m experiments.transformer_classifier --workdir=runs/classifier_binary --config=experiments/transformer_classifier/config.py:binary
+              the article's binary listing as written: Dense(512, relu) -> Dropout(0.1) -> Dense(1,
               sigmoid), binary cross-entropy, Adam 3e-5 constant, 3 epochs, on comedy vs tragedy
               (the comedies' and tragedies' speeches; histories left out). Accuracy, F1, ROC AUC.
-  binary_tuned the same head and loss with Adam 3e-4, warmup + cosine.
-  tiny        seconds-long, for tests.
+              No row; no reference in its summary.
+  binary_tuned python -m experiments.transformer_classifier --workdir=runs/classifier_binary_tuned --config=experiments/transformer_classifier/config.py:binary_tuned
+              the same head and loss with Adam 3e-4, warmup + cosine. No row; no reference in its summary.
+  tiny        python -m experiments.transformer_classifier --workdir=DIR --config=experiments/transformer_classifier/config.py:tiny
+              seconds-long, for tests; no row, no reference in its summary.
 
 Any variant takes `--config.tokenizer.name=bpe` (subwords; with init_from, the pretraining run's
-tokenizer, which must be bpe of the same size) and `--config.model.pooling=mean|max|attention|last`.
-BUILD_NOTES.md has the measured rows.
+tokenizer, which must be bpe of the same size), `--config.model.pooling=mean|max|attention|last`
+and `--config.num_epochs=N`. BUILD_NOTES.md has the experiments with them.
 """
 
 import ml_collections
 
 from experiments.transformer_mlm.config import encoder_config, tiny_encoder_config, tokenizer_config
+from experiments import REFERENCE_TABLE
+from lab import reference_table
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -74,24 +82,21 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.optimizer.frozen = ()  # ('encoder',) trains only the head
 
     # Shown beside the result in the closing summary; no effect on the run.
-    c.reference = ml_collections.ConfigDict(dict(
-        metric="test_play_accuracy", value=0.242,
-        source="TF-IDF + logistic regression on the same first 128 characters (the baseline to beat)"))
+    c.reference = reference_table.table_reference(REFERENCE_TABLE, "speech_classifier", "test_play_accuracy")
 
     if variant in (None, "", "scratch"):
         return c
-    if variant == "pretrained":
+    if variant in ("pretrained", "frozen"):
         c.init_from = "runs/transformer_mlm"
-        return c
-    if variant == "frozen":
-        c.init_from = "runs/transformer_mlm"
-        c.optimizer.frozen = ("encoder",)
+        if variant == "frozen":
+            c.optimizer.frozen = ("encoder",)
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "speech_classifier", "test_play_accuracy",
+                                             label="the encoder from scratch")
         return c
     if variant in ("scratch_bpe", "pretrained_bpe", "frozen_bpe"):
-        # Subwords (8,192 BPE tokens, as `transformer_mlm:causal_bpe` pretrains them: 4.4 points
-        # of play accuracy above 1,024) on that run's causal encoder, its outputs averaged (mean
-        # pooling: 2 points of play accuracy above the last token's, within 0.4 of attention
-        # pooling; BUILD_NOTES.md).
+        # Subwords (8,192 BPE tokens, as `transformer_mlm:causal_bpe` pretrains them: a better
+        # play classifier than 1,024) on that run's causal encoder, its outputs averaged (mean
+        # pooling: better than the last token's, as good as attention pooling; BUILD_NOTES.md).
         c.tokenizer.name = "bpe"
         c.tokenizer.vocab_size = 8192
         c.model.causal = True
@@ -99,6 +104,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
             c.init_from = "runs/pretrain_bpe"
         if variant == "frozen_bpe":
             c.optimizer.frozen = ("encoder",)
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "speech_classifier", "test_play_accuracy",
+                                             label="the character-level encoder from scratch")
         return c
     if variant in ("binary", "binary_tuned"):
         # The article's listing: encoder -> Dense(512, relu) -> Dropout(0.1) -> Dense(1, sigmoid),
@@ -108,9 +115,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         if variant == "binary":
             c.optimizer.learning_rate = 3e-5
             c.optimizer.schedule = "constant"
-        c.reference = ml_collections.ConfigDict(dict(
-            metric="test_accuracy", value=0.668,
-            source="TF-IDF + logistic regression on the same first 128 characters (F1 0.630, ROC AUC 0.727)"))
+        del c.reference  # no row
         return c
     if variant == "tiny":
         c.batch_size = 8
@@ -119,6 +124,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
         c.model.update(tiny_encoder_config())
         c.model.head_hidden = 16
+        del c.reference  # no row: a test run
         return c
     raise ValueError(f"unknown variant {variant!r}: use scratch, pretrained, frozen, scratch_bpe, pretrained_bpe, "
                      "frozen_bpe, binary, binary_tuned or tiny")

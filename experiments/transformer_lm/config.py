@@ -1,32 +1,37 @@
 """Configs of the GPT character LM. Select a variant with `--config=experiments/transformer_lm/config.py:NAME`.
 
-Measured on the 2-core CPU machine (AMD EPYC, AVX-512), otherwise idle; BUILD_NOTES.md has the curves:
+What they are for: nanoGPT's shakespeare_char recipe in lab, scored by the validation loss
+(nats per character) with a sample at each eval. The measured numbers live in
+experiments/reference_results.json (README's results table is generated from it; BUILD_NOTES.md
+has the curves); each variant names its row, and the closing summary quotes that row.
+
   (default)  python -m experiments.transformer_lm --workdir=runs/lm_default
              nanoGPT's CPU recipe for shakespeare_char, one to one: 4 layers, 4 heads, width 128,
              block 64, batch 12, no biases, AdamW lr 1e-3 (beta2 0.99, weight decay 0.1, clip 1.0),
-             100 warmup steps then cosine to 1e-4 over 2,000 steps, dropout 0.
-             44.6 s of training (evals and samples included); val loss 1.885.
-             On a 2-core AMD EPYC Zen 3 (AVX2, no AVX-512), 3 seeds (experiments.reproduce
-             --budget=full): 137-159 s wall a seed, val loss 1.8844 +- 0.0080; with
-             --config.model.compute_dtype=bfloat16, 1.8850 +- 0.0076 at the same speed (that part
-             has no bf16 instructions). On a Zen 4 with AVX512_BF16, bf16 seed 0: val loss 1.8849;
-             its step 36.0 ms against 35.2 in f32 at this width, 1.22x faster than f32 at `wide`'s
-             (BUILD_NOTES, "Speed").
+             100 warmup steps then cosine to 1e-4 over 2,000 steps, dropout 0. Row: lm_default
+             (it also holds nanoGPT's own number for its recipe).
+             `--config.model.compute_dtype=bfloat16` runs the matmuls in bf16 (faster only on a
+             CPU with bf16 instructions, AVX512_BF16 or AMX); no row.
   tuned      python -m experiments.transformer_lm --workdir=runs/lm_tuned --config=experiments/transformer_lm/config.py:tuned
-             the same model, lr 2e-3, 200 warmup steps, 7,000 steps, two evals.
-             136-144 s of training in two runs (139-148 s wall); val loss 1.573 in both, to the
-             last bit (target <= 1.80 in <= 3 min).
-  tuned_bpe  the tuned recipe on byte-level BPE subwords (1,024 tokens, trained on the train split and
-             kept in the workdir); compare val_bits_per_char (the char runs' loss / ln 2).
-  wide       nanoGPT's GPU model shape (6 layers, 6 heads, width 384, block 256, batch 8), for the benchmark.
-  tiny       a seconds-long run for tests.
+             the same model, lr 2e-3, 200 warmup steps, 7,000 steps, two evals: the recipe
+             pushed for a short CPU budget. Row: lm_tuned.
+  tuned_bpe  python -m experiments.transformer_lm --workdir=runs/lm_tuned_bpe --config=experiments/transformer_lm/config.py:tuned_bpe
+             the tuned recipe on byte-level BPE subwords (1,024 tokens, trained on the train split and
+             kept in the workdir); compare val_bits_per_char (the char runs' loss / ln 2). No row
+             of its own; its summary quotes lm_tuned's val loss in bits per character.
+  wide       python -m experiments.transformer_lm --workdir=runs/lm_wide --config=experiments/transformer_lm/config.py:wide
+             nanoGPT's GPU model shape (6 layers, 6 heads, width 384, block 256, batch 8), for the
+             benchmark (benchmarks/transformer_lm.py); no row, no reference in its summary.
+  tiny       python -m experiments.transformer_lm --workdir=DIR --config=experiments/transformer_lm/config.py:tiny
+             a seconds-long run for tests; no row, no reference in its summary.
 """
 
 import math
-
 import ml_collections
 
 from experiments.transformer_mlm.config import tokenizer_config
+from experiments import REFERENCE_TABLE
+from lab import reference_table
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -79,32 +84,29 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.sample.top_k = 20
 
     # Shown beside the result in the closing summary; no effect on the run.
-    c.reference = ml_collections.ConfigDict(dict(
-        metric="val_loss", value=1.885, source="this recipe's published run (BUILD_NOTES.md; nanoGPT's "
-        "README: 1.88 on its smaller 1.1 M-character corpus)"))
+    c.reference = reference_table.table_reference(REFERENCE_TABLE, "lm_default", "val_loss")
 
     if variant in (None, ""):
         return c
     if variant == "tuned":
-        # The default recipe, pushed for the 3-minute budget: twice the peak learning rate,
-        # 3.5x the steps, evals only twice (each eval with its sample costs ~1 s).
+        # The default recipe, pushed for a short CPU budget: twice the peak learning rate,
+        # 3.5x the steps, evals only twice (each eval also writes a sample: time off training).
         c.num_train_steps = 7000
         c.eval_every_steps = 3500
         c.checkpoint_every_steps = 3500
         c.optimizer.learning_rate = 2e-3
         c.optimizer.warmup_steps = 200
-        c.reference.value = 1.573
-        c.reference.source = "the published tuned run (BUILD_NOTES.md; goal <= 1.80 in 3 minutes)"
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "lm_tuned", "val_loss")
         return c
     if variant == "tuned_bpe":
         # The tuned recipe on byte-level BPE subwords (lab.data.subword, 1,024 tokens trained on
-        # the train split): the same model and steps; each 64-token window spans ~2.4x the text.
-        # Compare val_bits_per_char with the char runs'.
+        # the train split): the same model and steps; each 64-token window spans more text than
+        # 64 characters. Compare val_bits_per_char with the char runs'.
         c = get_config("tuned")
         c.tokenizer.name = "bpe"
-        c.reference = ml_collections.ConfigDict(dict(
-            metric="val_bits_per_char", value=1.573 / math.log(2),
-            source="the tuned char run's val loss in bits per character (1.573 nats)"))
+        nats = reference_table.table_reference(REFERENCE_TABLE, "lm_tuned", "val_loss", label="the tuned char run's val loss / ln 2")
+        c.reference = dict(nats, metric="val_bits_per_char",
+                           value=None if nats["value"] is None else round(nats["value"] / math.log(2), 4))
         return c
     if variant == "wide":
         c.batch_size = 8
@@ -113,6 +115,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model.num_heads = 6
         c.model.width = 384
         c.model.block_size = 256
+        del c.reference  # no row: a benchmark shape
         return c
     if variant == "tiny":
         c.batch_size = 4
@@ -127,5 +130,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model.width = 32
         c.model.block_size = 16
         c.sample.num_tokens = 8
+        del c.reference  # no row: a test run
         return c
     raise ValueError(f"unknown variant {variant!r}: use tuned, tuned_bpe, wide or tiny")

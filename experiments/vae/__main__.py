@@ -6,7 +6,7 @@ per image with its reconstruction and KL parts, FD and class coverage of its sam
 
 import os
 
-from lab import configs, train
+from lab import configs, generative_setup, train
 from lab.errors import ConfigValueError
 from lab.models import vae
 from lab.tasks import generative
@@ -25,13 +25,13 @@ def validate(config) -> None:
                                f"{', '.join(vae.LIKELIHOODS)}")
     conv_blocks = len(config.model.channels) if config.model.architecture == "conv" else 0
     generative.check_image_dataset(config.dataset, conv_blocks)
-    generative.check_features_run(config.features_run, config.dataset)
+    generative_setup.check_features_run(config.features_run, config.dataset)
 
 
 def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains the VAE of `config` in `workdir`; returns the results (ELBO, FD, coverage)."""
-    features = generative.FeatureNetwork.from_run(config.features_run, config.dataset, config.data_dir)
-    data, info = generative.image_data(config, config.model.latent_dim, train_noise=False,
+    features = generative_setup.load_feature_network(config.features_run, config.dataset, config.data_dir)
+    data, info = generative_setup.image_data(config, config.model.latent_dim, train_noise=False,
                                        eval_streams={"noise": generative.PRIOR_STREAM,
                                                      "posterior_noise": generative.POSTERIOR_STREAM})
     test = info["test_arrays"]

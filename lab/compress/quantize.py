@@ -21,15 +21,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from lab.optim.prune import DEFAULT_MIN_SIZE, eligible  # the same weights are pruned and quantized
+
 PyTree = Any
 QUANTIZED_KEYS = frozenset({"int8", "scale"})
-DEFAULT_MIN_SIZE = 1024  # elements: every MLP kernel qualifies, every bias stays float
-
-
-def eligible(leaf: Any, min_size: int) -> bool:
-    """Whether a parameter is compressed: a matrix or higher-rank kernel (ndim >= 2) with at
-    least `min_size` elements. Shared by quantization and pruning."""
-    return np.ndim(leaf) >= 2 and np.size(leaf) >= min_size
 
 
 def is_quantized(node: Any) -> bool:

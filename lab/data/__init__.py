@@ -41,7 +41,8 @@ from lab.data.registry import DATASETS, char_tokenizer, checksum, info, load
 from lab.data.shakespeare import CharTokenizer, comedy_or_tragedy, corpus_checksum, joined_speeches
 from lab.data.storage import default_data_dir
 from lab.data.streaming import STREAMABLE, StreamedSplit, stream
-from lab.data.timeseries import series, windows
+from lab.data.registry import series
+from lab.data.timeseries import windows
 
 __all__ = [
     "DATASETS",

@@ -356,3 +356,38 @@ def _content_checksum(name: str, data_dir: str) -> str:
 def char_tokenizer(data_dir: str | None = None) -> shakespeare.CharTokenizer:
     """The ``CharTokenizer`` of the built ``shakespeare_char`` vocabulary."""
     return shakespeare.CharTokenizer(info("shakespeare_char", data_dir=data_dir)["vocab"])
+
+
+def series(name: str, data_dir: str | None = None) -> dict[str, Any]:
+    """A whole time series, read through ``lab.data.load``, with its split bounds.
+
+    Args:
+      name: 'co2' or 'sunspots'.
+      data_dir: TFDS data directory (see ``lab.data.load``).
+
+    Returns:
+      ``{'time': float64 (N,), 'value': float32 (N,)}`` (train, validation and
+      test concatenated, in time order), ``'bounds'``: ``{'train': (0, a),
+      'validation': (a, b), 'test': (b, N)}`` (python ints, half-open), and the
+      dataset's ``'season'`` (int, steps) and ``'unit'``.
+
+    Raises:
+      DataError: ``name`` is not a time series dataset, or as for ``load``.
+    """
+    if name not in timeseries.DATASETS:
+        raise DataError(
+            f"{name!r} is not a time series dataset; choose from {', '.join(timeseries.DATASETS)}."
+        )
+    parts = [load(name, split, data_dir=data_dir) for split in timeseries.SPLITS]
+    bounds, start = {}, 0
+    for split, part in zip(timeseries.SPLITS, parts, strict=True):
+        bounds[split] = (start, start + len(part["value"]))
+        start += len(part["value"])
+    facts = info(name, data_dir=data_dir)
+    return {
+        "time": np.concatenate([p["time"] for p in parts]).astype(np.float64),
+        "value": np.concatenate([p["value"] for p in parts]).astype(np.float32),
+        "bounds": bounds,
+        "season": int(facts["season"]),
+        "unit": facts["unit"],
+    }

@@ -2,11 +2,11 @@
 
 Everything goes through TFDS ``array_record`` files and ``as_data_source``
 (random access, no TensorFlow). Decoding records one by one through the TFDS
-decoder costs ~35-100 us of Python each: 3.5 s for Fashion-MNIST's 60k
-images even with the bulk ``__getitems__`` read, ~2 s for the 30k
-Shakespeare speeches. So the first read of a split also writes all its
-features to an uncompressed ``.npz`` cache next to the ``array_record``
-files (``lab-numpy-cache-<split>.npz``); later reads load that in ~0.1 s.
+decoder costs Python time per record, which adds up to seconds for a split of
+tens of thousands of examples even with the bulk ``__getitems__`` read. So the
+first read of a split also writes all its features to an uncompressed ``.npz``
+cache next to the ``array_record`` files (``lab-numpy-cache-<split>.npz``);
+later reads load that at the speed of reading one file.
 The cache records the size and mtime of the shard files it was made from
 and is ignored (and rewritten) when they change, damaged or unreadable; it
 is never required (read-only data dirs just skip it).

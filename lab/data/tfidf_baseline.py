@@ -5,15 +5,15 @@ Fits on ``train`` and reports play (37-way) and genre (3-way) accuracy on
 
     python -m lab.data.tfidf_baseline [--data_dir DIR] [--train_split SPLIT]
 
-It is the number a neural play classifier should beat. Measured (seed-free,
-deterministic): play 0.281, genre 0.605 on test (majority: 0.035 / 0.402);
-on only the first 128 characters of each speech (``--max_chars=128``, what the
-Transformer classifier sees): play 0.242, genre 0.580. ``--tokenizer=WORKDIR
+It is the number a neural play classifier should beat (seed-free, deterministic).
+``--max_chars=128`` keeps only the first 128 characters of each speech (what the
+Transformer classifier sees); its numbers are the outside references of the
+``speech_classifier`` row of experiments/reference_results.json. ``--tokenizer=WORKDIR
 --max_tokens=128`` keeps the first 128 tokens of a subword run's tokenizer instead
 (what a subword classifier of max_len 128 sees).
-A random speech-level 80/20 split gives ~0.36 play accuracy with the same
-model: neighbouring speeches share names and topics, which is why the split
-is made of blocks of consecutive speeches.
+A random speech-level 80/20 split inflates the play accuracy of the same model:
+neighbouring speeches share names and topics, which is why the split is made of
+blocks of consecutive speeches.
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def fit_and_score(
     x_train, x_test = _features(train, test, max_chars)
     scores = {"n_train": len(train["text"]), "n_test": len(test["text"])}
     for label in ("play", "genre"):
-        # saga: ~10x faster than the default lbfgs on these 65k sparse features
-        # (lbfgs needs minutes for the 37-class problem), same accuracy.
+        # saga: much faster than the default lbfgs on these 65k sparse features
+        # (lbfgs is slow on the 37-class problem), same accuracy.
         clf = LogisticRegression(C=C, solver="saga", max_iter=300)
         clf.fit(x_train, train[label])
         predicted = clf.predict(x_test)

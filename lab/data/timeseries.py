@@ -31,7 +31,6 @@ bounds; ``windows`` cuts (inputs, target) pairs for one-step forecasting.
 
 from __future__ import annotations
 
-from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -66,7 +65,7 @@ def co2_monthly() -> tuple[np.ndarray, np.ndarray, int]:
       (``y + (m - 1) / 12``), value float64 (526,) ppm, and how many months had
       no reading and were interpolated linearly in time.
     """
-    import statsmodels.api as sm  # Slow import (~1 s); build time only.
+    import statsmodels.api as sm  # Slow import; build time only.
 
     weekly = sm.datasets.co2.load_pandas().data["co2"]
     monthly = weekly.resample("MS").mean()
@@ -192,43 +191,6 @@ class Sunspots(_TimeSeries):
     def _series(self):
         time, value = sunspots_yearly()
         return time, value, 0
-
-
-def series(name: str, data_dir: str | None = None) -> dict[str, Any]:
-    """A whole time series, read through ``lab.data.load``, with its split bounds.
-
-    Args:
-      name: 'co2' or 'sunspots'.
-      data_dir: TFDS data directory (see ``lab.data.load``).
-
-    Returns:
-      ``{'time': float64 (N,), 'value': float32 (N,)}`` (train, validation and
-      test concatenated, in time order), ``'bounds'``: ``{'train': (0, a),
-      'validation': (a, b), 'test': (b, N)}`` (python ints, half-open), and the
-      dataset's ``'season'`` (int, steps) and ``'unit'``.
-
-    Raises:
-      DataError: ``name`` is not a time series dataset, or as for ``load``.
-    """
-    from lab.data import registry  # registry imports this module.
-
-    if name not in DATASETS:
-        raise DataError(
-            f"{name!r} is not a time series dataset; choose from {', '.join(DATASETS)}."
-        )
-    parts = [registry.load(name, split, data_dir=data_dir) for split in SPLITS]
-    bounds, start = {}, 0
-    for split, part in zip(SPLITS, parts, strict=True):
-        bounds[split] = (start, start + len(part["value"]))
-        start += len(part["value"])
-    facts = registry.info(name, data_dir=data_dir)
-    return {
-        "time": np.concatenate([p["time"] for p in parts]).astype(np.float64),
-        "value": np.concatenate([p["value"] for p in parts]).astype(np.float32),
-        "bounds": bounds,
-        "season": int(facts["season"]),
-        "unit": facts["unit"],
-    }
 
 
 def windows(

@@ -1,10 +1,9 @@
 """Layers the image models share, written for speed on XLA:CPU with the same math as flax's.
 
-Measured on the 2-core EPYC of BUILD_NOTES.md ("Generative family"): the forward pass and both
-gradients of `nn.ConvTranspose(32, (4, 4), strides=(2, 2))` on a (64, 7, 7, 64) input took 55 ms,
-the forward alone 5 ms; XLA:CPU computes the weight gradient as a window-dilated convolution. `ConvTranspose2x`
-computes the identical function as four stride-1 2x2 convolutions, one per output phase, whose
-gradients are ordinary convolutions (15.7 ms for forward + both gradients).
+XLA:CPU computes the weight gradient of a strided `nn.ConvTranspose` as a window-dilated
+convolution, far slower than its forward pass. `ConvTranspose2x` computes the identical function
+as four stride-1 2x2 convolutions, one per output phase, whose gradients are ordinary (fast)
+convolutions. BUILD_NOTES.md ("Generative family") has the timings.
 """
 
 from __future__ import annotations
@@ -15,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 _DIMENSIONS = ("NHWC", "HWIO", "NHWC")
 
@@ -72,9 +72,27 @@ class ConvTranspose2x(nn.Module):
 def max_pool_2x2(x: jax.Array) -> jax.Array:
     """2x2 max pooling with stride 2, (B, H, W, C) -> (B, ceil(H/2), ceil(W/2), C).
 
-    Even sizes take a reshape and a max: its gradient measured ~1.4x faster on XLA:CPU than
-    `nn.max_pool`'s select-and-scatter in the CNN's train step."""
+    Even sizes take a reshape and a max: on XLA:CPU its gradient is faster than `nn.max_pool`'s
+    select-and-scatter in the CNN's train step."""
     b, h, w, c = x.shape
     if h % 2 or w % 2:
         return nn.max_pool(x, (2, 2), strides=(2, 2), padding="SAME")
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def sample_logits(logits_BxV: jax.Array, key: jax.Array, temperature: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Next token ids (int32 B) from float32 logits_BxV (every family's decoding samples here).
+
+    temperature (float32 scalar): 0 = greedy argmax, else sample softmax(logits / temperature);
+    top_k (int32 scalar in [1, V]): sample among the k largest logits (V = no filtering). Both
+    are traced values, so changing them does not recompile. Ties at the k-th logit are kept.
+    """
+    greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
+    vocab = logits_BxV.shape[-1]
+    # A sort, not lax.top_k: top_k is traced (a served model takes it per request without
+    # recompiling), and lax.top_k needs k static.
+    kth_Bx1 = lax.dynamic_index_in_dim(jnp.sort(logits_BxV, axis=-1), vocab - top_k, axis=-1)
+    scaled_BxV = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)
+    scaled_BxV = jnp.where(logits_BxV >= kth_Bx1, scaled_BxV, -jnp.inf)
+    sampled_B = jax.random.categorical(key, scaled_BxV, axis=-1).astype(jnp.int32)
+    return jnp.where(temperature > 0, sampled_B, greedy_B)

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from lab.models import transformer
+from lab.models import layers
 
 Array = jax.Array
 Carry = tuple[Array, Array]  # (c_BxH, h_BxH)
@@ -441,7 +441,7 @@ def _generate(config: Seq2SeqConfig, params, src_BxS: Array, src_len_B: Array,
         carries, token_B, done_B, length_B = state
         carries, logits_BxV, attn_BxS = model.apply(
             variables, carries, token_B, memory_BxSxH, src_len_B, method=Seq2Seq.decode_step)
-        sampled_B = transformer.sample_logits(logits_BxV, key, temperature, top_k)
+        sampled_B = layers.sample_logits(logits_BxV, key, temperature, top_k)
         token_B = jnp.where(done_B, jnp.int32(config.pad_id), sampled_B)
         attn_BxS = jnp.where(done_B[:, None], 0.0, attn_BxS)
         is_eos_B = ~done_B & (sampled_B == config.eos_id)

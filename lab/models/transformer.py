@@ -51,6 +51,8 @@ import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
 
+from lab.models import layers
+
 Array = jax.Array
 
 # FSDP placement of every Transformer (GPT, Encoder, MaskedLM, EncoderClassifier) parameter, for
@@ -94,9 +96,8 @@ class TransformerConfig:
     # shakespeare_char recipe trains without them (its `bias=False`); so does transformer_lm.
     use_bias: bool = True
     # Token lookup as one_hot(ids) @ table (a matmul, whose backward is a matmul too) instead of
-    # a gather (whose backward is a scatter-add). Same values. On this repo's 2-core CPU the two
-    # measured the same (within noise) for vocab 65 in both small() and base(); the gather costs
-    # O(B*L*D) rather than O(B*L*V*D), so it stays the default.
+    # a gather (whose backward is a scatter-add). Same values, and on a CPU no faster for a
+    # character vocabulary; the gather costs O(B*L*D) rather than O(B*L*V*D), so it stays the default.
     one_hot_embed: bool = False
     # Encoder models only: each position attends to itself and the positions before it (GPT's
     # mask under the padding mask), so that the encoder pretrains by next-token prediction. GPT
@@ -179,7 +180,7 @@ def _dot_accumulating_f32(x_NxD: Array, w_DxF: Array) -> Array:
 
     XLA:CPU runs a bfloat16 matmul on the bf16 instructions (AVX512_BF16, AMX) only when it
     asks for a float32 result and contracts x's last axis; a bf16-result matmul is upcast to a
-    float32 one (about 2x slower where the instructions exist; BUILD_NOTES, "bf16 on a Zen 4").
+    float32 one (slower than the bf16 instructions where they exist; BUILD_NOTES.md has the timings).
     The backward pass is written out for the same reason: JAX's own transpose of this dot asks
     for bf16 results. The kernel gradient contracts over the rows of both operands, which
     XLA:CPU upcasts whatever it is asked.
@@ -223,8 +224,7 @@ def _rows(layer, x_BxLxD: Array) -> Array:
     """Applies `layer` to x as one (B*L)xD matrix, then restores BxL.
 
     XLA:CPU runs a 2-D matmul (and its two backward matmuls) through its fast GEMM; the same
-    Dense on a BxLxD input contracts the kernel gradient over two axes, which measured about
-    1.7x slower for the MLP fwd+bwd at B=12, L=64, D=128.
+    Dense on a BxLxD input contracts the kernel gradient over two axes, a slower path.
     """
     y = layer(x_BxLxD.reshape(-1, x_BxLxD.shape[-1]))
     return y.reshape(x_BxLxD.shape[:-1] + y.shape[-1:])
@@ -436,22 +436,6 @@ def init_cache(config: TransformerConfig, batch_size: int) -> dict:
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
-def sample_logits(logits_BxV: Array, key: Array, temperature: Array, top_k: Array) -> Array:
-    """Next token ids (int32 B) from float32 logits_BxV (every family's decoding samples here).
-
-    temperature (float32 scalar): 0 = greedy argmax, else sample softmax(logits / temperature);
-    top_k (int32 scalar in [1, V]): sample among the k largest logits (V = no filtering). Both
-    are traced values, so changing them does not recompile. Ties at the k-th logit are kept.
-    """
-    greedy_B = jnp.argmax(logits_BxV, axis=-1).astype(jnp.int32)
-    vocab = logits_BxV.shape[-1]
-    kth_Bx1 = lax.dynamic_index_in_dim(jnp.sort(logits_BxV, axis=-1), vocab - top_k, axis=-1)
-    scaled_BxV = logits_BxV / jnp.where(temperature > 0, temperature, 1.0)
-    scaled_BxV = jnp.where(logits_BxV >= kth_Bx1, scaled_BxV, -jnp.inf)
-    sampled_B = jax.random.categorical(key, scaled_BxV, axis=-1).astype(jnp.int32)
-    return jnp.where(temperature > 0, sampled_B, greedy_B)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
               rng: Array, temperature: Array, top_k: Array) -> Array:
@@ -466,12 +450,12 @@ def _generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_toke
 
     # Prefill: the whole prompt in one call, which also gives the first new token.
     logits_BxV, cache = last_logits(init_cache(config, prompt_BxP.shape[0]), prompt_BxP)
-    first_B = sample_logits(logits_BxV, keys[0], temperature, top_k)
+    first_B = layers.sample_logits(logits_BxV, keys[0], temperature, top_k)
 
     def step(carry, key):
         cache, token_B = carry
         logits_BxV, cache = last_logits(cache, token_B[:, None])
-        token_B = sample_logits(logits_BxV, key, temperature, top_k)
+        token_B = layers.sample_logits(logits_BxV, key, temperature, top_k)
         return (cache, token_B), token_B
 
     _, rest_NxB = lax.scan(step, (cache, first_B), keys[1:])

@@ -7,11 +7,9 @@ same family as the MLP digit classifier.
 
 from __future__ import annotations
 
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from lab import metrics
@@ -94,12 +92,6 @@ class ClassificationTask(Task):
             out.update({f"{head}_{k}": v for k, v in metrics.classification_summary(head_sums).items()})
         return out
 
-    def predict(self, variables, batch: dict) -> Any:
-        """Class ids (B,) (or a dict of them) of a batch of inputs, in eval mode."""
-        heads = self._heads(variables, batch, train=False)
-        ids = {k: jnp.argmax(v, -1) for k, v in heads.items()}
-        return ids if len(ids) > 1 else next(iter(ids.values()))
-
 
 class BinaryClassificationTask(ClassificationTask):
     """One sigmoid output (the article's `Dense(1, sigmoid)` head) trained with binary
@@ -132,6 +124,3 @@ class BinaryClassificationTask(ClassificationTask):
         """loss, accuracy, precision, recall, f1 (positive class) and, on evals, roc_auc."""
         return metrics.binary_summary(sums)
 
-    def predict(self, variables, batch: dict) -> Any:
-        """Predicted labels (B,) in {0, 1} (logit > 0)."""
-        return (self._logits(variables, batch, train=False) > 0).astype(jnp.int32)

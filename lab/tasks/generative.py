@@ -1,7 +1,8 @@
 """The generative family as the loop sees it: a GAN and a VAE on images, with measured samples.
 
-Sample quality is measured by a classifier run lab trained (`FeatureNetwork`, named by
-`config.features_run`), since Inception weights cannot be downloaded here:
+Sample quality is measured by a classifier run lab trained (a `FeatureNetwork` handed to the
+task; `lab.generative_setup` loads it from the run named by `config.features_run`), since
+Inception weights cannot be downloaded here:
 
 * Frechet distance (FD, the FID recipe with lab's network): the Gaussian of the penultimate
   features of every test image against that of as many generated images, one per test example
@@ -20,23 +21,18 @@ one-sample ELBO's reparameterisation noise.
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
-import lab.data
-from lab import checkpoint as ckpt_lib
-from lab import metrics, pipeline, report, train
+from lab import metrics, report
 from lab.errors import ConfigValueError
 from lab.models import gan, vae
-from lab.models.cnn import image_classifier
 from lab.task import Task
 
 # Eval latent streams (`lab.pipeline.fixed_latents`).
@@ -57,34 +53,10 @@ class FeatureNetwork:
     def __init__(self, model: nn.Module, params: Any, num_classes: int, source: str):
         self.model, self.params, self.num_classes, self.source = model, params, num_classes, source
 
-    @classmethod
-    def from_run(cls, workdir: str, dataset: str, data_dir: str | None = None) -> "FeatureNetwork":
-        """Loads the classifier trained in `workdir` (by `experiments.mlp_classifier`) on `dataset`.
-
-        Raises:
-          ConfigValueError: no such run, or one trained on another dataset; the message names the
-            command that builds it.
-        """
-        check_features_run(workdir, dataset)
-        with open(os.path.join(workdir, "config.json")) as f:
-            run_config = json.load(f)
-        num_classes = lab.data.info(dataset, data_dir=data_dir)["num_classes"]
-        model = image_classifier(ml_collections.ConfigDict(run_config["model"]), num_classes)
-        params, source = ckpt_lib.load_params(workdir)
-        return cls(model, params, num_classes, source)
-
     def __call__(self, images: jax.Array) -> tuple[jax.Array, jax.Array]:
         """images (B, H, W, C) in [0, 1] -> (features (B, F), predicted class ids (B,))."""
         logits, features = self.model.apply({"params": self.params}, images, return_features=True)
         return features, jnp.argmax(logits, axis=-1)
-
-
-def features_run_command(dataset: str, workdir: str) -> str:
-    """The command that trains the feature network of `dataset` into `workdir`."""
-    config = "experiments/mlp_classifier/config.py:" + (
-        "cnn_digits" if dataset == "digits" else
-        "cnn_fashion" if dataset == "fashion_mnist" else f"cnn_fashion --config.dataset={dataset}")
-    return f"python -m experiments.mlp_classifier --workdir={workdir} --config={config}"
 
 
 # The one-channel image datasets of the family, with their height (= width).
@@ -102,30 +74,6 @@ def check_image_dataset(dataset: str, num_halvings: int) -> None:
         most = max(k for k in range(6) if size % 2 ** k == 0)
         raise ConfigValueError(f"{dataset}'s {size}x{size} images do not halve {num_halvings} times: "
                                f"give the model's channels at most {most} entries")
-
-
-def check_features_run(workdir: str, dataset: str) -> None:
-    """Raises ConfigValueError unless `workdir` holds a finished classifier run on `dataset`."""
-    hint = f"build it first: {features_run_command(dataset, workdir)}"
-    if not workdir:
-        raise ConfigValueError(f"config.features_run is empty: sample quality (FD, class coverage) needs a "
-                               f"classifier run on {dataset}; {hint.replace(' --workdir=', ' --workdir=DIR')}")
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise ConfigValueError(f"config.features_run={workdir!r} holds no trained classifier; {hint}")
-    try:
-        with open(config_path) as f:
-            run_config = json.load(f)
-        trained_on, model = run_config["dataset"], run_config["model"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigValueError(f"config.features_run={workdir!r}: its config.json is unreadable "
-                               f"({type(e).__name__}); retrain it: "
-                               f"{features_run_command(dataset, workdir)}") from e
-    if trained_on != dataset:
-        raise ConfigValueError(f"config.features_run={workdir!r} was trained on {trained_on}, this run's "
-                               f"dataset is {dataset}: name a {dataset} classifier run ({hint})")
-    if not isinstance(model, dict):
-        raise ConfigValueError(f"config.features_run={workdir!r} is not a classifier run: {hint}")
 
 
 def quality_sums(features: FeatureNetwork, real: jax.Array, fake: jax.Array, mask: jax.Array) -> dict:
@@ -158,28 +106,6 @@ def _per_example(sums: dict) -> dict:
 
 def _has_quality(sums: dict) -> bool:
     return "fake_class_counts" in sums
-
-
-def image_data(config, latent_dim: int, *, train_noise: bool,
-               eval_streams: dict[str, int]) -> tuple[train.Data, dict]:
-    """The `Data` of a generative run: train images (with per-step `noise` when `train_noise`), the
-    test split as the eval split with a fixed latent per example under each `eval_streams` key.
-
-    Returns:
-      (data, info): info is `lab.data.info` plus `test_arrays` (the eval arrays, numpy).
-    """
-    # Images only: the labels stay out of the batches (the feature network predicts classes).
-    train_arrays = {"inputs": lab.data.load(config.dataset, "train", data_dir=config.data_dir)["inputs"]}
-    test_arrays = {"inputs": lab.data.load(config.dataset, "test", data_dir=config.data_dir)["inputs"]}
-    n = len(test_arrays["inputs"])
-    for key, stream in eval_streams.items():
-        test_arrays[key] = pipeline.fixed_latents(n, latent_dim, config.seed, stream)
-    data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
-    if train_noise:
-        data.train = pipeline.LatentBatcher(data.train, latent_dim, config.seed, process_index=jax.process_index(),
-                                            process_count=jax.process_count())
-    info = dict(lab.data.info(config.dataset, data_dir=config.data_dir), test_arrays=test_arrays)
-    return data, info
 
 
 def _save_grid(workdir: str, name: str, step: int, grid: np.ndarray) -> None:

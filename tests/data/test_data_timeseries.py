@@ -68,7 +68,7 @@ def test_co2_monthly_means_and_interpolation(data_dir):
     import statsmodels.api as sm  # Already imported by the build.
 
     weekly = sm.datasets.co2.load_pandas().data["co2"]
-    s = timeseries.series("co2", data_dir=data_dir)
+    s = data.series("co2", data_dir=data_dir)
     value, time = s["value"], s["time"]
     # A month with readings is their mean: April 1958 (4 weekly readings).
     april = weekly.loc["1958-04"].dropna()
@@ -92,7 +92,7 @@ def test_co2_monthly_means_and_interpolation(data_dir):
 
 @pytest.mark.parametrize("name", timeseries.DATASETS)
 def test_series_matches_load(splits, data_dir, name):
-    s = timeseries.series(name, data_dir=data_dir)
+    s = data.series(name, data_dir=data_dir)
     assert s["time"].dtype == np.float64 and s["value"].dtype == np.float32
     assert s["value"].shape == (SIZES[name],)
     assert s["season"] == {"co2": 12, "sunspots": 11}[name]
@@ -106,7 +106,7 @@ def test_series_matches_load(splits, data_dir, name):
 
 def test_series_rejects_other_datasets(data_dir):
     with pytest.raises(data.DataError, match="not a time series dataset"):
-        timeseries.series("digits", data_dir=data_dir)
+        data.series("digits", data_dir=data_dir)
 
 
 def test_windows_exact_values():

@@ -19,7 +19,7 @@ The `optimizer` block of every experiment config reads:
     optimizer.frozen         top-level parameter names to keep fixed, e.g. ('encoder',): their
                              updates are zero (optax.multi_transform), their moments never kept
     optimizer.prune          optional block, off unless present with target_sparsity > 0: magnitude
-                             pruning (`lab.compress.prune.magnitude_prune`) chained after the optimizer,
+                             pruning (`lab.optim.prune.magnitude_prune`) chained after the optimizer,
                              on every trained weight of rank >= 2 and >= min_size elements:
         .target_sparsity     final fraction of zeros in each such weight, in [0, 1)
         .begin_step          the sparsity ramps (cubic) from 0 at this step ...
@@ -45,6 +45,7 @@ import jax
 import optax
 
 from lab.errors import ConfigValueError
+from lab.optim import prune as prune_lib
 
 _DEFAULTS = dict(
     schedule="constant",
@@ -63,9 +64,8 @@ _DEFAULTS = dict(
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "adagrad")
 SCHEDULES = ("constant", "warmup_cosine")
-# min_size: lab.compress.prune.DEFAULT_MIN_SIZE (a test checks they agree); lab.compress is imported
-# only when pruning is on, as it pulls in the task classes (the distillation task).
-_PRUNE_DEFAULTS = dict(target_sparsity=0.0, begin_step=0, end_step=None, update_every=100, min_size=1024)
+_PRUNE_DEFAULTS = dict(target_sparsity=0.0, begin_step=0, end_step=None, update_every=100,
+                       min_size=prune_lib.DEFAULT_MIN_SIZE)
 
 
 def _get(cfg: Any, key: str):
@@ -135,8 +135,7 @@ def make_optimizer(cfg: Any, num_train_steps: int) -> optax.GradientTransformati
         tx = optax.chain(optax.clip_by_global_norm(clip), tx)
     prune = prune_settings(cfg, num_train_steps)
     if prune is not None:  # inside the frozen split below, so frozen parameters are never pruned
-        from lab.compress.prune import magnitude_prune
-        tx = optax.chain(tx, magnitude_prune(**prune))
+        tx = optax.chain(tx, prune_lib.magnitude_prune(**prune))
     frozen = tuple(_get(cfg, "frozen") or ())
     if frozen:
         tx = optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()},

@@ -23,10 +23,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab.compress.quantize import DEFAULT_MIN_SIZE, eligible
 
 PyTree = Any
-__all__ = ["DEFAULT_MIN_SIZE", "MagnitudePruneState", "magnitude_prune", "sparsity", "sparsity_at"]
+__all__ = ["DEFAULT_MIN_SIZE", "eligible", "MagnitudePruneState", "magnitude_prune", "sparsity", "sparsity_at"]
+
+DEFAULT_MIN_SIZE = 1024  # elements: every MLP kernel qualifies, every bias stays float
+
+
+def eligible(leaf: Any, min_size: int) -> bool:
+    """Whether a parameter is compressed: a matrix or higher-rank kernel (ndim >= 2) with at
+    least `min_size` elements. Shared by pruning and quantization (`lab.compress.quantize`)."""
+    return np.ndim(leaf) >= 2 and np.size(leaf) >= min_size
 
 
 class MagnitudePruneState(NamedTuple):

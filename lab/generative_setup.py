@@ -1,0 +1,90 @@
+"""Builders the GAN and VAE experiments share: their image data (with fixed eval latents) and the
+feature network that measures their samples, read from another (classifier) run.
+
+They read datasets and other runs' files and build the loop's `Data`, so they live above the
+families: a task (`lab.tasks.generative`) is handed the feature network, it never loads one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import ml_collections
+
+import lab.data
+from lab import checkpoint, pipeline, train
+from lab.errors import ConfigValueError
+from lab.models.cnn import image_classifier
+from lab.tasks.generative import FeatureNetwork
+
+
+def features_run_command(dataset: str, workdir: str) -> str:
+    """The command that trains the feature network of `dataset` into `workdir`."""
+    config = "experiments/mlp_classifier/config.py:" + (
+        "cnn_digits" if dataset == "digits" else
+        "cnn_fashion" if dataset == "fashion_mnist" else f"cnn_fashion --config.dataset={dataset}")
+    return f"python -m experiments.mlp_classifier --workdir={workdir} --config={config}"
+
+
+def check_features_run(workdir: str, dataset: str) -> None:
+    """Raises ConfigValueError unless `workdir` holds a finished classifier run on `dataset`."""
+    hint = f"build it first: {features_run_command(dataset, workdir)}"
+    if not workdir:
+        raise ConfigValueError(f"config.features_run is empty: sample quality (FD, class coverage) needs a "
+                               f"classifier run on {dataset}; {hint.replace(' --workdir=', ' --workdir=DIR')}")
+    config_path = os.path.join(workdir, "config.json")
+    if not os.path.exists(config_path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise ConfigValueError(f"config.features_run={workdir!r} holds no trained classifier; {hint}")
+    try:
+        with open(config_path) as f:
+            run_config = json.load(f)
+        trained_on, model = run_config["dataset"], run_config["model"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ConfigValueError(f"config.features_run={workdir!r}: its config.json is unreadable "
+                               f"({type(e).__name__}); retrain it: "
+                               f"{features_run_command(dataset, workdir)}") from e
+    if trained_on != dataset:
+        raise ConfigValueError(f"config.features_run={workdir!r} was trained on {trained_on}, this run's "
+                               f"dataset is {dataset}: name a {dataset} classifier run ({hint})")
+    if not isinstance(model, dict):
+        raise ConfigValueError(f"config.features_run={workdir!r} is not a classifier run: {hint}")
+
+
+def load_feature_network(workdir: str, dataset: str, data_dir: str | None = None) -> FeatureNetwork:
+    """Loads the classifier trained in `workdir` (by `experiments.mlp_classifier`) on `dataset`.
+
+    Raises:
+      ConfigValueError: no such run, or one trained on another dataset; the message names the
+        command that builds it.
+    """
+    check_features_run(workdir, dataset)
+    with open(os.path.join(workdir, "config.json")) as f:
+        run_config = json.load(f)
+    num_classes = lab.data.info(dataset, data_dir=data_dir)["num_classes"]
+    model = image_classifier(ml_collections.ConfigDict(run_config["model"]), num_classes)
+    params, source = checkpoint.load_params(workdir)
+    return FeatureNetwork(model, params, num_classes, source)
+
+
+def image_data(config, latent_dim: int, *, train_noise: bool,
+               eval_streams: dict[str, int]) -> tuple[train.Data, dict]:
+    """The `Data` of a generative run: train images (with per-step `noise` when `train_noise`), the
+    test split as the eval split with a fixed latent per example under each `eval_streams` key.
+
+    Returns:
+      (data, info): info is `lab.data.info` plus `test_arrays` (the eval arrays, numpy).
+    """
+    # Images only: the labels stay out of the batches (the feature network predicts classes).
+    train_arrays = {"inputs": lab.data.load(config.dataset, "train", data_dir=config.data_dir)["inputs"]}
+    test_arrays = {"inputs": lab.data.load(config.dataset, "test", data_dir=config.data_dir)["inputs"]}
+    n = len(test_arrays["inputs"])
+    for key, stream in eval_streams.items():
+        test_arrays[key] = pipeline.fixed_latents(n, latent_dim, config.seed, stream)
+    data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
+    if train_noise:
+        data.train = pipeline.LatentBatcher(data.train, latent_dim, config.seed, process_index=jax.process_index(),
+                                            process_count=jax.process_count())
+    info = dict(lab.data.info(config.dataset, data_dir=config.data_dir), test_arrays=test_arrays)
+    return data, info
