@@ -57,6 +57,18 @@ def _multi_process() -> bool:
     return jax.distributed.is_initialized()
 
 
+def _qualified_name(fn: Callable) -> str:
+    """`MODULE:NAME` of a module-level function, importable later (a module run with `python -m`
+    is named by its import name, not `__main__`)."""
+    module = fn.__module__
+    if module == "__main__":
+        spec = getattr(sys.modules["__main__"], "__spec__", None)
+        if spec is None:
+            raise ValueError(f"{fn.__qualname__} is defined in a script run by path: run it with python -m")
+        module = spec.name
+    return f"{module}:{fn.__qualname__}"
+
+
 def _first_line(e: BaseException, limit: int = 160) -> str:
     text = str(e).strip().splitlines()
     return text[0][:limit] if text else type(e).__name__
@@ -131,7 +143,7 @@ def _validate_config(config, workdir: str, validate: Callable | None) -> None:
 
 
 def run(default_config: str, main: Callable, *, validate: Callable | None = None,
-        malloc_tuning: bool = False) -> None:
+        malloc_tuning: bool = False, export_spec: Callable | None = None) -> None:
     """Defines the flags, parses them, validates the config and calls
     `main(config, workdir, allow_config_change)`.
 
@@ -140,6 +152,8 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
       main: the experiment's wiring: builds data and task and calls `lab.train.train_and_evaluate`.
       validate: the experiment's check of its own keys (raises `lab.errors.ConfigValueError`).
       malloc_tuning: run under `MALLOC_ENV` (re-executes the command once to get it).
+      export_spec: `config -> lab.task.ExportSpec`, the serving function of a finished run; named
+        in the run's `run.json`, where `lab.export` finds it.
     """
     if malloc_tuning:
         ensure_malloc_env()
@@ -179,7 +193,8 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         try:
             main(f.config, f.workdir, f.allow_config_change)
             from lab.export import write_run_record  # which experiment trained it: what lab.export reads
-            write_run_record(os.path.abspath(f.workdir), os.path.basename(os.path.dirname(os.path.abspath(default_config))))
+            write_run_record(os.path.abspath(f.workdir), os.path.basename(os.path.dirname(os.path.abspath(default_config))),
+                             _qualified_name(export_spec) if export_spec is not None else None)
         except OSError as e:
             if os.environ.get("LAB_DEBUG") or e.errno not in _USER_OS_ERRNOS:
                 raise

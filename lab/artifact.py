@@ -127,7 +127,8 @@ class Artifact:
         self._check_params()
         self.inputs: dict[str, dict] = self.meta["inputs"]
         self.outputs: dict[str, dict] = self.meta["outputs"]
-        self.name = self.meta.get("source", {}).get("experiment")
+        source = self.meta.get("source", {})  # a run of your own model has no experiment: its folder names it
+        self.name = source.get("experiment") or os.path.basename(str(source.get("workdir", ""))) or None
         self.step = self.meta.get("source", {}).get("step")
 
     def _check_params(self) -> None:

@@ -1,24 +1,28 @@
 """Export a trained run as a deployable artifact: `jax.export` StableHLO + parameters + a sidecar.
 
-    python -m lab.export --workdir=DIR [--step=N] --out=PATH [--experiment=NAME] [--quantize=int8]
+    python -m lab.export --workdir=DIR [--step=N] --out=PATH [--spec=MODULE:FUNCTION] [--quantize=int8]
 
-reads the run's config and checkpoint (the latest, or step N), asks the run's experiment for its
-serving function (`experiments.<name>.__main__.exportable(config)`), and writes PATH/ as
-`lab.artifact` describes: the program lowered for CPU and CUDA with a symbolic batch dimension,
-the parameters as its first argument (an array file, no pickle; not constants folded into the
-program), and `model.json` with the input spec, preprocessing, label names or tokenizer, the
-source run, step and config, the jax version and the export serialization version. jax reads an
-export only within its compatibility window; the checkpoint stays the source of truth, and
-re-exporting is this one command.
+reads the run's config and checkpoint (the latest, or step N), builds its serving function (an
+`lab.task.ExportSpec`) and writes PATH/ as `lab.artifact` describes: the program lowered for CPU
+and CUDA with a symbolic batch dimension, the parameters as its first argument (an array file, no
+pickle; not constants folded into the program), and `model.json` with the input spec,
+preprocessing, label names or tokenizer, the source run, step and config, the jax version and the
+export serialization version. jax reads an export only within its compatibility window; the
+checkpoint stays the source of truth, and re-exporting is this one command.
+
+Where the serving function comes from: `DIR/run.json` names a function `MODULE:FUNCTION` taking the
+run's config and returning its `ExportSpec` (every experiment's CLI writes it at the end of a run;
+`--spec` names another). A run of your own model exports from Python with the spec its task gives:
+`export_run(workdir, out, spec=task.export_spec())` (`ClassificationTask` has one for any model).
+lab itself imports no experiment: the run record says what to import.
 
 `--quantize=int8` stores every large weight as int8 with per-channel scales
 (`lab.compress.quantize`) and lowers the program with the dequantization inside: the same
 artifact format, about 4x fewer parameter bytes, served like any other.
 
-The experiment comes from `DIR/run.json` (written by every experiment's CLI at the end of a run)
-or `--experiment`. Bad input (no run there, no checkpoint, an experiment that cannot export, an
-unwritable --out, an --out that exists and is not an earlier lab export, or an --out inside or
-around the run) ends with one `error:` line and exit status 1 (2 for bad flags), before any work.
+Bad input (no run there, no checkpoint, a run that names no export, an unwritable --out, an --out
+that exists and is not an earlier lab export, or an --out inside or around the run) ends with one
+`error:` line and exit status 1 (2 for bad flags), before any work.
 """
 
 from __future__ import annotations
@@ -29,51 +33,61 @@ import json
 import os
 import shutil
 import tempfile
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 from jax import export as jax_export
 
-from lab import artifact
+from lab import artifact, checkpoint, configs
+from lab.compress.quantize import dequantize, quantize as quantize_params
 from lab.errors import CheckpointError, ConfigValueError, LabError, exit_with_error
+from lab.task import ExportSpec
 
 PLATFORMS = ("cpu", "cuda")
 RUN_RECORD = "run.json"
 
 
-@dataclasses.dataclass
-class Exportable:
-    """What an experiment gives the exporter for a run's config.
-
-    Attributes:
-      fn: `(params, inputs: dict[str, array]) -> dict[str, array]`, pure jnp (jit-able).
-      inputs: name -> {'shape': [...], 'dtype': str}; 'b' marks the batch dimension.
-      meta: sidecar entries: 'task' ('classifier', ...), 'preprocessing', 'class_names' or a
-        tokenizer, anything a client needs to build inputs and read outputs.
-    """
-
-    fn: Callable[[Any, dict], dict]
-    inputs: dict[str, dict]
-    meta: dict = dataclasses.field(default_factory=dict)  # may hold 'constraints': ["p <= 32", ...]
-
-
-def read_experiment(workdir: str) -> str | None:
-    """The experiment that trained `workdir` (from its run record), or None."""
-    path = os.path.join(workdir, RUN_RECORD)
+def read_run_record(workdir: str) -> dict:
+    """`workdir/run.json` ({'experiment': NAME, 'export_spec': 'MODULE:FUNCTION'}), or {}."""
     try:
-        with open(path) as f:
-            return json.load(f).get("experiment")
-    except (OSError, json.JSONDecodeError):
-        return None
+        with open(os.path.join(workdir, RUN_RECORD)) as f:
+            record = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
-def write_run_record(workdir: str, experiment: str) -> None:
-    """`workdir/run.json`: which experiment trained the run (process 0; the exporter reads it)."""
+def write_run_record(workdir: str, experiment: str, export_spec: str | None = None) -> None:
+    """`workdir/run.json`: which experiment trained the run and, where it can export, the
+    `MODULE:FUNCTION` that builds its `ExportSpec` from the config (process 0; written whole)."""
     if jax.process_index() != 0 or not os.path.isdir(workdir):
         return
-    with open(os.path.join(workdir, RUN_RECORD), "w") as f:
-        json.dump({"experiment": experiment}, f)
+    record = {"experiment": experiment, **({"export_spec": export_spec} if export_spec else {})}
+    path = os.path.join(workdir, RUN_RECORD)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
+
+
+def load_spec_builder(name: str):
+    """The function `MODULE:FUNCTION` names (config -> ExportSpec).
+
+    Raises:
+      ConfigValueError: not of that form, no such module or function.
+    """
+    module_name, _, function = name.partition(":")
+    if not module_name or not function:
+        raise ConfigValueError(f"--spec={name!r}: write it MODULE:FUNCTION (e.g. experiments.mlp_classifier.__main__:export_spec)")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        raise ConfigValueError(f"export spec {name!r}: no module {e.name!r} (run from the folder that has it, "
+                               f"or install it)") from e
+    builder = getattr(module, function, None)
+    if not callable(builder):
+        raise ConfigValueError(f"export spec {name!r}: {module_name} has no function {function!r}")
+    return builder
 
 
 def _specs(inputs: dict[str, dict], scope) -> dict[str, jax.ShapeDtypeStruct]:
@@ -118,21 +132,21 @@ def check_out(out: str, workdir: str | None = None) -> None:
                                f"{artifact.FORMAT!r}); lab replaces only an earlier export: give a new path")
 
 
-def export(exportable: Exportable, params, out: str, source: dict) -> dict:
+def export(spec: ExportSpec, params, out: str, source: dict) -> dict:
     """Writes the artifact directory `out` (replacing an older export there); returns its sidecar.
 
     `out` must pass `check_out` (checked again here): nothing but an earlier export is ever removed.
 
     Args:
-      exportable: the experiment's serving function and input spec.
+      spec: the serving function and its input spec.
       params: the parameters (nested dicts of arrays), passed to the program as its first argument.
       out: the artifact directory.
       source: {'workdir', 'step', 'experiment', 'config'} of the run.
     """
-    scope = jax_export.SymbolicScope(list(exportable.meta.get("constraints", ())))
-    specs = _specs(exportable.inputs, scope)
+    scope = jax_export.SymbolicScope(list(spec.meta.get("constraints", ())))
+    specs = _specs(spec.inputs, scope)
     param_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), params)
-    exported = jax_export.export(jax.jit(exportable.fn), platforms=PLATFORMS)(param_specs, specs)
+    exported = jax_export.export(jax.jit(spec.fn), platforms=PLATFORMS)(param_specs, specs)
     out_avals = jax.tree.unflatten(exported.out_tree, exported.out_avals)
     outputs = {name: {"shape": [d if isinstance(d, int) else str(d) for d in aval.shape], "dtype": str(aval.dtype)}
                for name, aval in out_avals.items()}
@@ -152,10 +166,10 @@ def export(exportable: Exportable, params, out: str, source: dict) -> dict:
             "format": artifact.FORMAT, "format_version": artifact.FORMAT_VERSION,
             "jax_version": jax.__version__, "serialization_version": exported.calling_convention_version,
             "platforms": list(exported.platforms),
-            "inputs": exportable.inputs, "outputs": outputs,
+            "inputs": spec.inputs, "outputs": outputs,
             "params": {"count": int(sum(v.size for v in flat.values())),
                        "bytes": int(sum(v.nbytes for v in flat.values()))},
-            **exportable.meta,
+            **spec.meta,
             "source": source,
             "sha256": {name: artifact.sha256(os.path.join(staging, name))
                        for name in (artifact.PROGRAM, artifact.PARAMS)},
@@ -178,58 +192,57 @@ def export(exportable: Exportable, params, out: str, source: dict) -> dict:
 QUANTIZATIONS = ("none", "int8")
 
 
-def quantized(exportable: Exportable, params) -> tuple[Exportable, Any]:
-    """(an Exportable taking int8 weights and dequantizing them inside, the int8 parameters)."""
-    from lab.compress.quantize import dequantize, quantize
-
-    qparams = quantize(params)
-    fn = exportable.fn
-    return dataclasses.replace(exportable, fn=lambda q, inputs: fn(dequantize(q), inputs),
-                               meta={**exportable.meta, "compression": "int8 weights, per-channel scales"}), qparams
+def quantized(spec: ExportSpec, params) -> tuple[ExportSpec, Any]:
+    """(a spec taking int8 weights and dequantizing them inside, the int8 parameters)."""
+    qparams = quantize_params(params)
+    fn = spec.fn
+    return dataclasses.replace(spec, fn=lambda q, inputs: fn(dequantize(q), inputs),
+                               meta={**spec.meta, "compression": "int8 weights, per-channel scales"}), qparams
 
 
-def export_run(workdir: str, out: str, step: int | None = None, experiment: str | None = None,
+def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec | str | None = None,
                quantize: str = "none") -> dict:
     """Exports the run in `workdir` (checkpoint `step`, default the latest) to `out`; the sidecar.
-    `quantize='int8'` stores large weights as int8 (see `quantized`).
 
+    Args:
+      spec: the serving function: an `ExportSpec` (e.g. `task.export_spec()`), a `MODULE:FUNCTION`
+        building one from the run's config, or None for the one `run.json` names.
+      quantize: 'int8' stores large weights as int8 (see `quantized`).
     Raises:
-      LabError subclasses with one line: no run, no checkpoint, an experiment that cannot export.
+      LabError subclasses with one line: no run, no checkpoint, a run that names no export.
     """
-    from lab import checkpoint, configs
-
     workdir = os.path.abspath(workdir)
     config_path = os.path.join(workdir, "config.json")
     if not os.path.isfile(config_path):
         raise ConfigValueError(f"{workdir} holds no run (no config.json): give the --workdir of a trained run")
     check_out(out, workdir)
-    experiment = experiment or read_experiment(workdir)
-    if not experiment:
-        raise ConfigValueError(f"{workdir} does not say which experiment trained it (no {RUN_RECORD}): "
-                               f"pass --experiment=NAME (e.g. mlp_classifier)")
-    try:
-        module = importlib.import_module(f"experiments.{experiment}.__main__")
-    except ModuleNotFoundError as e:
-        raise ConfigValueError(f"--experiment={experiment!r} is not an experiment of lab") from e
-    if not hasattr(module, "exportable"):
-        raise ConfigValueError(f"experiment {experiment!r} has no export yet (mlp_classifier, transformer_classifier, "
-                               f"transformer_lm and lstm_chatbot have)")
-    with open(config_path) as f:
-        raw = json.load(f)
-    config = configs.from_dict(raw)
-    params, where = checkpoint.load_params(workdir, step)
-    saved_step = int(os.path.basename(where))
     if quantize not in QUANTIZATIONS:
         raise ConfigValueError(f"--quantize={quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
-    exportable = module.exportable(config)
-    if quantize == "int8":
-        exportable, params = quantized(exportable, params)
+    record = read_run_record(workdir)
+    if spec is None:
+        spec = record.get("export_spec")
+        if not spec:
+            trained_by = f" (trained by {record['experiment']}, which has no export)" if record.get("experiment") else ""
+            raise ConfigValueError(f"{workdir}/{RUN_RECORD} names no export{trained_by}: pass --spec=MODULE:FUNCTION, "
+                                   f"a function from the run's config to its lab.task.ExportSpec")
     try:
-        return export(exportable, params, out,
-                      {"workdir": workdir, "step": saved_step, "experiment": experiment, "config": raw})
-    except (TypeError, ValueError) as e:  # the checkpoint's params do not fit the config's model
-        raise CheckpointError(f"the checkpoint {where} does not fit the model its config describes "
-                              f"({str(e).splitlines()[0][:200]})") from e
+        with open(config_path) as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigValueError(f"{config_path} is unreadable ({type(e).__name__}): the run's config is damaged") from e
+    if not isinstance(raw, dict):
+        raise ConfigValueError(f"{config_path} is not a config (a JSON object): the run's config is damaged")
+    name = spec if isinstance(spec, str) else None
+    if name is not None:
+        spec = load_spec_builder(name)(configs.from_dict(raw))
+    params, where = checkpoint.load_params(workdir, step)
+    saved_step = int(os.path.basename(where))
+    if quantize == "int8":
+        spec, params = quantized(spec, params)
+    source = {"workdir": workdir, "step": saved_step, "experiment": record.get("experiment"), "config": raw}
+    if name is not None:
+        source["export_spec"] = name
+    return export(spec, params, out, source)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -239,17 +252,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workdir", required=True, help="the trained run")
     parser.add_argument("--out", required=True, help="the artifact directory to write")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the latest)")
-    parser.add_argument("--experiment", default=None, help="the experiment that trained it (default: run.json)")
+    parser.add_argument("--spec", default=None,
+                        help="MODULE:FUNCTION building the run's ExportSpec from its config (default: run.json's)")
     parser.add_argument("--quantize", default="none", help="int8: large weights as int8 with per-channel scales")
     parser.error = lambda message: exit_with_error(f"{message} (see python -m lab.export --help)", 2)  # one line
     args = parser.parse_args(argv)
     try:
-        meta = export_run(args.workdir, args.out, args.step, args.experiment, args.quantize)
+        meta = export_run(args.workdir, args.out, args.step, args.spec, args.quantize)
     except (LabError, OSError) as e:
         if os.environ.get("LAB_DEBUG"):
             raise
         exit_with_error(" ".join(str(e).split()), 1)
-    print(f"exported {meta['source']['experiment']} step {meta['source']['step']} to {os.path.abspath(args.out)} "
+    print(f"exported {meta['source']['experiment'] or 'the run'} step {meta['source']['step']} to {os.path.abspath(args.out)} "
           f"({meta['params']['count']:,} parameters, {', '.join(meta['platforms'])}; inputs "
           + ", ".join(f"{k} {artifact.shape_text(v['shape'])} {v['dtype']}" for k, v in meta["inputs"].items())
           + ")", flush=True)

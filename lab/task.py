@@ -24,7 +24,7 @@ returned sums over devices (keys ending in `_norm` are per-step values: averaged
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 import flax
@@ -35,6 +35,24 @@ from lab import parallel
 
 PyTree = Any
 Optimizers = optax.GradientTransformation | Mapping[str, optax.GradientTransformation]
+
+
+@dataclass(frozen=True)
+class ExportSpec:
+    """What `lab.export` needs to serve a trained model: a task's (`Task.export_spec`) or a
+    run's own (the experiment's `export_spec(config)`, named in the run's `run.json`).
+
+    Attributes:
+      fn: `(params, inputs: dict[str, array]) -> dict[str, array]`, pure jnp (jit-able).
+      inputs: name -> {'shape': [...], 'dtype': str}; 'b' marks the batch dimension, other
+        names are symbolic too (e.g. 'p', a prompt length, bounded by a 'constraints' entry).
+      meta: sidecar entries: 'task' ('classifier', 'generator', ...), 'preprocessing',
+        'class_names' or a tokenizer, 'constraints' (e.g. ["p <= 32"]), anything a client needs.
+    """
+
+    fn: Callable[[Any, dict], dict]
+    inputs: dict[str, dict]
+    meta: dict = field(default_factory=dict)
 
 
 @flax.struct.dataclass
@@ -149,6 +167,12 @@ class Task:
     def summarize(self, sums: dict) -> dict:
         """Host-side: metrics (means, rates, matrices) from summed arrays."""
         raise NotImplementedError
+
+    def export_spec(self, meta: Mapping | None = None) -> ExportSpec:
+        """The serving function of a trained model of this task, for `lab.export` (its
+        parameters are the program's first argument). `meta`: sidecar entries to add (dataset,
+        class names, tokenizer, preprocessing). A family without an export raises."""
+        raise NotImplementedError(f"{type(self).__name__} has no export_spec: write one (see ClassificationTask's)")
 
     def on_eval(self, variables: dict, step: int, workdir: str, rng: jax.Array) -> None:
         """Host-side hook after each evaluation, e.g. writing samples.

@@ -50,7 +50,7 @@ def mlp_export(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
     run = str(root / "run")
     main(small_config(), run)
-    write_run_record(run, "mlp_classifier")
+    write_run_record(run, "mlp_classifier", "experiments.mlp_classifier.__main__:export_spec")
     export_run(run, str(root / "model"))
     return run, str(root / "model")
 

@@ -112,15 +112,23 @@ def test_unusable_artifacts_are_one_clear_error(mlp_export, tmp_path):
 
 def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
     cases = [([f"--workdir={tmp_path}", f"--out={tmp_path}/m"], 1, "holds no run"),
-             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--experiment=gan"], 1, "has no export yet"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--spec=experiments.gan.__main__:export_spec"],
+              1, "has no function 'export_spec'"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--spec=nowhere"], 1, "MODULE:FUNCTION"),
              ([f"--workdir={mlp_export[0]}"], 2, "--out")]
     from lab.errors import CheckpointError, ConfigValueError
-    with pytest.raises(ConfigValueError, match="not an experiment"):
-        export_run(mlp_export[0], str(tmp_path / "m"), experiment="nope")
+    with pytest.raises(ConfigValueError, match="no module 'nope'"):
+        export_run(mlp_export[0], str(tmp_path / "m"), spec="nope:export_spec")
     with pytest.raises(CheckpointError, match="checkpoint"):
         export_run(mlp_export[0], str(tmp_path / "m"), step=3)
     with pytest.raises(ConfigValueError, match="--quantize"):
         export_run(mlp_export[0], str(tmp_path / "m"), quantize="int4")
+    old = tmp_path / "old_run"  # a run record that names no export (a GAN's, or an older lab's)
+    old.mkdir()
+    (old / "config.json").write_text((open(os.path.join(mlp_export[0], "config.json")).read()))
+    (old / "run.json").write_text('{"experiment": "gan"}')
+    with pytest.raises(ConfigValueError, match="names no export .trained by gan.*--spec="):
+        export_run(str(old), str(tmp_path / "m"))
     for args, code, message in cases:
         proc = run_cli("lab.export", *args)
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -227,7 +235,7 @@ def gpt_export(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("gpt_export")
     main(get_config("tiny"), str(root / "run"))
-    export_run(str(root / "run"), str(root / "model"), experiment="transformer_lm")
+    export_run(str(root / "run"), str(root / "model"), spec="experiments.transformer_lm.__main__:export_spec")
     return str(root / "run"), str(root / "model")
 
 
@@ -288,7 +296,7 @@ def test_an_int8_export_keeps_the_accuracy_in_a_quarter_of_the_bytes(mlp_export,
 def test_the_chatbot_export_replies_as_the_live_model(tmp_path):
     """Exported with freshly initialised parameters (the export does not depend on training):
     the decode loop's replies equal `lstm.generate`'s, and the server's request path decodes them."""
-    from experiments.lstm_chatbot.__main__ import build, exportable
+    from experiments.lstm_chatbot.__main__ import build, export_spec
     from experiments.lstm_chatbot.config import get_config
     from lab.export import export
     from lab.models import lstm
@@ -300,7 +308,7 @@ def test_the_chatbot_export_replies_as_the_live_model(tmp_path):
     src[:, :4] = [[5, 6, 7, ids.eos], [8, 9, 10, ids.eos]]
     src_len = np.array([4, 4], np.int32)
     params = lstm.Seq2Seq(model_cfg).init(jax.random.key(0), src, src_len, src)["params"]
-    export(exportable(config), params, str(tmp_path / "chatbot"), {"experiment": "lstm_chatbot", "step": 0})
+    export(export_spec(config), params, str(tmp_path / "chatbot"), {"experiment": "lstm_chatbot", "step": 0})
     model = artifact.Artifact(str(tmp_path / "chatbot"))
     n = model.meta["max_new_tokens"]
     got = model(src=src, src_len=src_len, seed=np.uint32(5), temperature=np.float32(1.0), top_k=np.int32(10))

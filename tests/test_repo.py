@@ -6,6 +6,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -42,6 +44,12 @@ def test_readme_python_examples_run_as_written(tmp_path):
     assert "is finished" in proc.stdout
     for name in ("results.json", "metrics.jsonl", "test_confusion_matrix.png"):
         assert (tmp_path / "runs" / "my_convnet" / name).is_file()
+    # Your own model exports: the artifact predicts the digits as the trained run does.
+    from lab.artifact import Artifact
+    import lab.data
+    test = lab.data.load("digits", "test")
+    logits = Artifact(str(tmp_path / "exports" / "my_convnet"))(inputs=test["inputs"][:200])["label"]
+    assert np.mean(np.argmax(logits, -1) == test["label"][:200]) > 0.9
 
 
 def test_readme_train_export_serve_curl_works_as_written(tmp_path):

@@ -52,13 +52,13 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
-def exportable(config):
+def export_spec(config):
     """The serving function of a run of `config` for `lab.export`: encoded prompts (the last
     max_src - 1 characters + EOS, padded) -> sample.max_new_tokens reply ids and the reply
     lengths (tokens before EOS), from a seed, temperature (0: greedy) and top_k."""
     import jax
 
-    from lab.export import Exportable
+    from lab.task import ExportSpec
     from lab.models import lstm
 
     tokenizer, ids, model_cfg = build(config)
@@ -70,7 +70,7 @@ def exportable(config):
                                                   inputs["top_k"])
         return {"tokens": tokens, "lengths": lengths}
 
-    return Exportable(reply, {"src": {"shape": ["b", config.max_src], "dtype": "int32"},
+    return ExportSpec(reply, {"src": {"shape": ["b", config.max_src], "dtype": "int32"},
                               "src_len": {"shape": ["b"], "dtype": "int32"},
                               "seed": {"shape": [], "dtype": "uint32"},
                               "temperature": {"shape": [], "dtype": "float32"},
@@ -88,4 +88,5 @@ def exportable(config):
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True,
+            export_spec=export_spec)

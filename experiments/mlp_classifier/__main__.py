@@ -47,19 +47,14 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
-def exportable(config):
-    """The serving function of a run of `config` for `lab.export`: images -> logits per class."""
-    from lab.export import Exportable
-
+def export_spec(config):
+    """The serving function of a run of `config` for `lab.export`: images -> logits per class
+    (the classifier task's own `export_spec`, with the dataset's class names)."""
     info = lab.data.info(config.dataset, data_dir=config.data_dir)
-    model = image_classifier(config.model, info["num_classes"])
-
-    def logits(params, inputs):
-        return {"label": model.apply({"params": params}, inputs["inputs"], train=False)}
-
     shape = list(info["input_shape"])
-    return Exportable(logits, {"inputs": {"shape": ["b", *shape], "dtype": "float32"}}, {
-        "task": "classifier",
+    task = ClassificationTask(image_classifier(config.model, info["num_classes"]),
+                              example_inputs={"inputs": np.zeros((1, *shape), np.float32)})
+    return task.export_spec({
         "dataset": config.dataset,
         "class_names": {"label": list(info["class_names"]["label"])},
         "preprocessing": (f"images {shape}, float32 in [0, 1], ink high (the dataset's own scale)"
@@ -69,4 +64,4 @@ def exportable(config):
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, export_spec=export_spec)

@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 import lab.data
 from lab import configs, pipeline, train
 from lab.errors import ConfigValueError
@@ -110,23 +112,18 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
-def exportable(config):
+def export_spec(config):
     """The serving function of a run of `config` for `lab.export`: character ids and their mask
-    (the first max_len characters, padded) -> logits per play and per genre."""
-    from lab.export import Exportable
-
+    (the first max_len characters, padded) -> logits per play and per genre (the classifier
+    task's own `export_spec`)."""
     if language_model.tokenizer_name(config) != "char" or config.get("task", "play_genre") != "play_genre":
         raise ConfigValueError("lab.export takes character-level play and genre classifiers only so far; this "
                                "run uses subwords or the comedy_tragedy task")
     model, tokenizer, ids, plays_info = build_model(config)
-
-    def logits(params, inputs):
-        return model.apply({"params": params}, inputs["inputs"], inputs["token_mask"], train=False)
-
     length = config.model.max_len
-    return Exportable(logits, {"inputs": {"shape": ["b", length], "dtype": "int32"},
-                               "token_mask": {"shape": ["b", length], "dtype": "int32"}}, {
-        "task": "classifier",
+    example = {k: np.zeros((1, length), np.int32) for k in ("inputs", "token_mask")}
+    task = ClassificationTask(model, example, label_keys=LABELS, extra_input_keys=("token_mask",))
+    return task.export_spec({
         "dataset": config.dataset,
         "class_names": {k: list(v) for k, v in plays_info["class_names"].items()},
         "tokenizer": {"type": "characters", "vocab": "".join(tokenizer.vocab), "pad_id": ids.pad_id,
@@ -138,4 +135,5 @@ def exportable(config):
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True,
+            export_spec=export_spec)

@@ -58,11 +58,11 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
-def exportable(config):
+def export_spec(config):
     """The serving function of a run of `config` for `lab.export`: a prompt of p character ids
     (p <= block_size / 2) -> the prompt and block_size / 2 sampled characters, from a seed,
     temperature (0: greedy) and top_k (vocab size: no filtering), the decode loop included."""
-    from lab.export import Exportable
+    from lab.task import ExportSpec
     from lab.models import transformer
 
     if tokenizer_name(config) != "char":
@@ -77,7 +77,7 @@ def exportable(config):
                                              jax.random.key(inputs["seed"]), inputs["temperature"], inputs["top_k"])
         return {"tokens": tokens}
 
-    return Exportable(sample, {"prompt": {"shape": ["b", "p"], "dtype": "int32"},
+    return ExportSpec(sample, {"prompt": {"shape": ["b", "p"], "dtype": "int32"},
                                "seed": {"shape": [], "dtype": "uint32"},
                                "temperature": {"shape": [], "dtype": "float32"},
                                "top_k": {"shape": [], "dtype": "int32"}}, {
@@ -94,4 +94,5 @@ def exportable(config):
 
 if __name__ == "__main__":
     from experiments import cli
-    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True)
+    cli.run(os.path.join(os.path.dirname(__file__), "config.py"), main, validate=validate, malloc_tuning=True,
+            export_spec=export_spec)

@@ -7,13 +7,14 @@ same family as the MLP digit classifier.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from lab import metrics
-from lab.task import Task
+from lab.task import ExportSpec, Task
 
 
 class ClassificationTask(Task):
@@ -91,6 +92,17 @@ class ClassificationTask(Task):
             head_sums["count"] = sums["count"]
             out.update({f"{head}_{k}": v for k, v in metrics.classification_summary(head_sums).items()})
         return out
+
+    def export_spec(self, meta: Mapping | None = None) -> ExportSpec:
+        """Inputs (`inputs` and the extra input keys, shaped as `example_inputs` with a symbolic
+        batch 'b') -> the logits of every head, `{label_key: (b, C)}` (inference mode)."""
+        def logits(params, inputs):
+            return self._heads({"params": params}, inputs, train=False)
+
+        spec = {k: {"shape": ["b", *np.shape(self.example_inputs[k])[1:]],
+                    "dtype": str(np.asarray(self.example_inputs[k]).dtype)}
+                for k in ("inputs", *self.extra_input_keys)}
+        return ExportSpec(logits, spec, {"task": "classifier", **(meta or {})})
 
 
 class BinaryClassificationTask(ClassificationTask):
