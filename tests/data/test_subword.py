@@ -47,7 +47,7 @@ def test_a_saved_tokenizer_loads_equal_and_a_bad_file_is_one_clear_error(tmp_pat
 
 def test_the_tfidf_baseline_sees_the_first_tokens_a_subword_classifier_sees():
     """`tfidf_baseline.first_tokens`: each text becomes the text of its first N tokens."""
-    from lab.data.tfidf_baseline import first_tokens
+    from lab.baselines.tfidf import first_tokens
 
     tokenizer = SubwordTokenizer.train(TEXT, vocab_size=320)
     texts = np.asarray([TEXT[:400], "Romeo", ""], dtype=object)

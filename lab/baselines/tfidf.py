@@ -3,7 +3,7 @@
 Fits on ``train`` and reports play (37-way) and genre (3-way) accuracy on
 ``test``, with word 1-2-gram TF-IDF features (sublinear tf). Run:
 
-    python -m lab.data.tfidf_baseline [--data_dir DIR] [--train_split SPLIT]
+    python -m lab.baselines.tfidf [--data_dir DIR] [--train_split SPLIT]
 
 It is the number a neural play classifier should beat (seed-free, deterministic).
 ``--max_chars=128`` keeps only the first 128 characters of each speech (what the
