@@ -108,7 +108,7 @@ def compiled_train_step(task, config, batches: list[dict]):
     from lab import optim, parallel, train
     from lab.task import StepTools
 
-    tools = StepTools(optim.make_optimizers(config, config.num_train_steps), axis_name=None)
+    tools = StepTools(optim.make_optimizers(config, config.num_train_steps))
     strategy = parallel.make_parallel("jit")
     key = jax.random.key(0)
     init_state = train.init_state_fn(task, tools.optimizers)

@@ -214,7 +214,7 @@ def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_comp
 
     recipe = get_config()  # the optimizer lab's GPT recipe trains with: AdamW, clipping, warmup+cosine
     strategy = parallel.MeshParallel(mesh_text)
-    tools = StepTools(optim.make_optimizers(recipe, recipe.num_train_steps), axis_name=None,
+    tools = StepTools(optim.make_optimizers(recipe, recipe.num_train_steps),
                       gather=strategy.gather_for_compute if activations == "gathered" else None)
     task = BatchShardedLMTask(cfg, strategy.data_sharding) if activations == "pinned" else CausalLMTask(cfg)
     key = jax.random.key(0)

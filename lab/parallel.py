@@ -21,6 +21,11 @@ count rather than averaging per-device means.
   computes its local sums, and lab inserts the `lax.psum`s, so the result is the same global
   quantity. Nothing in a family changes. Parameters are replicated (no partition rules).
 
+The step never asks which of the two runs it: each strategy gives its `StepEngine` (the global-mean
+gradient, the per-device key, the global step metrics, as functions) to `lab.task.StepTools` and
+to the loop's step, and reads the step's metric shapes itself (`step_metric_shapes`). pmap's axis
+name is known in this module only.
+
 Evaluation runs under jit on the mesh in both modes: global arrays, so the numbers of an eval
 (including any randomness it draws, e.g. masked-LM masks) do not depend on the device count.
 One device is the N=1 case of either.
@@ -28,13 +33,15 @@ One device is the N=1 case of either.
 
 from __future__ import annotations
 
+import functools
 import re
+from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from lab.errors import ConfigValueError
 
@@ -103,6 +110,44 @@ def reduce_step_metrics(metrics: dict, axis_name: str | None) -> dict:
             for k, v in metrics.items()}
 
 
+@dataclass(frozen=True)
+class StepEngine:
+    """What a train step needs from the strategy that runs it, as functions: the loop's step
+    and a family's `StepTools` call these, and never name a device axis.
+
+    Attributes:
+      mean_grads: `(loss_fn, params, batch, rng, *, with_state=False, gather=None)` ->
+        `(grads, sums[, new_state])`, the gradient of the global mean loss and this device's sums
+        (see `global_mean_grads`).
+      device_rng: the step's key -> this device's key for train-time noise (dropout).
+      reduce_metrics: this device's step metrics -> the global ones (sums added over devices,
+        per-step `_norm` values averaged).
+    """
+
+    mean_grads: Callable[..., tuple]
+    device_rng: Callable[[jax.Array], jax.Array]
+    reduce_metrics: Callable[[dict], dict]
+
+
+def _unchanged(x):
+    return x
+
+
+# jit over global arrays (one device, or a mesh of any shape): XLA inserts every collective, the
+# step's key already draws over the global batch, the step's metrics are already global.
+GLOBAL_ARRAYS = StepEngine(mean_grads=global_mean_grads, device_rng=_unchanged, reduce_metrics=_unchanged)
+
+
+def _pmap_engine(axis_name: str) -> StepEngine:
+    """The engine inside `jax.pmap(..., axis_name)`: each device sees its slice of the batch, so
+    lab inserts the psums, and each device folds its index into the key (distinct dropout per
+    device, as one global batch would have)."""
+    return StepEngine(
+        mean_grads=functools.partial(global_mean_grads, axis_name=axis_name),
+        device_rng=lambda rng: jax.random.fold_in(rng, jax.lax.axis_index(axis_name)),
+        reduce_metrics=functools.partial(reduce_step_metrics, axis_name=axis_name))
+
+
 def parse_mesh(text: str | None, num_devices: int) -> dict[str, int]:
     """`config.mesh` as axis sizes: "data:2,fsdp:2" -> {'data': 2, 'fsdp': 2}.
 
@@ -133,11 +178,26 @@ def parse_mesh(text: str | None, num_devices: int) -> dict[str, int]:
 def make_mesh(text: str | None = None) -> Mesh:
     """The ('data', 'fsdp') mesh over all global devices that `config.mesh` names.
 
-    Devices come in `jax.devices()` order (process by process), so each process's devices hold
-    a contiguous block of the batch: the block its data pipeline reads.
+    `jax.make_mesh` orders the devices for the platform's topology (on CPU: `jax.devices()`
+    order; on GPU: by device id). Both axes are `AxisType.Auto` (jax's default is Explicit now):
+    lab places arrays with explicit `NamedSharding`s and leaves the rest to XLA's propagation.
+    The batch is split over the mesh's devices in their flat order, and each process's data
+    pipeline reads one contiguous block of it, in process order; a topology order that would
+    interleave the processes' devices (possible on TPU slices) is replaced by `jax.devices()`
+    order, which keeps every process's block whole.
     """
-    sizes = parse_mesh(text, jax.device_count())
-    return Mesh(np.array(jax.devices()).reshape(tuple(sizes.values())), MESH_AXES)
+    sizes = tuple(parse_mesh(text, jax.device_count()).values())
+    mesh = jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    if jax.process_count() > 1 and not _process_blocks(mesh.devices.flat):
+        mesh = Mesh(np.array(jax.devices()).reshape(sizes), MESH_AXES,
+                    axis_types=(AxisType.Auto,) * len(MESH_AXES))
+    return mesh
+
+
+def _process_blocks(devices) -> bool:
+    """Whether `devices`, in order, hold each process's devices as one block, in process order."""
+    processes = [d.process_index for d in devices]
+    return processes == sorted(processes)
 
 
 def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = FSDP_MIN_SIZE) -> P:
@@ -207,7 +267,7 @@ class _Strategy:
     """What both strategies share: the mesh over all devices, and evaluation on it."""
 
     name: str
-    axis_name: str | None
+    engine: StepEngine  # what the step calls to reduce over devices (see StepEngine)
     gather_for_compute: Callable[[PyTree], PyTree] | None = None  # see MeshParallel
 
     def __init__(self, mesh: str | None = None):
@@ -258,12 +318,17 @@ class _Strategy:
         """The step's metric accumulator as one numpy vector."""
         return np.asarray(jax.device_get(acc))
 
+    def step_metric_shapes(self, step_fn: Callable, state: PyTree, batch: dict) -> dict:
+        """The shapes (`jax.ShapeDtypeStruct`s) of the metrics `step_fn(state, batch) -> (state,
+        metrics)` returns for one step, from a placed state and batch (nothing is computed)."""
+        return jax.eval_shape(step_fn, state, batch)[1]
+
 
 class MeshParallel(_Strategy):
-    """jit + NamedSharding over `Mesh(devices, ('data',))`: the default strategy."""
+    """jit + NamedSharding over the ('data', 'fsdp') mesh: the default strategy."""
 
     name = "jit"
-    axis_name = None  # arrays are global: no collective for a family or lab to write
+    engine = GLOBAL_ARRAYS  # arrays are global: no collective for a family or lab to write
 
     def state_shardings(self, abstract_state: PyTree, rules: PartitionRules) -> PyTree:
         """The sharding of every state leaf (replicated unless a rule says otherwise)."""
@@ -308,7 +373,7 @@ class PmapParallel(_Strategy):
     """jax.pmap over local devices: the same family loss, with lab's psum inserted."""
 
     name = "pmap"
-    axis_name = DATA_AXIS
+    engine = _pmap_engine(DATA_AXIS)
 
     def __init__(self, mesh: str | None = None):
         super().__init__(mesh)
@@ -361,6 +426,11 @@ class PmapParallel(_Strategy):
     def acc_to_host(self, acc) -> np.ndarray:
         # Every device holds the same psum'd metrics: read device 0's copy.
         return np.asarray(jax.device_get(acc[0]))
+
+    def step_metric_shapes(self, step_fn: Callable, state: PyTree, batch: dict) -> dict:
+        # The placed arrays carry a leading device axis: the shapes of one device's step.
+        _, shapes = jax.eval_shape(jax.vmap(step_fn, axis_name=DATA_AXIS), state, batch)
+        return jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), shapes)
 
 
 def _mesh_text(mesh: Mesh) -> str:

@@ -80,10 +80,17 @@ class TrainState:
 
 @dataclass(frozen=True)
 class StepTools:
-    """lab's helpers for a family's `update`: gradients and optimizer steps, parallel-correct."""
+    """lab's helpers for a family's `update`: gradients and optimizer steps, parallel-correct.
+
+    The loop builds them as `StepTools(optimizers, strategy.engine, strategy.gather_for_compute)`:
+    how gradients are reduced over devices is the strategy's (`parallel.StepEngine`), never the
+    family's.
+    """
 
     optimizers: Optimizers
-    axis_name: str | None
+    # The data-parallel strategy's step functions (`strategy.engine`); the default is jit's over
+    # global arrays (one device, or any mesh), where XLA inserts every collective.
+    engine: parallel.StepEngine = parallel.GLOBAL_ARRAYS
     # FSDP: parameters stored split over 'fsdp' are gathered whole for the forward and backward
     # pass (`MeshParallel.gather_for_compute`); None when they are stored whole.
     gather: Callable[[PyTree], PyTree] | None = None
@@ -95,8 +102,7 @@ class StepTools:
         Returns (grads, sums) or, `with_state`, (grads, sums, new_state) where `loss_fn` returned
         a third value (e.g. updated BatchNorm statistics; averaged over devices under pmap).
         """
-        return parallel.global_mean_grads(loss_fn, params, batch, rng, self.axis_name,
-                                          with_state=with_state, gather=self.gather)
+        return self.engine.mean_grads(loss_fn, params, batch, rng, with_state=with_state, gather=self.gather)
 
     def apply_gradients(self, state: TrainState, grads: PyTree, name: str | None = None) -> TrainState:
         """One optimizer step.

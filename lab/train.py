@@ -124,11 +124,10 @@ def make_train_step(task: Task, tools: StepTools, train_key: jax.Array) -> Calla
     """
 
     def step_fn(state: TrainState, batch: dict):
-        rng = jax.random.fold_in(train_key, state.step)
-        if tools.axis_name is not None:  # distinct dropout per device, as one global batch would have
-            rng = jax.random.fold_in(rng, jax.lax.axis_index(tools.axis_name))
+        # The strategy's engine (`tools.engine`) makes the key this device's and the sums global.
+        rng = tools.engine.device_rng(jax.random.fold_in(train_key, state.step))
         new_state, sums = task.update(state, batch, rng, tools)
-        sums = parallel_lib.reduce_step_metrics(sums, tools.axis_name)
+        sums = tools.engine.reduce_metrics(sums)
         new_state = new_state.replace(step=state.step + 1)
         metrics = dict(sums, steps=jnp.ones((), jnp.float32), param_norm=optax.tree.norm(new_state.params))
         return new_state, metrics
@@ -150,11 +149,7 @@ def build_train_step(task: Task, tools: StepTools, train_key: jax.Array, strateg
     `acc` is a `layout`-sized float32 vector the step adds its metrics into.
     """
     step_fn = make_train_step(task, tools, train_key)
-    if strategy.axis_name is None:
-        _, shapes = jax.eval_shape(step_fn, state, batch)
-    else:  # pmap'd arrays carry a leading device axis: read the shapes of one device's step
-        _, shapes = jax.eval_shape(jax.vmap(step_fn, axis_name=strategy.axis_name), state, batch)
-        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape[1:], s.dtype), shapes)
+    shapes = strategy.step_metric_shapes(step_fn, state, batch)
     layout = MetricVector({k: s.shape for k, s in shapes.items()})
 
     def packed(state, acc, batch):
@@ -260,7 +255,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     init_key, train_key, sample_key, eval_rng = (jax.random.fold_in(root, i) for i in range(4))
     total_steps = config.num_train_steps
     optimizers = optim.make_optimizers(config, total_steps)
-    tools = StepTools(optimizers, strategy.axis_name, strategy.gather_for_compute)
+    tools = StepTools(optimizers, strategy.engine, strategy.gather_for_compute)
     init_state = init_state_fn(task, optimizers)
     abstract = jax.eval_shape(init_state, init_key)
     shardings = strategy.state_shardings(abstract, task.partition_rules)

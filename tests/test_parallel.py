@@ -79,6 +79,13 @@ from tests import toys
 from tests.test_train import small_config
 out = sys.argv[1]
 
+# The mesh: jax.make_mesh's device order, Auto axes (jit propagates what lab does not place).
+from jax.sharding import AxisType
+mesh = parallel.make_mesh("data:2,fsdp:2")
+assert mesh == jax.make_mesh((2, 2), parallel.MESH_AXES, axis_types=(AxisType.Auto,) * 2), mesh
+assert mesh.axis_types == (AxisType.Auto,) * 2 and dict(mesh.shape) == {"data": 2, "fsdp": 2}
+assert list(parallel.make_mesh().devices.flat) == jax.devices()
+
 # A sharded parameter: its shards are built where they live, trained, checkpointed, restored.
 config = small_config()
 arrays = {s: lab.data.load("digits", s) for s in ("train", "test")}
@@ -141,3 +148,62 @@ def test_sharded_params_and_masked_eval_agree_across_devices(tmp_path):
     for r, ref in zip(pmap_val, one_val):
         for key in ("val/loss", "val/accuracy"):
             np.testing.assert_allclose(r[key], ref[key], atol=1e-5, err_msg=key)
+
+
+def test_the_strategy_owns_the_device_axis():
+    """No module of lab but lab/parallel.py names a device axis or writes a collective: the step
+    and StepTools call the strategy's engine (pmap's psums and per-device key live there)."""
+    import ast
+    import glob
+    forbidden_calls = {"psum", "pmean", "pmax", "all_gather", "axis_index", "pmap", "shard_map", "ppermute"}
+    found = []
+    for path in glob.glob(os.path.join(ROOT, "lab", "**", "*.py"), recursive=True):
+        if os.path.relpath(path, ROOT) == os.path.join("lab", "parallel.py"):
+            continue
+        for node in ast.walk(ast.parse(open(path).read())):
+            name = None
+            if isinstance(node, ast.Attribute) and node.attr in forbidden_calls | {"axis_name"}:
+                name = node.attr
+            elif isinstance(node, ast.keyword) and node.arg == "axis_name":
+                name = "axis_name="
+            if name:
+                found.append(f"{os.path.relpath(path, ROOT)}:{node.lineno} {name}")
+    assert not found, found
+
+
+def test_step_tools_take_the_strategy_engine():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from lab import parallel
+    from lab.task import StepTools
+
+    sgd = optax.sgd(0.1)
+    assert parallel.MeshParallel().engine is parallel.GLOBAL_ARRAYS
+    assert StepTools(sgd).engine is parallel.GLOBAL_ARRAYS
+
+    def loss(params, batch, rng):  # sum of squared errors: grads of the mean are exact
+        err = batch["x"] * params["w"] - batch["y"]
+        return jnp.sum(err ** 2), {"count": jnp.asarray(err.shape[0], jnp.float32)}
+
+    batch = {"x": jnp.arange(4.0), "y": jnp.ones(4)}
+    params = {"w": jnp.asarray(0.5)}
+    grads, sums = StepTools(sgd).mean_grads(loss, params, batch, jax.random.key(0))
+    np.testing.assert_allclose(grads["w"], np.mean(2 * (batch["x"] * 0.5 - 1) * batch["x"]), rtol=1e-6)
+    assert float(sums["count"]) == 4 and set(sums) == {"count", "loss"}
+
+    # The pmap engine inside its own axis (here a vmap over 2 slices): the same global gradient,
+    # per-slice keys, metrics added over the slices.
+    pmap = parallel.PmapParallel().engine
+    split = {k: v.reshape(2, 2) for k, v in batch.items()}
+    g2, s2 = jax.vmap(lambda b: pmap.mean_grads(loss, params, b, jax.random.key(0)),
+                      axis_name=parallel.DATA_AXIS)(split)
+    np.testing.assert_allclose(g2["w"], [grads["w"]] * 2, rtol=1e-6)
+    keys = jax.vmap(lambda _: jax.random.key_data(pmap.device_rng(jax.random.key(0))),
+                    axis_name=parallel.DATA_AXIS)(jnp.arange(2))
+    assert not np.array_equal(keys[0], keys[1])
+    total = jax.vmap(lambda s: pmap.reduce_metrics(dict(s, grad_norm=s["count"])),
+                     axis_name=parallel.DATA_AXIS)(s2)
+    np.testing.assert_allclose(total["count"], [4, 4])
+    np.testing.assert_allclose(total["grad_norm"], [2, 2])  # per-step norms averaged, not added
