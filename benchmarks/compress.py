@@ -66,7 +66,7 @@ class Family:
 def _mlp_family() -> Family:
     from experiments.mlp_classifier.__main__ import main
     from experiments.mlp_classifier.config import get_config
-    from lab.models.cnn import image_classifier
+    from lab.tasks.classification import image_classifier
 
     def build(c):
         rows = {split: lab.data.load(c.dataset, split, data_dir=c.data_dir) for split in ("train", "test")}

@@ -50,8 +50,7 @@ def task_config_batches(model: str):
     rng = np.random.default_rng(0)
     if model == "mlp":
         from experiments.mlp_classifier.config import get_config
-        from lab.models.cnn import image_classifier
-        from lab.tasks.classification import ClassificationTask
+        from lab.tasks.classification import ClassificationTask, image_classifier
 
         config = get_config("fashion")
         b = config.batch_size

@@ -41,7 +41,7 @@ from jax import export as jax_export
 
 from lab import artifact, checkpoint, configs
 from lab.compress.quantize import dequantize, quantize as quantize_params
-from lab.errors import CheckpointError, ConfigValueError, LabError, exit_with_error
+from lab.errors import ConfigValueError, LabError, exit_with_error
 from lab.task import ExportSpec
 
 PLATFORMS = ("cpu", "cuda")

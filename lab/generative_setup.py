@@ -16,7 +16,7 @@ import ml_collections
 import lab.data
 from lab import checkpoint, pipeline, train
 from lab.errors import ConfigValueError
-from lab.models.cnn import image_classifier
+from lab.tasks.classification import image_classifier
 from lab.tasks.generative import FeatureNetwork
 
 

@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def test_the_export_computes_the_live_models_logits_for_any_batch(mlp_export):
     from experiments.mlp_classifier.config import get_config
-    from lab.models.cnn import image_classifier
+    from lab.tasks.classification import image_classifier
 
     run, path = mlp_export
     model = artifact.Artifact(path)
@@ -241,7 +241,7 @@ def gpt_export(tmp_path_factory):
 
 def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_export):
     from experiments.transformer_lm.config import get_config
-    from lab.models import transformer
+    from lab.models import decoding
     from lab.tasks.language_model import gpt_config
 
     run, path = gpt_export
@@ -252,8 +252,8 @@ def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_expor
     for length, temperature in ((3, 0.8), (8, 0.0)):
         prompt = np.arange(2 * length, dtype=np.int32).reshape(2, length) % 60
         got = model(prompt=prompt, seed=np.uint32(7), temperature=np.float32(temperature), top_k=np.int32(20))["tokens"]
-        want = transformer.generate(cfg, params, prompt, 8, jax.random.key(np.uint32(7)),
-                                    temperature=temperature, top_k=20)
+        want = decoding.generate(cfg, params, prompt, 8, jax.random.key(np.uint32(7)),
+                                 temperature=temperature, top_k=20)
         np.testing.assert_array_equal(got, np.asarray(want))
     with pytest.raises(artifact.ArtifactInputError, match="p <= 8"):
         model(prompt=np.zeros((1, 9), np.int32), seed=0, temperature=1.0, top_k=1)

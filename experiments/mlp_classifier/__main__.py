@@ -13,8 +13,7 @@ import numpy as np
 import lab.data
 from lab import configs, pipeline, train
 from lab.errors import ConfigValueError
-from lab.models.cnn import IMAGE_CLASSIFIERS, image_classifier
-from lab.tasks.classification import ClassificationTask
+from lab.tasks.classification import IMAGE_CLASSIFIERS, ClassificationTask, image_classifier
 
 DATA_SOURCES = ("memory", "stream")
 

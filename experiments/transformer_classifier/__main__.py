@@ -8,7 +8,7 @@ import numpy as np
 import lab.data
 from lab import configs, pipeline, train
 from lab.errors import ConfigValueError
-from lab.models import transformer
+from lab.models import encoder, transformer
 from lab.tasks import language_model
 from lab.tasks.classification import BinaryClassificationTask, ClassificationTask
 from lab.tasks.language_model import encoder_config
@@ -25,9 +25,9 @@ def validate(config) -> None:
     configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len",
                                                                "head_hidden"),
                         fractions=("dropout_rate", "head_dropout"))
-    if config.model.pooling not in transformer.POOLINGS:
+    if config.model.pooling not in encoder.POOLINGS:
         raise ConfigValueError(f"config.model.pooling={config.model.pooling!r}: use one of "
-                               f"{', '.join(transformer.POOLINGS)}")
+                               f"{', '.join(encoder.POOLINGS)}")
     language_model.check_tokenizer(config)
     if config.task not in TASKS:
         raise ConfigValueError(f"config.task={config.task!r}: use one of {', '.join(TASKS)}")
@@ -70,11 +70,11 @@ def build_model(config, tokenizer=None):
     """(the classifier module, the tokenizer (default: the characters), its special ids, the
     plays' dataset info)."""
     tokenizer = tokenizer or lab.data.char_tokenizer(config.data_dir)
-    ids = transformer.encoder_token_ids(tokenizer.vocab_size)
+    ids = encoder.encoder_token_ids(tokenizer.vocab_size)
     plays_info = lab.data.info(config.dataset, data_dir=config.data_dir)
     heads = {"tragedy": 1} if config.get("task") == "comedy_tragedy" else \
         {"play": plays_info["num_classes"], "genre": plays_info["num_genres"]}
-    model = transformer.EncoderClassifier(
+    model = encoder.EncoderClassifier(
         encoder_config(config.model, tokenizer.vocab_size), num_classes=heads,
         hidden=config.model.head_hidden, head_dropout=config.model.head_dropout,
         pooling=config.model.get("pooling", "mean"))

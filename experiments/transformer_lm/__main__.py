@@ -63,7 +63,7 @@ def export_spec(config):
     (p <= block_size / 2) -> the prompt and block_size / 2 sampled characters, from a seed,
     temperature (0: greedy) and top_k (vocab size: no filtering), the decode loop included."""
     from lab.task import ExportSpec
-    from lab.models import transformer
+    from lab.models import decoding
 
     if tokenizer_name(config) != "char":
         raise ConfigValueError("lab.export takes character-level GPT runs only so far; this run uses subwords "
@@ -73,8 +73,8 @@ def export_spec(config):
     new_tokens = gpt_cfg.max_len // 2
 
     def sample(params, inputs):
-        tokens = transformer.generate_traced(gpt_cfg, params, inputs["prompt"], new_tokens,
-                                             jax.random.key(inputs["seed"]), inputs["temperature"], inputs["top_k"])
+        tokens = decoding.generate_traced(gpt_cfg, params, inputs["prompt"], new_tokens,
+                                          jax.random.key(inputs["seed"]), inputs["temperature"], inputs["top_k"])
         return {"tokens": tokens}
 
     return ExportSpec(sample, {"prompt": {"shape": ["b", "p"], "dtype": "int32"},

@@ -8,7 +8,7 @@ import lab.data
 from lab import configs, pipeline, train
 from lab.data.subword import encode_text
 from lab.errors import ConfigValueError
-from lab.models import transformer
+from lab.models import encoder
 from lab.tasks.language_model import EncoderLMTask, check_tokenizer, encoder_config, run_tokenizer
 
 PRETRAINING_DATASETS = ("shakespeare_plays", "shakespeare_char")
@@ -51,7 +51,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     tokenizer = run_tokenizer(config, workdir, train_text=lambda: text["train"])
     num_chars = tokenizer.vocab_size
     splits = {s: encode_text(tokenizer, t) for s, t in text.items()}
-    task = EncoderLMTask(encoder_config(config.model, num_chars), transformer.encoder_token_ids(num_chars),
+    task = EncoderLMTask(encoder_config(config.model, num_chars), encoder.encoder_token_ids(num_chars),
                         config.mask_rate)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     length = config.model.max_len

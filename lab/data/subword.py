@@ -11,7 +11,7 @@ newlines and runs of spaces round-trip exactly (sentencepiece reads its training
 and normalises whitespace unless each of those is turned off), the whole tokenizer is one JSON
 file that a run keeps in its workdir, and the trainer gives the same merges for the same text and
 vocabulary size (tested). No special tokens live here: a model that needs padding, a mask or a
-class token adds its ids after the vocabulary (`transformer.encoder_token_ids`), as it does for
+class token adds its ids after the vocabulary (`lab.models.encoder.encoder_token_ids`), as it does for
 characters.
 """
 

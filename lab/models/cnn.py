@@ -11,13 +11,12 @@ distance and the mode-coverage histogram of the generative family read (`lab.tas
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 
 from lab.models.layers import max_pool_2x2
-from lab.models.mlp import MLP
 
 
 class CNN(nn.Module):
@@ -55,20 +54,3 @@ class CNN(nn.Module):
                 x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
         logits = nn.Dense(self.num_classes, name="logits")(x)
         return (logits, x) if return_features else logits
-
-
-IMAGE_CLASSIFIERS = ("mlp", "cnn")
-
-
-def image_classifier(model_cfg: Any, num_classes: int) -> nn.Module:
-    """The classifier a config's `model` block names: `model.name` 'mlp' (`features`,
-    `dropout_rate`) or 'cnn' (also `channels`, `kernel_size`). A block without `name` is an MLP,
-    as every config before the CNN was."""
-    name = model_cfg.get("name", "mlp")
-    common = dict(features=tuple(model_cfg.features), num_classes=num_classes,
-                  dropout_rate=model_cfg.dropout_rate)
-    if name == "mlp":
-        return MLP(**common)
-    if name == "cnn":
-        return CNN(channels=tuple(model_cfg.channels), kernel_size=model_cfg.kernel_size, **common)
-    raise ValueError(f"unknown model.name {name!r}: use one of {', '.join(IMAGE_CLASSIFIERS)}")

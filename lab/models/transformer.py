@@ -1,4 +1,8 @@
-"""Transformer family: GPT (decoder-only LM), Encoder, MaskedLM, EncoderClassifier.
+"""Transformer family: the config, the shared blocks and GPT (decoder-only LM).
+
+The encoder models (Encoder, MaskedLM, EncoderClassifier) live in `lab.models.encoder` and GPT's
+sampling (`init_cache`, `generate`, `generate_long`, `generate_traced`) in `lab.models.decoding`;
+both build on this module's `TransformerConfig` and blocks.
 
 Every model is a flax.linen module configured by one frozen `TransformerConfig` and is a pure
 function of its parameters: call it only as
@@ -23,35 +27,24 @@ collection: `index` (int32 scalar: how many positions are already cached) at the
 attention layer `key` / `value` buffers BxTxHxK. One such call takes any number L of new tokens
 (the whole prompt at once for the prefill, then one token per step), writes their keys and values
 at rows [index, index + L) and lets every new query attend to all cached positions up to its own.
-Start from `init_cache(config, batch_size)` and pass `mutable=["cache"]`. `generate` does the
-prefill call and then samples under one jitted `lax.scan`. There is no sliding window: `generate`
-raises ValueError when prompt + new tokens would exceed config.max_len.
+Start from `lab.models.decoding.init_cache(config, batch_size)` and pass `mutable=["cache"]`;
+`lab.models.decoding.generate` does the prefill call and then samples under one jitted `lax.scan`.
 
 Token ids. GPT needs no special token: on a vocabulary of N characters, ids are 0..N-1 and
-`config.vocab_size = N`. The encoder models (Encoder, MaskedLM, EncoderClassifier) reserve two
-more, see `encoder_token_ids(N)`: characters are ids 0..N-1, PAD = N,
-MASK = N + 1, and `config.vocab_size = N + 2`. What makes the models ignore padding is
-`mask_BxL` (1 = real token, 0 = pad), so the ids written at pad positions never matter; PAD is
-only the conventional filler. `mask_tokens(..., mask_id=N + 1, vocab_size=N)` draws its random
-replacement tokens from the N characters only, never PAD or MASK. A `MaskedLM`'s
-`params["encoder"]` loads unchanged into an `EncoderClassifier` built on the same config.
+`config.vocab_size = N`. The encoder models reserve two more (`lab.models.encoder.encoder_token_ids`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.sharding import PartitionSpec as P
-
-from lab.models import layers
 
 Array = jax.Array
 
@@ -142,21 +135,6 @@ class TransformerConfig:
         return cls(vocab_size=vocab_size, **{**defaults, **overrides})
 
 
-class TokenIds(NamedTuple):
-    """The encoder models' token ids for N characters (see the module docstring)."""
-
-    vocab_size: int  # N + 2: TransformerConfig.vocab_size.
-    pad_id: int  # N
-    mask_id: int  # N + 1: mask_tokens(mask_id=...).
-    num_chars: int  # N: mask_tokens(vocab_size=...).
-
-
-def encoder_token_ids(num_chars: int) -> TokenIds:
-    """Characters 0..N-1, PAD = N, MASK = N + 1, vocab_size = N + 2 (N = num_chars)."""
-    return TokenIds(vocab_size=num_chars + 2, pad_id=num_chars, mask_id=num_chars + 1,
-                    num_chars=num_chars)
-
-
 # ------------------------------------------------------------------------------------------------
 # Initialisers as in GPT-2 / nanoGPT: every Dense kernel and both embeddings ~ N(0, 0.02), biases
 # zero, LayerNorm scale 1 and bias 0; the two projections that write into the residual stream
@@ -169,7 +147,8 @@ def _residual_init(config: TransformerConfig):
     return nn.initializers.normal(stddev=0.02 / math.sqrt(2 * config.num_layers))
 
 
-def _layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNorm:
+def layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNorm:
+    """A LayerNorm with the config's epsilon, bias and dtype."""
     return nn.LayerNorm(epsilon=config.layer_norm_epsilon, use_bias=config.use_bias,
                         dtype=config.dtype, name=name)
 
@@ -212,7 +191,7 @@ def _low_precision_dot_general(lhs, rhs, dimension_numbers, precision=None, pref
     return y.reshape(lhs.shape[:-1] + y.shape[-1:])
 
 
-def _dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT, use_bias=None) -> nn.Dense:
+def dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT, use_bias=None) -> nn.Dense:
     """A Dense layer computing in `config.dtype` (float32: flax's own; else `_low_precision_dot_general`)."""
     low_precision = jnp.dtype(config.dtype) != jnp.float32
     return nn.Dense(features, use_bias=config.use_bias if use_bias is None else use_bias, dtype=config.dtype,
@@ -230,7 +209,8 @@ def _rows(layer, x_BxLxD: Array) -> Array:
     return y.reshape(x_BxLxD.shape[:-1] + y.shape[-1:])
 
 
-def _check_length(config: TransformerConfig, length: int):
+def check_length(config: TransformerConfig, length: int):
+    """Raises ValueError if a sequence of `length` tokens exceeds config.max_len."""
     if length > config.max_len:
         raise ValueError(f"sequence length {length} exceeds config.max_len={config.max_len}")
 
@@ -302,7 +282,7 @@ class Attention(nn.Module):
         """
         c = self.config
         b, length, _ = x_BxLxD.shape
-        qkv = _dense(c, 3 * c.width, "qkv")
+        qkv = dense(c, 3 * c.width, "qkv")
         qkv_BxLx3D = _rows(qkv, x_BxLxD)
         # Columns are [q | k | v], each ordered (head, head_dim): a split (whose gradient is a
         # concatenation) and free reshapes, no transpose.
@@ -321,7 +301,7 @@ class Attention(nn.Module):
             if not self.is_initializing():
                 key.value, value.value = k_BxTxHxK, v_BxTxHxK
         y_BxLxHxK = _attend(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, mask)
-        out = _dense(c, c.width, "out", kernel_init=_residual_init(c))
+        out = dense(c, c.width, "out", kernel_init=_residual_init(c))
         return _rows(out, y_BxLxHxK.reshape(b, length, c.width))
 
 
@@ -334,9 +314,9 @@ class Mlp(nn.Module):
     def __call__(self, x_BxLxD: Array) -> Array:
         """x_BxLxD -> y_BxLxD."""
         c = self.config
-        h_BxLxF = _rows(_dense(c, c.mlp_width, "fc"), x_BxLxD)
+        h_BxLxF = _rows(dense(c, c.mlp_width, "fc"), x_BxLxD)
         h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
-        proj = _dense(c, c.width, "proj", kernel_init=_residual_init(c))
+        proj = dense(c, c.width, "proj", kernel_init=_residual_init(c))
         return _rows(proj, h_BxLxF)
 
 
@@ -354,13 +334,13 @@ class Block(nn.Module):
         """x_BxLxD -> x_BxLxD; `mask` and `decode_index` as in `Attention`."""
         c = self.config
         drop = nn.Dropout(c.dropout_rate, deterministic=not train)
-        h_BxLxD = Attention(c, name="attn")(_layer_norm(c, "ln_1")(x_BxLxD), mask, decode_index)
+        h_BxLxD = Attention(c, name="attn")(layer_norm(c, "ln_1")(x_BxLxD), mask, decode_index)
         x_BxLxD = x_BxLxD + drop(h_BxLxD)
-        h_BxLxD = Mlp(c, name="mlp")(_layer_norm(c, "ln_2")(x_BxLxD))
+        h_BxLxD = Mlp(c, name="mlp")(layer_norm(c, "ln_2")(x_BxLxD))
         return x_BxLxD + drop(h_BxLxD)
 
 
-class _Backbone(nn.Module):
+class Backbone(nn.Module):
     """Embeddings, dropout, the blocks and the final LayerNorm: the trunk of GPT and Encoder.
 
     Params: `embed` (Embedder), `block_0` ... `block_{N-1}` (Block), `ln_f`. The submodules live
@@ -374,7 +354,7 @@ class _Backbone(nn.Module):
         self.embed = Embedder(c)
         self.drop = nn.Dropout(c.dropout_rate)
         self.blocks = [Block(c, name=f"block_{i}") for i in range(c.num_layers)]
-        self.ln_f = _layer_norm(c)
+        self.ln_f = layer_norm(c)
 
     def _hidden(self, tokens_BxL: Array, mask: Array, *, train: bool,
                 offset: Array | None = None) -> Array:
@@ -388,12 +368,11 @@ class _Backbone(nn.Module):
         """Tied head over the token embedding: x_BxLxD -> float32 logits_BxLxV."""
         return self.embed.attend(x_BxLxD)
 
-
 # ------------------------------------------------------------------------------------------------
-# GPT and sampling.
+# GPT.
 
 
-class GPT(_Backbone):
+class GPT(Backbone):
     """Decoder-only causal language model with output logits tied to the token embedding.
 
     Params: `embed`, `block_0` ... `block_{N-1}`, `ln_f`; with mlp_ratio 4 that is
@@ -405,13 +384,13 @@ class GPT(_Backbone):
         """int32 tokens_BxL -> float32 logits_BxLxV (next-token logits at every position).
 
         decode=True: incremental decoding through the "cache" collection (module docstring):
-        needs `mutable=["cache"]` and a cache from `init_cache`. The L tokens are placed at
-        positions [index, index + L); overrunning config.max_len is not checked here (it is in
-        `generate`).
+        needs `mutable=["cache"]` and a cache from `lab.models.decoding.init_cache`. The L tokens
+        are placed at positions [index, index + L); overrunning config.max_len is not checked here
+        (it is in `lab.models.decoding.generate`).
         """
         c = self.config
         length = tokens_BxL.shape[1]
-        _check_length(c, length)
+        check_length(c, length)
         if not decode:
             causal_1x1xLxL = jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
             return self.attend(self._hidden(tokens_BxL, causal_1x1xLxL, train=train))
@@ -423,248 +402,3 @@ class GPT(_Backbone):
         query_pos_L = offset + jnp.arange(length)
         mask_1x1xLxT = (jnp.arange(c.max_len)[None, :] <= query_pos_L[:, None])[None, None]
         return self.attend(self._hidden(tokens_BxL, mask_1x1xLxT, train=train, offset=offset))
-
-
-def init_cache(config: TransformerConfig, batch_size: int) -> dict:
-    """An empty KV cache (the "cache" collection) for `GPT(config)` decoding batch_size rows.
-
-    {"index": int32 0, "block_i": {"attn": {"key", "value"}}} with zero BxTxHxK buffers.
-    """
-    tokens_Bx1 = jnp.zeros((batch_size, 1), jnp.int32)
-    init = functools.partial(GPT(config).init, train=False, decode=True)
-    shapes = jax.eval_shape(init, jax.random.key(0), tokens_Bx1)["cache"]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
-              rng: Array, temperature: Array, top_k: Array) -> Array:
-    model = GPT(config)
-    keys = jax.random.split(rng, max_new_tokens)
-
-    def last_logits(cache, tokens_BxL):
-        logits_BxLxV, variables = model.apply(
-            {"params": params, "cache": cache}, tokens_BxL, train=False, decode=True,
-            mutable=["cache"])
-        return logits_BxLxV[:, -1], variables["cache"]
-
-    # Prefill: the whole prompt in one call, which also gives the first new token.
-    logits_BxV, cache = last_logits(init_cache(config, prompt_BxP.shape[0]), prompt_BxP)
-    first_B = layers.sample_logits(logits_BxV, keys[0], temperature, top_k)
-
-    def step(carry, key):
-        cache, token_B = carry
-        logits_BxV, cache = last_logits(cache, token_B[:, None])
-        token_B = layers.sample_logits(logits_BxV, key, temperature, top_k)
-        return (cache, token_B), token_B
-
-    _, rest_NxB = lax.scan(step, (cache, first_B), keys[1:])
-    return jnp.concatenate([prompt_BxP, first_B[:, None], rest_NxB.T], axis=1)
-
-
-def generate_traced(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
-                    rng: Array, temperature: Array, top_k: Array) -> Array:
-    """`generate` with temperature (float32 scalar) and top_k (int32 scalar in [1, V]) as arrays
-    and without its Python checks: the function `lab.export` lowers, the prompt length symbolic.
-    The caller keeps P + max_new_tokens <= config.max_len (the export states it as a constraint).
-    Returns int32 tokens_Bx(P+N), the same tokens `generate` gives for the same arguments."""
-    return _generate(config, params, prompt_BxP, max_new_tokens, rng, temperature, top_k)
-
-
-def generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
-             rng: Array, *, temperature: float = 1.0, top_k: int | None = None) -> Array:
-    """Extend int32 prompt_BxP by max_new_tokens sampled tokens -> int32 tokens_Bx(P+N).
-
-    One prefill call writes the prompt into the KV cache; one jitted `lax.scan` then samples
-    the tokens one by one (new token i uses `jax.random.split(rng, N)[i]`, so a given rng always
-    gives the same tokens). temperature == 0: greedy argmax; top_k: sample among the k largest
-    logits only (None: all). No sliding window: raises ValueError if
-    P + max_new_tokens > config.max_len. Compiles once per (config, B, P, N); temperature and
-    top_k are traced, so changing them does not recompile.
-    """
-    prompt_BxP = jnp.asarray(prompt_BxP, jnp.int32)
-    if prompt_BxP.ndim != 2 or prompt_BxP.shape[1] < 1:
-        raise ValueError(f"prompt must be int BxP with P >= 1, got shape {prompt_BxP.shape}")
-    total = prompt_BxP.shape[1] + max_new_tokens
-    if total > config.max_len:
-        raise ValueError(
-            f"prompt length {prompt_BxP.shape[1]} + max_new_tokens {max_new_tokens} = {total} "
-            f"exceeds config.max_len={config.max_len} (no sliding window: shorten the prompt)")
-    if max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
-    if top_k is not None and top_k < 1:
-        raise ValueError(f"top_k must be None or >= 1, got {top_k}")
-    if max_new_tokens == 0:
-        return prompt_BxP
-    k = config.vocab_size if top_k is None else min(int(top_k), config.vocab_size)
-    return _generate(config, params, prompt_BxP, int(max_new_tokens), rng,
-                     jnp.float32(temperature), jnp.int32(k))
-
-
-def generate_long(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
-                  rng: Array, *, temperature: float = 1.0, top_k: int | None = None) -> Array:
-    """`generate` for any length: a sliding window in chunks, as nanoGPT crops its context.
-
-    Positions are learned and absolute, so the cache cannot slide token by token: once the
-    sequence would pass `config.max_len`, the last `max_len // 2` tokens become a new prompt and
-    `generate` fills the rest of the window; repeat. Each chunk is one jitted prefill + scan
-    (the same shapes from the second chunk on: one compile). -> int32 tokens_Bx(P+max_new_tokens).
-    """
-    tokens = jnp.asarray(prompt_BxP, jnp.int32)
-    keep = max(1, config.max_len // 2)
-    context = tokens if tokens.shape[1] <= config.max_len else tokens[:, -keep:]
-    remaining, chunk = max_new_tokens, 0
-    while remaining > 0:
-        n = min(remaining, config.max_len - context.shape[1])
-        out = generate(config, params, context, n, jax.random.fold_in(rng, chunk),
-                       temperature=temperature, top_k=top_k)
-        tokens = jnp.concatenate([tokens, out[:, context.shape[1]:]], axis=1)
-        context = tokens[:, -keep:]
-        remaining -= n
-        chunk += 1
-    return tokens
-
-
-# ------------------------------------------------------------------------------------------------
-# Encoder models.
-
-
-POOLINGS = ("mean", "max", "attention", "last")
-
-
-def pool(hidden_BxLxD: Array, mask_BxL: Array, kind: str, query_D: Array | None = None) -> Array:
-    """float32 pooled_BxD of the hidden states over real positions (mask 1; a row with none: 0).
-
-    kind: 'mean'; 'max' (per feature); 'attention' (weights softmax(hidden . query_D / sqrt(D))
-    over the real positions); 'last' (the last real position, the only one that a causal encoder
-    lets read the whole input; real positions must come first, pads after them).
-    """
-    h_BxLxD = hidden_BxLxD.astype(jnp.float32)
-    real_BxL = jnp.asarray(mask_BxL) > 0
-    any_B1 = real_BxL.any(axis=1, keepdims=True)
-    if kind == "max":
-        pooled = jnp.where(real_BxL[..., None], h_BxLxD, -jnp.inf).max(axis=1)
-        return jnp.where(any_B1, pooled, 0.0)
-    if kind == "attention":
-        scores_BxL = h_BxLxD @ query_D.astype(jnp.float32) / jnp.sqrt(h_BxLxD.shape[-1])
-        weights_BxL = jax.nn.softmax(jnp.where(real_BxL, scores_BxL, -jnp.inf), axis=1)
-        return jnp.where(any_B1, jnp.einsum("bl,bld->bd", jnp.where(real_BxL, weights_BxL, 0.0), h_BxLxD), 0.0)
-    if kind == "last":
-        last_B = jnp.maximum(real_BxL.sum(axis=1) - 1, 0)
-        pooled = jnp.take_along_axis(h_BxLxD, last_B[:, None, None], axis=1)[:, 0]
-        return jnp.where(any_B1, pooled, 0.0)
-    if kind == "mean":
-        w_BxLx1 = real_BxL[..., None].astype(jnp.float32)
-        return (h_BxLxD * w_BxLx1).sum(axis=1) / jnp.maximum(w_BxLx1.sum(axis=1), 1.0)
-    raise ValueError(f"pooling {kind!r}: use one of {', '.join(POOLINGS)}")
-
-
-class Encoder(_Backbone):
-    """Bidirectional encoder: embeddings, N blocks under a key padding mask, final LayerNorm.
-    With `config.causal` every query sees only itself and earlier real positions.
-
-    Params: `embed`, `block_0` ... `block_{N-1}`, `ln_f` (the same tree as GPT's). `attend` is
-    the tied head over the token embedding (used by MaskedLM).
-    """
-
-    def __call__(self, tokens_BxL: Array, mask_BxL: Array, *, train: bool
-                 ) -> tuple[Array, Array]:
-        """(int tokens_BxL, mask_BxL: 1 real, 0 pad) -> (hidden_BxLxD, float32 pooled_BxD).
-
-        No query attends to a pad position, so neither the hidden states at real positions nor
-        pooled (the mean of hidden over real positions; zeros for a row with none) depend on
-        pads. Hidden states at pad positions are meaningless.
-        """
-        _check_length(self.config, tokens_BxL.shape[1])
-        real_BxL = mask_BxL > 0
-        attend_Bx1xLxL = real_BxL[:, None, None, :]
-        if self.config.causal:
-            length = tokens_BxL.shape[1]
-            attend_Bx1xLxL = attend_Bx1xLxL & jnp.tril(jnp.ones((length, length), jnp.bool_))[None, None]
-        hidden_BxLxD = self._hidden(tokens_BxL, attend_Bx1xLxL, train=train)
-        return hidden_BxLxD, pool(hidden_BxLxD, mask_BxL, "mean")
-
-
-class MaskedLM(nn.Module):
-    """BERT-style masked LM: `encoder`, Dense(D) -> GELU -> LayerNorm, tied logits + bias.
-    On a causal encoder (`config.causal`) the logits at position i are read as position i + 1's.
-
-    Params: `encoder` (exactly an Encoder's tree), `head_dense`, `head_ln`, `output_bias` (V).
-    """
-
-    config: TransformerConfig
-
-    @nn.compact
-    def __call__(self, tokens_BxL: Array, mask_BxL: Array, *, train: bool) -> Array:
-        """(int tokens_BxL, mask_BxL) -> float32 logits_BxLxV (meaningless at pad positions)."""
-        c = self.config
-        encoder = Encoder(c, name="encoder")
-        hidden_BxLxD, _ = encoder(tokens_BxL, mask_BxL, train=train)
-        dense = _dense(c, c.width, "head_dense", use_bias=True)
-        h_BxLxD = _layer_norm(c, "head_ln")(nn.gelu(dense(hidden_BxLxD), approximate=True))
-        bias_V = self.param("output_bias", nn.initializers.zeros, (c.vocab_size,))
-        return encoder.attend(h_BxLxD) + bias_V
-
-
-class EncoderClassifier(nn.Module):
-    """`encoder` -> pooled -> Dense(hidden) -> ReLU -> Dropout -> one logits Dense per label.
-
-    pooling: 'mean' (the Encoder's own), 'max', 'attention' (softmax over real positions of
-    hidden . q / sqrt(D), q a learned `head_pool_query`, zero at init: the mean at the start), or
-    'last' (the last real position); see `pool`.
-
-    num_classes: {label: number of classes}, e.g. {"play": 37, "genre": 3}, or a sequence of
-    (label, n) pairs. Params: `encoder` (exactly an Encoder's tree, so a MaskedLM's
-    `params["encoder"]` loads straight in), `head_hidden`, `head_<label>` per label.
-    """
-
-    config: TransformerConfig
-    num_classes: Mapping[str, int] | Sequence[tuple[str, int]]
-    hidden: int = 512
-    head_dropout: float = 0.1
-    pooling: str = "mean"  # of the hidden states over real tokens: one of POOLINGS
-
-    def __post_init__(self):
-        # Stored as a tuple of (label, n) pairs, so that the module stays hashable.
-        if isinstance(self.num_classes, Mapping):
-            object.__setattr__(self, "num_classes", tuple(self.num_classes.items()))
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, tokens_BxL: Array, mask_BxL: Array, *, train: bool) -> dict[str, Array]:
-        """(int tokens_BxL, mask_BxL) -> {label: float32 logits_BxC}."""
-        hidden_BxLxD, pooled_BxD = Encoder(self.config, name="encoder")(tokens_BxL, mask_BxL, train=train)
-        if self.pooling != "mean":
-            pooled_BxD = pool(hidden_BxLxD, mask_BxL, self.pooling,
-                              self.param("head_pool_query", nn.initializers.zeros, (hidden_BxLxD.shape[-1],))
-                              if self.pooling == "attention" else None)
-        h_BxF = nn.relu(nn.Dense(self.hidden, name="head_hidden")(pooled_BxD))
-        h_BxF = nn.Dropout(self.head_dropout, deterministic=not train)(h_BxF)
-        return {label: nn.Dense(n, name=f"head_{label}")(h_BxF).astype(jnp.float32)
-                for label, n in self.num_classes}
-
-
-def mask_tokens(rng: Array, tokens_BxL: Array, mask_BxL: Array, *, mask_id: int,
-                vocab_size: int, rate: float = 0.15) -> tuple[Array, Array, Array]:
-    """BERT's 80/10/10 masking -> (int32 inputs_BxL, int32 targets_BxL, float32 weights_BxL).
-
-    Each real position (mask_BxL == 1; never a pad) is chosen independently with probability
-    `rate`. A chosen input becomes `mask_id` with probability 0.8, a uniform random token from
-    [0, vocab_size) with probability 0.1, and stays unchanged otherwise. targets = the original
-    tokens; weights = 1 at chosen positions, else 0. Deterministic given rng.
-    `mask_id` must be an id the vocabulary reserves for masking and `vocab_size` the number of
-    ordinary tokens: with the module's convention mask_id = N + 1 and vocab_size = N (the
-    characters), see `encoder_token_ids`.
-    """
-    k_choose, k_kind, k_random = jax.random.split(rng, 3)
-    tokens_BxL = jnp.asarray(tokens_BxL, jnp.int32)
-    shape = tokens_BxL.shape
-    chosen_BxL = (jax.random.uniform(k_choose, shape) < rate) & (jnp.asarray(mask_BxL) > 0)
-    u_BxL = jax.random.uniform(k_kind, shape)
-    random_BxL = jax.random.randint(k_random, shape, 0, vocab_size, jnp.int32)
-    replaced_BxL = jnp.where(u_BxL < 0.8, jnp.int32(mask_id),
-                             jnp.where(u_BxL < 0.9, random_BxL, tokens_BxL))
-    inputs_BxL = jnp.where(chosen_BxL, replaced_BxL, tokens_BxL)
-    return inputs_BxL, tokens_BxL, chosen_BxL.astype(jnp.float32)

@@ -2,18 +2,22 @@
 
 One head (`logits_BxC`, label key `label`) or several (`{name: logits_BxC}`, each trained on
 `batch[name]` and summed into one loss), so a classifier predicting a play and its genre is the
-same family as the MLP digit classifier.
+same family as the MLP digit classifier. `image_classifier` builds the MLP or CNN that a config's
+`model` block names.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import flax.linen as nn
 import jax
 import numpy as np
 
 from lab import metrics
+from lab.models.cnn import CNN
+from lab.models.mlp import MLP
 from lab.task import ExportSpec, Task
 
 
@@ -136,3 +140,19 @@ class BinaryClassificationTask(ClassificationTask):
         """loss, accuracy, precision, recall, f1 (positive class) and, on evals, roc_auc."""
         return metrics.binary_summary(sums)
 
+
+IMAGE_CLASSIFIERS = ("mlp", "cnn")
+
+
+def image_classifier(model_cfg: Any, num_classes: int) -> nn.Module:
+    """The classifier a config's `model` block names: `model.name` 'mlp' (`features`,
+    `dropout_rate`) or 'cnn' (also `channels`, `kernel_size`). A block without `name` is an MLP,
+    as every config before the CNN was."""
+    name = model_cfg.get("name", "mlp")
+    common = dict(features=tuple(model_cfg.features), num_classes=num_classes,
+                  dropout_rate=model_cfg.dropout_rate)
+    if name == "mlp":
+        return MLP(**common)
+    if name == "cnn":
+        return CNN(channels=tuple(model_cfg.channels), kernel_size=model_cfg.kernel_size, **common)
+    raise ValueError(f"unknown model.name {name!r}: use one of {', '.join(IMAGE_CLASSIFIERS)}")

@@ -15,7 +15,7 @@ import numpy as np
 
 from lab import metrics, report
 from lab.errors import ConfigValueError
-from lab.models import transformer
+from lab.models import decoding, encoder, transformer
 from lab.task import Task
 
 
@@ -113,7 +113,7 @@ def encoder_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
     0..N-1, PAD = N, MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts
     from it); `causal` (default False) as the block says."""
     return transformer.TransformerConfig(
-        vocab_size=transformer.encoder_token_ids(num_chars).vocab_size,
+        vocab_size=encoder.encoder_token_ids(num_chars).vocab_size,
         num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, width=model_cfg.width,
         max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate, causal=model_cfg.get("causal", False))
 
@@ -122,8 +122,8 @@ def sample_text(gpt_cfg: transformer.TransformerConfig, params, tokenizer, promp
                 num_tokens: int, rng: jax.Array, temperature: float, top_k: int | None) -> str:
     """`prompt` followed by `num_tokens` sampled characters (a sliding window past max_len)."""
     ids = tokenizer.encode(prompt).astype(np.int32)[None]
-    out = transformer.generate_long(gpt_cfg, params, ids, num_tokens, rng,
-                                    temperature=temperature, top_k=top_k or None)
+    out = decoding.generate_long(gpt_cfg, params, ids, num_tokens, rng,
+                                 temperature=temperature, top_k=top_k or None)
     return tokenizer.decode(np.asarray(out[0]))
 
 
@@ -196,7 +196,7 @@ class CausalLMTask(Task):
 
 
 class EncoderLMTask(Task):
-    """`lab.task.Task` pretraining an encoder (a `transformer.MaskedLM`) on batches of token
+    """`lab.task.Task` pretraining an encoder (an `encoder.MaskedLM`) on batches of token
     `inputs` (B, L): BERT's masked LM on a bidirectional encoder, next-token prediction on a
     causal one (`config.causal`; L - 1 targets per row).
 
@@ -210,11 +210,11 @@ class EncoderLMTask(Task):
     count_unit = "tokens"
     partition_rules = transformer.PARTITION_RULES
 
-    def __init__(self, config: transformer.TransformerConfig, token_ids: transformer.TokenIds,
+    def __init__(self, config: transformer.TransformerConfig, token_ids: encoder.TokenIds,
                  mask_rate: float = 0.15):
         self.config = config
         self.ids = token_ids
-        self.model = transformer.MaskedLM(config)
+        self.model = encoder.MaskedLM(config)
         self.mask_rate = mask_rate
 
     def init(self, rng: jax.Array) -> dict:
@@ -228,7 +228,7 @@ class EncoderLMTask(Task):
             inputs, targets = batch["inputs"], batch["inputs"][:, 1:]
             weights = (token_mask[:, :-1] * token_mask[:, 1:]).astype(jnp.float32)
         else:
-            inputs, targets, weights = transformer.mask_tokens(
+            inputs, targets, weights = encoder.mask_tokens(
                 mask_rng, batch["inputs"], token_mask, mask_id=self.ids.mask_id,
                 vocab_size=self.ids.num_chars, rate=self.mask_rate)
         logits = self.model.apply({"params": params}, inputs, token_mask, train=train,

@@ -112,11 +112,13 @@ def test_max_pool_matches_flax_on_even_and_odd_sizes():
 
 def test_image_classifier_from_config():
     from ml_collections import ConfigDict
+
+    from lab.tasks.classification import image_classifier
     block = dict(features=(8,), dropout_rate=0.0, channels=(4,), kernel_size=3)
-    assert isinstance(cnn.image_classifier(ConfigDict(dict(block, name="cnn")), 10), cnn.CNN)
-    assert type(cnn.image_classifier(ConfigDict(block), 10)).__name__ == "MLP"
+    assert isinstance(image_classifier(ConfigDict(dict(block, name="cnn")), 10), cnn.CNN)
+    assert type(image_classifier(ConfigDict(block), 10)).__name__ == "MLP"
     with pytest.raises(ValueError, match="unknown model.name"):
-        cnn.image_classifier(ConfigDict(dict(block, name="resnet")), 10)
+        image_classifier(ConfigDict(dict(block, name="resnet")), 10)
 
 
 def test_phase_transposed_conv_is_flax_conv_transpose():

@@ -1,5 +1,6 @@
-"""Tests of lab.models.transformer: shapes, parameter counts, purity and dropout, causality by
-gradients, padding invariance, KV-cache decoding against full recomputation, sampling, masking."""
+"""Tests of lab.models.transformer, lab.models.encoder and lab.models.decoding: shapes, parameter
+counts, purity and dropout, causality by gradients, padding invariance, KV-cache decoding against
+full recomputation, sampling, masking."""
 
 import dataclasses
 import functools
@@ -9,6 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lab.models import decoding as dec
+from lab.models import encoder as enc
 from lab.models import transformer as tfm
 
 CFG = tfm.TransformerConfig.tiny(vocab_size=13)  # 2 layers, 2 heads, width 32, max_len 16
@@ -52,12 +55,12 @@ def encoder_params(gpt_params):
 
 @pytest.fixture(scope="module")
 def mlm_params():
-    return _init(tfm.MaskedLM(CFG), _tokens(0), jnp.ones((B, L)), seed=2)["params"]
+    return _init(enc.MaskedLM(CFG), _tokens(0), jnp.ones((B, L)), seed=2)["params"]
 
 
 @pytest.fixture(scope="module")
 def clf_params():
-    return _init(tfm.EncoderClassifier(CFG, LABELS), _tokens(0), jnp.ones((B, L)),
+    return _init(enc.EncoderClassifier(CFG, LABELS), _tokens(0), jnp.ones((B, L)),
                  seed=3)["params"]
 
 
@@ -78,14 +81,14 @@ def test_output_shapes(gpt_params, encoder_params, mlm_params, clf_params):
     logits = _apply(tfm.GPT(CFG), {"params": gpt_params}, tokens)
     assert logits.shape == (B, L, CFG.vocab_size) and logits.dtype == jnp.float32
 
-    hidden, pooled = _apply(tfm.Encoder(CFG), {"params": encoder_params}, tokens, mask)
+    hidden, pooled = _apply(enc.Encoder(CFG), {"params": encoder_params}, tokens, mask)
     assert hidden.shape == (B, L, CFG.width) and pooled.shape == (B, CFG.width)
     assert pooled.dtype == jnp.float32
 
-    mlm_logits = _apply(tfm.MaskedLM(CFG), {"params": mlm_params}, tokens, mask)
+    mlm_logits = _apply(enc.MaskedLM(CFG), {"params": mlm_params}, tokens, mask)
     assert mlm_logits.shape == (B, L, CFG.vocab_size) and mlm_logits.dtype == jnp.float32
 
-    out = _apply(tfm.EncoderClassifier(CFG, LABELS), {"params": clf_params}, tokens, mask)
+    out = _apply(enc.EncoderClassifier(CFG, LABELS), {"params": clf_params}, tokens, mask)
     assert set(out) == {"play", "genre"}
     assert out["play"].shape == (B, 37) and out["genre"].shape == (B, 3)
 
@@ -118,7 +121,7 @@ def test_gpt_without_biases_has_only_kernels_embeddings_and_scales():
 def test_param_trees(gpt_params, mlm_params, clf_params):
     tokens, mask = _tokens(0), jnp.ones((B, L))
     encoder_tree = jax.eval_shape(
-        lambda: tfm.Encoder(CFG).init(jax.random.key(0), tokens, mask, train=False))["params"]
+        lambda: enc.Encoder(CFG).init(jax.random.key(0), tokens, mask, train=False))["params"]
     encoder_tree = jax.tree.map(lambda s: (s.shape, s.dtype), encoder_tree)
     assert _tree_shapes(gpt_params) == encoder_tree
     assert _tree_shapes(mlm_params["encoder"]) == encoder_tree
@@ -130,11 +133,11 @@ def test_param_trees(gpt_params, mlm_params, clf_params):
 
 def test_pretrained_mlm_encoder_loads_into_classifier(mlm_params, clf_params):
     tokens, mask = _tokens(2), jnp.ones((B, L), jnp.int32)
-    clf = tfm.EncoderClassifier(CFG, LABELS)
+    clf = enc.EncoderClassifier(CFG, LABELS)
     loaded = {**clf_params, "encoder": mlm_params["encoder"]}
     out_loaded = _apply(clf, {"params": loaded}, tokens, mask)
     out_fresh = _apply(clf, {"params": clf_params}, tokens, mask)
-    _, pooled = _apply(tfm.Encoder(CFG), {"params": mlm_params["encoder"]}, tokens, mask)
+    _, pooled = _apply(enc.Encoder(CFG), {"params": mlm_params["encoder"]}, tokens, mask)
     h = jax.nn.relu(pooled @ loaded["head_hidden"]["kernel"] + loaded["head_hidden"]["bias"])
     expected = h @ loaded["head_genre"]["kernel"] + loaded["head_genre"]["bias"]
     np.testing.assert_allclose(out_loaded["genre"], expected, atol=1e-5)
@@ -151,8 +154,8 @@ def test_config_validation_and_presets():
     assert (base.num_layers, base.num_heads, base.width, base.max_len) == (6, 6, 384, 256)
     assert tfm.TransformerConfig.tiny(max_len=8).max_len == 8
     hash(CFG)  # usable as a jit static argument
-    hash(tfm.EncoderClassifier(CFG, LABELS))  # a dict of labels is stored as a tuple
-    ids = tfm.encoder_token_ids(65)
+    hash(enc.EncoderClassifier(CFG, LABELS))  # a dict of labels is stored as a tuple
+    ids = enc.encoder_token_ids(65)
     assert (ids.vocab_size, ids.pad_id, ids.mask_id, ids.num_chars) == (67, 65, 66, 65)
     with pytest.raises(ValueError, match="max_len"):
         jax.eval_shape(lambda: tfm.GPT(CFG).init(jax.random.key(0),
@@ -225,7 +228,7 @@ def test_pure_function_and_dropout_rngs(gpt_params, clf_params):
                                atol=1e-6)
 
     # The classifier (encoder dropout + head dropout) obeys the same rules.
-    clf = tfm.EncoderClassifier(cfg, LABELS, head_dropout=0.5)
+    clf = enc.EncoderClassifier(cfg, LABELS, head_dropout=0.5)
     variables = {"params": clf_params}
     e1 = _apply(clf, variables, tokens, mask, rngs={"dropout": k1})["genre"]
     np.testing.assert_array_equal(e1, _apply(clf, variables, tokens, mask,
@@ -283,7 +286,7 @@ def test_encoder_and_mlm_ignore_padding(encoder_params, mlm_params):
     lengths = [5, 9, 12]
     tokens_a, mask_a = _padded_batch(lengths, 12, pad_seed=0)
     tokens_b, mask_b = _padded_batch(lengths, 16, pad_seed=1)  # other pad ids, more pads
-    encoder, variables = tfm.Encoder(CFG), {"params": encoder_params}
+    encoder, variables = enc.Encoder(CFG), {"params": encoder_params}
     hidden_a, pooled_a = _apply(encoder, variables, tokens_a, mask_a)
     hidden_b, pooled_b = _apply(encoder, variables, tokens_b, mask_b)
     np.testing.assert_allclose(pooled_a, pooled_b, atol=1e-6)
@@ -294,7 +297,7 @@ def test_encoder_and_mlm_ignore_padding(encoder_params, mlm_params):
     _, pooled_all = _apply(encoder, variables, tokens_a, jnp.ones_like(mask_a))
     assert not np.allclose(pooled_all[0], pooled_a[0], atol=1e-3)
 
-    mlm, variables = tfm.MaskedLM(CFG), {"params": mlm_params}
+    mlm, variables = enc.MaskedLM(CFG), {"params": mlm_params}
     logits_a = _apply(mlm, variables, tokens_a, mask_a)
     logits_b = _apply(mlm, variables, tokens_b, mask_b)
     for i, n in enumerate(lengths):
@@ -318,7 +321,7 @@ def test_cached_logits_match_full_forward(gpt_params):
         {"params": gpt_params, "cache": cache}, toks, train=False, decode=True,
         mutable=["cache"]))
     prompt = 4
-    logits, variables = step(tfm.init_cache(CFG, 2), tokens[:, :prompt])  # prefill
+    logits, variables = step(dec.init_cache(CFG, 2), tokens[:, :prompt])  # prefill
     np.testing.assert_allclose(logits, full[:, :prompt], atol=1e-5)
     cache = variables["cache"]
     for t in range(prompt, CFG.max_len):  # then one token per call
@@ -327,7 +330,7 @@ def test_cached_logits_match_full_forward(gpt_params):
         np.testing.assert_allclose(logits[:, 0], full[:, t], atol=1e-5, err_msg=f"step {t}")
     assert int(cache["index"]) == CFG.max_len
     # Any chunk size goes through the same path.
-    cache = tfm.init_cache(CFG, 2)
+    cache = dec.init_cache(CFG, 2)
     for start in range(0, CFG.max_len, 4):
         logits, variables = step(cache, tokens[:, start:start + 4])
         cache = variables["cache"]
@@ -336,7 +339,7 @@ def test_cached_logits_match_full_forward(gpt_params):
 
 def test_greedy_generate_equals_naive_full_recomputation(gpt_params):
     prompt = _tokens(11, (2, PROMPT))
-    out = tfm.generate(CFG, gpt_params, prompt, NEW, jax.random.key(0), temperature=0.0)
+    out = dec.generate(CFG, gpt_params, prompt, NEW, jax.random.key(0), temperature=0.0)
     assert out.shape == (2, PROMPT + NEW) and out.dtype == jnp.int32
     np.testing.assert_array_equal(out[:, :PROMPT], prompt)
     seq = prompt
@@ -349,60 +352,60 @@ def test_greedy_generate_equals_naive_full_recomputation(gpt_params):
 def test_sampling_is_reproducible_and_top_k(gpt_params):
     prompt = _tokens(11, (2, PROMPT))
     key = jax.random.key(3)
-    a = tfm.generate(CFG, gpt_params, prompt, NEW, key, temperature=1.0)
-    np.testing.assert_array_equal(a, tfm.generate(CFG, gpt_params, prompt, NEW, key))
-    b = tfm.generate(CFG, gpt_params, prompt, NEW, jax.random.key(4), temperature=1.0)
+    a = dec.generate(CFG, gpt_params, prompt, NEW, key, temperature=1.0)
+    np.testing.assert_array_equal(a, dec.generate(CFG, gpt_params, prompt, NEW, key))
+    b = dec.generate(CFG, gpt_params, prompt, NEW, jax.random.key(4), temperature=1.0)
     assert not np.array_equal(a, b)
     assert int(a.min()) >= 0 and int(a.max()) < CFG.vocab_size
 
-    greedy = tfm.generate(CFG, gpt_params, prompt, NEW, key, temperature=0.0)
-    top1 = tfm.generate(CFG, gpt_params, prompt, NEW, key, temperature=1.0, top_k=1)
+    greedy = dec.generate(CFG, gpt_params, prompt, NEW, key, temperature=0.0)
+    top1 = dec.generate(CFG, gpt_params, prompt, NEW, key, temperature=1.0, top_k=1)
     np.testing.assert_array_equal(top1, greedy)
     assert not np.array_equal(a, greedy)
 
     # Every top-k sample is among the k most likely tokens under the full-forward logits.
     k = 3
-    hot = tfm.generate(CFG, gpt_params, prompt, NEW, key, temperature=5.0, top_k=k)
+    hot = dec.generate(CFG, gpt_params, prompt, NEW, key, temperature=5.0, top_k=k)
     logits = np.asarray(_full_logits(gpt_params, hot))
     for t in range(PROMPT, PROMPT + NEW):
         allowed = np.argsort(logits[:, t - 1], axis=-1)[:, -k:]
         assert all(int(hot[i, t]) in allowed[i] for i in range(2)), f"step {t}"
 
-    assert tfm.generate(CFG, gpt_params, prompt, 0, key).shape == prompt.shape
+    assert dec.generate(CFG, gpt_params, prompt, 0, key).shape == prompt.shape
 
 
 def test_generate_long_slides_a_window_past_max_len(gpt_params):
     prompt, key = _tokens(11, (2, PROMPT)), jax.random.key(5)
     greedy = dict(temperature=0.0)
     # Within max_len it is plain generate.
-    np.testing.assert_array_equal(tfm.generate_long(CFG, gpt_params, prompt, NEW, key, **greedy),
-                                  tfm.generate(CFG, gpt_params, prompt, NEW, key, **greedy))
+    np.testing.assert_array_equal(dec.generate_long(CFG, gpt_params, prompt, NEW, key, **greedy),
+                                  dec.generate(CFG, gpt_params, prompt, NEW, key, **greedy))
     # Past max_len: fill the window, then continue from the last max_len // 2 tokens.
     total = 2 * CFG.max_len
-    out = tfm.generate_long(CFG, gpt_params, prompt, total - PROMPT, key, **greedy)
+    out = dec.generate_long(CFG, gpt_params, prompt, total - PROMPT, key, **greedy)
     assert out.shape == (2, total) and out.dtype == jnp.int32
     first = CFG.max_len
     np.testing.assert_array_equal(
-        out[:, :first], tfm.generate(CFG, gpt_params, prompt, first - PROMPT, key, **greedy))
+        out[:, :first], dec.generate(CFG, gpt_params, prompt, first - PROMPT, key, **greedy))
     keep = CFG.max_len // 2
     np.testing.assert_array_equal(
         out[:, first:first + keep],
-        tfm.generate(CFG, gpt_params, out[:, first - keep:first], keep, key, **greedy)[:, keep:])
+        dec.generate(CFG, gpt_params, out[:, first - keep:first], keep, key, **greedy)[:, keep:])
     # A prompt longer than max_len is cropped to its last max_len // 2 tokens.
     long_prompt = _tokens(12, (2, CFG.max_len + 4))
-    out = tfm.generate_long(CFG, gpt_params, long_prompt, keep, key, **greedy)
+    out = dec.generate_long(CFG, gpt_params, long_prompt, keep, key, **greedy)
     np.testing.assert_array_equal(out[:, :CFG.max_len + 4], long_prompt)
     np.testing.assert_array_equal(
         out[:, CFG.max_len + 4:],
-        tfm.generate(CFG, gpt_params, long_prompt[:, -keep:], keep, key, **greedy)[:, keep:])
+        dec.generate(CFG, gpt_params, long_prompt[:, -keep:], keep, key, **greedy)[:, keep:])
 
 
 def test_generate_rejects_overlong_requests(gpt_params):
     prompt = _tokens(12, (1, 10))
     with pytest.raises(ValueError, match="max_len"):
-        tfm.generate(CFG, gpt_params, prompt, CFG.max_len - 10 + 1, jax.random.key(0))
+        dec.generate(CFG, gpt_params, prompt, CFG.max_len - 10 + 1, jax.random.key(0))
     with pytest.raises(ValueError, match="top_k"):
-        tfm.generate(CFG, gpt_params, prompt, 2, jax.random.key(0), top_k=0)
+        dec.generate(CFG, gpt_params, prompt, 2, jax.random.key(0), top_k=0)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -410,7 +413,7 @@ def test_generate_rejects_overlong_requests(gpt_params):
 
 
 def test_mask_tokens_statistics():
-    ids = tfm.encoder_token_ids(20)
+    ids = enc.encoder_token_ids(20)
     shape = (256, 128)
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, ids.num_chars, shape)
@@ -419,7 +422,7 @@ def test_mask_tokens_statistics():
     tokens = jnp.asarray(np.where(mask, tokens, ids.pad_id), jnp.int32)
     key = jax.random.key(0)
 
-    mask_tokens = jax.jit(functools.partial(tfm.mask_tokens, mask_id=ids.mask_id,
+    mask_tokens = jax.jit(functools.partial(enc.mask_tokens, mask_id=ids.mask_id,
                                             vocab_size=ids.num_chars))
     inputs, targets, weights = mask_tokens(key, tokens, mask)
     inputs, targets, weights = map(np.asarray, (inputs, targets, weights))
@@ -454,22 +457,22 @@ def test_pooling_reads_real_positions_only():
     rng = np.random.default_rng(0)
     hidden = jnp.asarray(rng.normal(size=(3, 5, 4)), jnp.float32)
     mask = jnp.asarray([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]])
-    mean = tfm.pool(hidden, mask, "mean")
+    mean = enc.pool(hidden, mask, "mean")
     np.testing.assert_allclose(mean[0], hidden[0, :3].mean(0), rtol=1e-6)
-    np.testing.assert_allclose(tfm.pool(hidden, mask, "attention", jnp.zeros(4)), mean, rtol=1e-6, atol=1e-7)
-    np.testing.assert_allclose(tfm.pool(hidden, mask, "max")[0], hidden[0, :3].max(0))
+    np.testing.assert_allclose(enc.pool(hidden, mask, "attention", jnp.zeros(4)), mean, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(enc.pool(hidden, mask, "max")[0], hidden[0, :3].max(0))
     padded = hidden.at[0, 3:].set(100.0)  # what sits at pad positions never counts
     for kind, query in (("mean", None), ("max", None), ("attention", jnp.ones(4))):
-        np.testing.assert_allclose(tfm.pool(padded, mask, kind, query)[0], tfm.pool(hidden, mask, kind, query)[0],
+        np.testing.assert_allclose(enc.pool(padded, mask, kind, query)[0], enc.pool(hidden, mask, kind, query)[0],
                                    rtol=1e-6)
-        assert np.all(np.asarray(tfm.pool(hidden, mask, kind, query)[2]) == 0)
-    np.testing.assert_allclose(tfm.pool(hidden, mask, "last")[:2], np.stack([hidden[0, 2], hidden[1, 4]]))
-    np.testing.assert_allclose(tfm.pool(padded, mask, "last")[0], hidden[0, 2])
-    assert np.all(np.asarray(tfm.pool(hidden, mask, "last")[2]) == 0)
+        assert np.all(np.asarray(enc.pool(hidden, mask, kind, query)[2]) == 0)
+    np.testing.assert_allclose(enc.pool(hidden, mask, "last")[:2], np.stack([hidden[0, 2], hidden[1, 4]]))
+    np.testing.assert_allclose(enc.pool(padded, mask, "last")[0], hidden[0, 2])
+    assert np.all(np.asarray(enc.pool(hidden, mask, "last")[2]) == 0)
     # A learned query weights the positions it matches more.
     query = 10 * hidden[1, 2]
     weights = jax.nn.softmax(hidden[1] @ query / 2.0)
-    np.testing.assert_allclose(tfm.pool(hidden, mask, "attention", query)[1], weights @ hidden[1], rtol=1e-5)
+    np.testing.assert_allclose(enc.pool(hidden, mask, "attention", query)[1], weights @ hidden[1], rtol=1e-5)
 
 
 def test_a_causal_encoder_reads_no_later_token():
@@ -478,7 +481,7 @@ def test_a_causal_encoder_reads_no_later_token():
     results = {}
     for causal in (False, True):
         cfg = tfm.TransformerConfig.tiny(vocab_size=15, causal=causal)
-        model = tfm.Encoder(cfg)
+        model = enc.Encoder(cfg)
         tokens = jnp.asarray([[1, 2, 3, 4, 5, 6, 0, 0]])
         mask = jnp.asarray([[1, 1, 1, 1, 1, 1, 0, 0]])
         params = model.init(jax.random.key(0), tokens, mask, train=False)
