@@ -12,6 +12,7 @@ latest step -> restore state and meta onto that target -> continue from `meta['s
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -22,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lab.errors import CheckpointError
+from lab.errors import CheckpointError, WorkdirConfigError
 
 PyTree = Any
 
@@ -169,6 +170,44 @@ def _first_line(e: BaseException) -> str:
 def _describe(tree: PyTree) -> dict[str, tuple]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(p): (tuple(x.shape), str(x.dtype)) for p, x in flat}
+
+
+PARAM_TREE = "param_tree.json"  # in the workdir: the model's parameters, as of the run's first start
+
+
+def check_param_tree(workdir: str, params: PyTree, allow_change: bool = False) -> None:
+    """The model is part of a run's identity: refuses a workdir whose recorded parameter tree
+    (paths, shapes, dtypes, written at its first start) differs from `params`, then records
+    `params`' tree (atomically). Call it before restoring or reporting a finished run, so a
+    changed model is never resumed from, nor answered with, the old model's results.
+
+    Args:
+      workdir: the run's directory.
+      params: the model's parameters (arrays or ShapeDtypeStructs, e.g. from `jax.eval_shape`).
+      allow_change: record the new tree without comparing (`--allow_config_change`).
+    Raises:
+      WorkdirConfigError: naming the first differing parameter and the way out.
+    """
+    path = os.path.join(workdir, PARAM_TREE)
+    now = {k: f"{shape} {dtype}" for k, (shape, dtype) in _describe(params).items()}
+    if os.path.exists(path) and not allow_change:
+        try:
+            with open(path) as f:
+                was = json.load(f)
+        except (OSError, ValueError):
+            was = None  # torn by a kill during its first write: written again below
+        if isinstance(was, dict) and was != now:
+            changed = sorted(k for k in set(was) | set(now) if was.get(k) != now.get(k))
+            first = changed[0]
+            raise WorkdirConfigError(
+                f"workdir {workdir} holds a run of another model: parameter {first} is "
+                f"{was.get(first, 'absent')} there and {now.get(first, 'absent')} in this model"
+                + (f" ({len(changed)} parameters differ)" if len(changed) > 1 else "")
+                + "; use a new --workdir for the new model, or pass --allow_config_change to record it anyway")
+    os.makedirs(workdir, exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(now, f, indent=1, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def load_params(workdir: str, step: int | None = None) -> tuple[PyTree, str]:

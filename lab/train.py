@@ -258,6 +258,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     tools = StepTools(optimizers, strategy.engine, strategy.gather_for_compute)
     init_state = init_state_fn(task, optimizers)
     abstract = jax.eval_shape(init_state, init_key)
+    # The model is part of the run: a changed one never resumes from, or reports, the old one.
+    distributed.agree("the model check", lambda: ckpt_lib.check_param_tree(workdir, abstract.params,
+                                                                            allow_config_change))
     shardings = strategy.state_shardings(abstract, task.partition_rules)
 
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
