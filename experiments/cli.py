@@ -13,14 +13,24 @@ stderr, `error: ...`, that says what to do, and a non-zero exit; set LAB_DEBUG=1
 Those failures are lab's own error classes (`lab.errors.LabError`) and the OS errors of a full or
 read-only disk; anything else (a bug, a shape mismatch in a new family) keeps its traceback.
 The whole config is validated before the experiment reads any data.
+
+Compiled steps are kept in JAX's persistent compilation cache, so a rerun or a resumed run skips
+the compiles (`enable_compilation_cache`): by default in `$XDG_CACHE_HOME/lab/jax` (else
+`~/.cache/lab/jax`). The environment, not the config, steers it (the cache never changes a
+number): LAB_COMPILATION_CACHE=off runs without it, LAB_COMPILATION_CACHE=DIR keeps it in DIR.
+Without LAB_COMPILATION_CACHE, JAX's own JAX_COMPILATION_CACHE_DIR (the tests set it) is used as
+JAX reads it. A cache folder that cannot be written costs one warning line, never the run.
 """
 
 from __future__ import annotations
 
 import errno
+import importlib.util
 import os
 import re
+import shlex
 import sys
+import tempfile
 from typing import Callable
 
 from absl import app, flags, logging
@@ -48,6 +58,57 @@ def ensure_malloc_env() -> None:
         return
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**MALLOC_ENV, **os.environ})
+
+
+COMPILATION_CACHE_ENV = "LAB_COMPILATION_CACHE"  # 'off', or the cache folder
+# JAX settings of the cache lab chooses, each unless its JAX_* environment variable is set: keep
+# compiles of a second or more (the train and eval steps; not the many tiny ones), and at most
+# 2 GiB, the least recently used entries dropped first (this needs the `filelock` package).
+COMPILATION_CACHE_SETTINGS = {
+    "jax_persistent_cache_min_compile_time_secs": 1.0,
+    "jax_compilation_cache_max_size": 2 * 1024**3,
+}
+
+
+def default_compilation_cache_dir() -> str:
+    """`$XDG_CACHE_HOME/lab/jax`, else `~/.cache/lab/jax`."""
+    root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(root, "lab", "jax")
+
+
+def enable_compilation_cache() -> str | None:
+    """Points JAX's persistent compilation cache at its folder before anything compiles; returns
+    the folder (None: no cache). See the module docstring for LAB_COMPILATION_CACHE.
+
+    A folder that cannot be created or written to prints one `warning:` line and the run goes on
+    without a cache (JAX itself only warns, too, when an entry cannot be read or written).
+    """
+    import jax
+
+    setting = os.environ.get(COMPILATION_CACHE_ENV, "").strip()
+    if setting.lower() in ("off", "0", "false", "no", "none"):
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    if not setting and os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]  # JAX's own setting, which JAX has read
+    directory = os.path.abspath(os.path.expanduser(setting)) if setting else default_compilation_cache_dir()
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as e:
+        print(f"warning: no compilation cache: cannot write to {directory} ({e.strerror or e}); set "
+              f"{COMPILATION_CACHE_ENV}=DIR to a writable folder, or =off", file=sys.stderr, flush=True)
+        jax.config.update("jax_enable_compilation_cache", False)
+        return None
+    jax.config.update("jax_compilation_cache_dir", directory)
+    for name, value in COMPILATION_CACHE_SETTINGS.items():
+        if name.upper() in os.environ:
+            continue
+        if name == "jax_compilation_cache_max_size" and importlib.util.find_spec("filelock") is None:
+            continue  # JAX's size limit needs file locks; without them the cache grows unbounded
+        jax.config.update(name, value)
+    return directory
 
 
 def _multi_process() -> bool:
@@ -179,8 +240,9 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
             _fail(f"unexpected arguments {argv[1:]}; flags are written --name=value", EXIT_USAGE)
         if not flags.FLAGS.workdir:
             _fail("--workdir is required: the directory that receives the run", EXIT_USAGE)
+        enable_compilation_cache()  # before anything compiles
         from lab import distributed
-        from lab.errors import ConfigValueError, LabError
+        from lab.errors import ConfigValueError, Interrupted, LabError
 
         f = flags.FLAGS
         try:
@@ -202,7 +264,10 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         except LabError as e:
             if os.environ.get("LAB_DEBUG"):
                 raise
-            _fail(" ".join(str(e).split()) or type(e).__name__, EXIT_FAILURE, getattr(e, "after_report", None))
+            message = " ".join(str(e).split()) or type(e).__name__
+            if isinstance(e, Interrupted):  # the command that resumes, as it was typed
+                message += ": " + shlex.join(["python", *sys.orig_argv[1:]])
+            _fail(message, getattr(e, "exit_code", EXIT_FAILURE), getattr(e, "after_report", None))
         except BaseException as e:
             if not _multi_process():
                 raise

@@ -47,14 +47,24 @@ RUN_CONTROL_KEYS = frozenset({
     "max_checkpoints_to_keep", "data_dir", "mesh", "data_source", "steps_per_call",
 })
 RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the numbers
+# Loop keys added after runs were saved: a saved config without one ran with this value.
+ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": False}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
 
 
-def base_config() -> ml_collections.ConfigDict:
+def base_config(overrides: Any = None) -> ml_collections.ConfigDict:
     """The keys the train loop reads, with defaults: start your own model's config from it.
 
     Set at least `num_train_steps`, `batch_size` and `optimizer.learning_rate` for your data.
+
+    Args:
+      overrides: a plain dict (or ConfigDict) of values to set: nested blocks merge into the
+        defaults (`{'optimizer': {'learning_rate': 0.01}}` keeps `optimizer.name`), dotted keys
+        reach into them (`{'optimizer.learning_rate': 0.01}`), new keys are added (a `model`
+        block, say); an `optimizers` block (one optimizer per parameter set) replaces `optimizer`.
+    Raises:
+      TypeError: a value of another type than the default's (e.g. a string for `batch_size`).
     """
     c = ml_collections.ConfigDict()
     c.seed = 0  # every random number of the run (init, data order, dropout) derives from it
@@ -69,12 +79,32 @@ def base_config() -> ml_collections.ConfigDict:
     c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
     c.mesh = ""  # e.g. 'data:2,fsdp:2' (FSDP: parameters split along fsdp); '': every device on data
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
+    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
+    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # sgd | adam | adamw | adagrad (see lab.optim for every key)
     c.optimizer.learning_rate = 1e-3
     c.optimizer.schedule = "constant"  # constant | warmup_cosine
     c.optimizer.warmup_steps = 0
     c.optimizer.decay_steps = ml_collections.FieldReference(None, field_type=int)  # None: num_train_steps
+    if overrides is None:
+        return c
+    if hasattr(overrides, "to_dict"):  # a ConfigDict
+        overrides = overrides.to_dict()
+
+    def plain(value):  # a copy: the caller's dicts are never changed
+        return {str(k): plain(v) for k, v in value.items()} if isinstance(value, dict) else value
+
+    nested: dict = {}
+    for key, value in plain(dict(overrides)).items():
+        *path, last = key.split(".")
+        node = nested
+        for part in path:
+            node = node.setdefault(part, {})
+        node[last] = {**node[last], **value} if isinstance(node.get(last), dict) and isinstance(value, dict) else value
+    if "optimizers" in nested and "optimizer" not in nested:
+        del c["optimizer"]
+    c.update(nested)
     return c
 
 
@@ -110,11 +140,20 @@ def validate(config: Any, num_devices: int = 1, workdir: str | None = None, num_
     require_int("checkpoint_every_steps", 0)
     if "steps_per_call" in config:
         require_int("steps_per_call", 1)
-    for key in ("batch_size", "eval_batch_size"):
-        if config[key] % num_devices:
-            raise ConfigValueError(
-                f"config.{key}={config[key]} is not divisible by the {num_devices} devices; "
-                f"use a multiple of {num_devices}")
+    if "accumulate_steps" in config:
+        require_int("accumulate_steps", 1)
+    accumulate = config.get("accumulate_steps", 1)
+    if config.batch_size % (num_devices * accumulate):
+        split = f"{num_devices} devices" + (f" x {accumulate} micro-batches (accumulate_steps)" if accumulate > 1 else "")
+        raise ConfigValueError(f"config.batch_size={config.batch_size} is not divisible by the {split}; "
+                               f"use a multiple of {num_devices * accumulate}")
+    if config.eval_batch_size % num_devices:
+        raise ConfigValueError(
+            f"config.eval_batch_size={config.eval_batch_size} is not divisible by the {num_devices} devices; "
+            f"use a multiple of {num_devices}")
+    ema = config.get("ema_decay", 0.0)
+    if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 <= ema < 1.0:
+        raise ConfigValueError(f"config.ema_decay={ema!r} is invalid: use a number in [0, 1) (0: no moving average)")
     from lab import parallel  # here: lab.parallel imports jax's sharding API
     if config.get("parallel") not in parallel.PARALLEL_MODES:
         raise ConfigValueError(f"config.parallel={config.get('parallel')!r} is unknown; "
@@ -185,7 +224,8 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
             old = flatten(json.load(f))
         flat = flatten(new)
         diff = sorted(k for k in set(old) | set(flat)
-                      if old.get(k) != flat.get(k) and k not in RUN_CONTROL_KEYS
+                      if old.get(k, ADDED_KEY_DEFAULTS.get(k)) != flat.get(k, ADDED_KEY_DEFAULTS.get(k))
+                      and k not in RUN_CONTROL_KEYS
                       and not k.startswith(RUN_CONTROL_PREFIXES) and not k.endswith(HORIZON_SUFFIX))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in diff[:4])

@@ -6,6 +6,7 @@ a family's own code (a shape mismatch in a new model, say), keeps its traceback.
 """
 
 
+import signal
 import sys
 
 EXIT_USAGE = 2  # bad flags: nothing ran
@@ -36,3 +37,13 @@ class CheckpointError(LabError, RuntimeError):
 
 class NonFiniteLossError(LabError, FloatingPointError):
     """A loss, gradient or parameter became NaN or infinite."""
+
+
+class Interrupted(LabError):
+    """SIGINT or SIGTERM stopped the run after saving a checkpoint at `step`."""
+
+    def __init__(self, signum: int, step: int):
+        self.signum, self.step = signum, step
+        self.exit_code = 128 + signum  # 130 for SIGINT, 143 for SIGTERM, as the shell reports a kill
+        super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; its checkpoint is saved: "
+                         f"rerun the same command to resume")

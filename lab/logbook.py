@@ -15,6 +15,7 @@ import os
 import time
 
 import jax
+import numpy as np
 
 
 def _parse(line: str) -> dict | None:
@@ -116,3 +117,29 @@ def _jsonable(v):
     if isinstance(v, float) and not math.isfinite(v):
         return str(v)  # JSON has no NaN; keep the record readable by strict parsers
     return v
+
+
+def startup_lines(workdir: str, start_step: int, total_steps: int, params, devices, mesh_shape: dict | None,
+                  parallel: str, batch_size: int, split_sizes: dict[str, int]) -> list[str]:
+    """The block a run prints before it compiles: where it writes, the model's size by top-level
+    module, the devices and mesh, the data, the steps.
+
+    Args:
+      params: the parameter tree (arrays or ShapeDtypeStructs).
+      mesh_shape: axis name -> size, or None (pmap: every device on one axis).
+      split_sizes: split name -> examples, where the data knows them.
+    """
+    sizes = {k: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(v)) for k, v in params.items()} \
+        if isinstance(params, dict) else {"params": sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))}
+    total = sum(sizes.values())
+    shown = ", ".join(f"{k} {n:,}" for k, n in list(sizes.items())[:8]) + (", ..." if len(sizes) > 8 else "")
+    kinds = sorted({d.platform for d in devices})
+    mesh = " x ".join(f"{k}={v}" for k, v in mesh_shape.items()) if mesh_shape else "one axis"
+    data = ", ".join(f"{k} {n:,} examples" for k, n in split_sizes.items()) or "sizes not known to the loop"
+    where = "fresh" if start_step == 0 else f"resuming from step {start_step:,}"
+    return [f"run: {workdir} ({where})",
+            f"  model: {total:,} parameters ({shown})",
+            f"  devices: {len(devices)} {'/'.join(kinds)} in {jax.process_count()} process(es); parallel={parallel}, "
+            f"mesh {mesh}",
+            f"  data: {data}; global batch {batch_size}",
+            f"  steps: {start_step:,} -> {total_steps:,}"]

@@ -29,11 +29,13 @@ from typing import Any, Callable, Mapping
 
 import flax
 import jax
+import jax.numpy as jnp
 import optax
 
 from lab import parallel
 
 PyTree = Any
+EMA = "ema"  # `TrainState.extra`'s entry for the parameters' moving average (`config.ema_decay`)
 Optimizers = optax.GradientTransformation | Mapping[str, optax.GradientTransformation]
 
 
@@ -74,8 +76,17 @@ class TrainState:
     extra: PyTree
 
     def variables(self) -> dict:
-        """`{'params': params, **extra}`: what `model.apply` takes."""
-        return {"params": self.params, **self.extra}
+        """`{'params': params, **extra}` (the EMA left out): what `model.apply` takes."""
+        return {"params": self.params, **{k: v for k, v in self.extra.items() if k != EMA}}
+
+    def eval_variables(self, ema_decay: float = 0.0) -> dict:
+        """`variables()`, with the parameters' moving average as `params` when `ema_decay` > 0:
+        `extra['ema']` starts at zeros and is debiased by 1 - decay**step (as `optax.ema`), so a
+        warm start or a resume needs no special case."""
+        if not ema_decay:
+            return self.variables()
+        debias = 1.0 - jnp.asarray(ema_decay, jnp.float32) ** jnp.maximum(self.step, 1)
+        return dict(self.variables(), params=jax.tree.map(lambda e: (e / debias).astype(e.dtype), self.extra[EMA]))
 
 
 @dataclass(frozen=True)
@@ -94,6 +105,10 @@ class StepTools:
     # FSDP: parameters stored split over 'fsdp' are gathered whole for the forward and backward
     # pass (`MeshParallel.gather_for_compute`); None when they are stored whole.
     gather: Callable[[PyTree], PyTree] | None = None
+    # Gradient accumulation (`config.accumulate_steps`): the batch runs as this many micro-batches
+    # in a `lax.scan`, so activations are held for one micro-batch at a time; the update is that
+    # of the whole batch.
+    accumulate_steps: int = 1
 
     def mean_grads(self, loss_fn: Callable, params: PyTree, batch: dict, rng: jax.Array, *,
                    with_state: bool = False):
@@ -101,8 +116,35 @@ class StepTools:
 
         Returns (grads, sums) or, `with_state`, (grads, sums, new_state) where `loss_fn` returned
         a third value (e.g. updated BatchNorm statistics; averaged over devices under pmap).
+        With `accumulate_steps` N > 1 the batch (leading axis B, N dividing it) runs as N
+        micro-batches of B / N, each with its own key `fold_in(rng, i)`: the gradient is the
+        count-weighted mean of theirs, which is the whole batch's gradient (to float rounding);
+        the sums are added; the state is the last micro-batch's.
         """
-        return self.engine.mean_grads(loss_fn, params, batch, rng, with_state=with_state, gather=self.gather)
+        n = self.accumulate_steps
+        if n == 1:
+            return self.engine.mean_grads(loss_fn, params, batch, rng, with_state=with_state, gather=self.gather)
+        micro = jax.tree.map(lambda x: x.reshape((n, x.shape[0] // n) + x.shape[1:]), batch)
+
+        def one(carry, xs):
+            grads_sum, sums_sum, _ = carry
+            index, micro_batch = xs
+            grads, sums, *state = self.engine.mean_grads(loss_fn, params, micro_batch, jax.random.fold_in(rng, index),
+                                                         with_state=with_state, gather=self.gather)
+            count = self.engine.reduce_metrics({"count": sums["count"]})["count"]  # global, as the mean's
+            grads_sum = jax.tree.map(lambda a, g: a + g * count, grads_sum, grads)
+            sums_sum = jax.tree.map(jnp.add, sums_sum, sums)
+            return (grads_sum, sums_sum, state[0] if state else None), count
+
+        first = jax.tree.map(lambda x: x[0], micro)
+        shapes = jax.eval_shape(lambda: self.engine.mean_grads(loss_fn, params, first, rng, with_state=with_state,
+                                                               gather=self.gather))
+        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+        carry = (zeros[0], zeros[1], zeros[2] if with_state else None)
+        (grads_sum, sums, state), counts = jax.lax.scan(one, carry, (jnp.arange(n), micro))
+        total = jnp.maximum(jnp.sum(counts), 1)
+        grads = jax.tree.map(lambda g: (g / total).astype(g.dtype), grads_sum)
+        return (grads, sums, state) if with_state else (grads, sums)
 
     def apply_gradients(self, state: TrainState, grads: PyTree, name: str | None = None) -> TrainState:
         """One optimizer step.

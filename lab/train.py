@@ -28,6 +28,9 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -40,9 +43,10 @@ from jax.experimental import multihost_utils
 
 from lab import checkpoint as ckpt_lib
 from lab import configs, distributed, optim, parallel as parallel_lib, pipeline, provenance, report
-from lab.errors import ConfigValueError, NonFiniteLossError
+from lab.errors import ConfigValueError, Interrupted, NonFiniteLossError
+from lab import logbook
 from lab.logbook import MetricLogger
-from lab.task import StepTools, Task, TrainState
+from lab.task import EMA, StepTools, Task, TrainState
 
 PyTree = Any
 
@@ -62,6 +66,7 @@ class Data:
     train: Any  # lab.pipeline.EpochBatcher | WindowBatcher
     evals: dict[str, Callable[[], Iterable[dict]]] = field(default_factory=dict)
     class_names: Mapping[str, list[str]] = field(default_factory=dict)
+    sizes: Mapping[str, int] = field(default_factory=dict)  # examples per split, for the start-up block
 
 
 def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str, Mapping | pipeline.RowSource],
@@ -85,6 +90,7 @@ def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str
         evals={name: functools.partial(pipeline.padded_batches, arrays, config.eval_batch_size, **shard)
                for name, arrays in eval_arrays.items()},
         class_names=dict(class_names or {}),
+        sizes={"train": batcher.num_examples, **{name: len(pipeline.as_rows(arrays)) for name, arrays in eval_arrays.items()}},
     )
 
 
@@ -115,12 +121,13 @@ class MetricVector:
         return np.zeros((self.size,), np.float32)
 
 
-def make_train_step(task: Task, tools: StepTools, train_key: jax.Array) -> Callable:
+def make_train_step(task: Task, tools: StepTools, train_key: jax.Array, ema_decay: float = 0.0) -> Callable:
     """The data-parallel train step `(state, batch) -> (state, metrics)`, before packing.
 
     `metrics` holds the update's global sums, `steps` (1) and `param_norm`: the norm of the
     parameters *after* the update, so a step that makes them non-finite is caught before any
-    checkpoint holds them.
+    checkpoint holds them. With `ema_decay` > 0, `extra['ema']` follows the new parameters
+    (`TrainState.eval_variables` debiases it).
     """
 
     def step_fn(state: TrainState, batch: dict):
@@ -129,6 +136,9 @@ def make_train_step(task: Task, tools: StepTools, train_key: jax.Array) -> Calla
         new_state, sums = task.update(state, batch, rng, tools)
         sums = tools.engine.reduce_metrics(sums)
         new_state = new_state.replace(step=state.step + 1)
+        if ema_decay:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.extra[EMA], new_state.params)
+            new_state = new_state.replace(extra={**new_state.extra, EMA: ema})
         metrics = dict(sums, steps=jnp.ones((), jnp.float32), param_norm=optax.tree.norm(new_state.params))
         return new_state, metrics
 
@@ -136,11 +146,12 @@ def make_train_step(task: Task, tools: StepTools, train_key: jax.Array) -> Calla
 
 
 def build_train_step(task: Task, tools: StepTools, train_key: jax.Array, strategy, shardings: PyTree,
-                     state: TrainState, batch: dict, steps_per_call: int = 1) -> tuple[Callable, MetricVector]:
+                     state: TrainState, batch: dict, steps_per_call: int = 1,
+                     ema_decay: float = 0.0) -> tuple[Callable, MetricVector]:
     """The compiled-on-first-call step `(state, acc, batch) -> (state, acc)` and its metric layout.
 
     Args:
-      task, tools, train_key: as `make_train_step`.
+      task, tools, train_key, ema_decay: as `make_train_step`.
       strategy: a `lab.parallel` strategy; `shardings`: the state's (from `state_shardings`).
       state, batch: a placed state and batch, to read the metrics' shapes from.
       steps_per_call: above 1, the returned function takes K batches stacked on a leading axis
@@ -148,7 +159,7 @@ def build_train_step(task: Task, tools: StepTools, train_key: jax.Array, strateg
         `lax.scan`, the same step on the same rng per step as K calls would.
     `acc` is a `layout`-sized float32 vector the step adds its metrics into.
     """
-    step_fn = make_train_step(task, tools, train_key)
+    step_fn = make_train_step(task, tools, train_key, ema_decay)
     shapes = strategy.step_metric_shapes(step_fn, state, batch)
     layout = MetricVector({k: s.shape for k, s in shapes.items()})
 
@@ -201,8 +212,9 @@ def _headline(metrics: dict) -> dict[str, float]:
             if k.startswith("train/") and not k.endswith(parallel_lib.PER_STEP_SUFFIX)}
 
 
-def init_state_fn(task: Task, optimizers) -> Callable[[jax.Array], TrainState]:
-    """`rng -> TrainState`: the task's fresh variables and every optimizer's initial state."""
+def init_state_fn(task: Task, optimizers, ema_decay: float = 0.0) -> Callable[[jax.Array], TrainState]:
+    """`rng -> TrainState`: the task's fresh variables and every optimizer's initial state (and,
+    with `ema_decay` > 0, the parameters' moving average at zeros in `extra['ema']`)."""
 
     def init_state(rng):
         variables = dict(task.init(rng))
@@ -215,6 +227,8 @@ def init_state_fn(task: Task, optimizers) -> Callable[[jax.Array], TrainState]:
             opt_state = {name: tx.init(params[name]) for name, tx in optimizers.items()}
         else:
             opt_state = optimizers.init(params)
+        if ema_decay:
+            variables[EMA] = jax.tree.map(jnp.zeros_like, params)
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=opt_state, extra=variables)
     return init_state
 
@@ -232,13 +246,15 @@ def _warm_start(config, state: TrainState, shardings: TrainState) -> tuple[Train
 
 
 def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
-                       allow_config_change: bool = False) -> dict:
+                       allow_config_change: bool = False, return_params: bool = False) -> dict | tuple[dict, PyTree]:
     """Trains `task` on `data` as `config` says, in `workdir`, resuming what is there.
 
     Writes `config.json`, `environment.json` (`lab.provenance`: what the run ran on, per start),
     `metrics.jsonl`, TensorBoard events, Orbax checkpoints in `checkpoints/`, `results.json` and
-    PNG plots. Returns the results dict (final eval metrics).
-    A finished workdir is not trained or logged again: its results are returned as they are.
+    PNG plots. Returns the results dict (final eval metrics) or, with `return_params`, (results,
+    the trained parameters as numpy arrays on the host).
+    A finished workdir is not trained or logged again: its results (and its last checkpoint's
+    parameters) are returned as they are.
 
     Raises:
       lab.errors.LabError subclasses (ConfigValueError, WorkdirConfigError, CheckpointError,
@@ -255,8 +271,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     init_key, train_key, sample_key, eval_rng = (jax.random.fold_in(root, i) for i in range(4))
     total_steps = config.num_train_steps
     optimizers = optim.make_optimizers(config, total_steps)
-    tools = StepTools(optimizers, strategy.engine, strategy.gather_for_compute)
-    init_state = init_state_fn(task, optimizers)
+    tools = StepTools(optimizers, strategy.engine, strategy.gather_for_compute, config.get("accumulate_steps", 1))
+    ema_decay = float(config.get("ema_decay", 0.0))
+    init_state = init_state_fn(task, optimizers, ema_decay)
     abstract = jax.eval_shape(init_state, init_key)
     # The model is part of the run: a changed one never resumes from, or reports, the old one.
     distributed.agree("the model check", lambda: ckpt_lib.check_param_tree(workdir, abstract.params,
@@ -272,12 +289,12 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         state, init_source = _warm_start(config, state, shardings)
         start_step = 0
     else:
-        finished = _finished_results(workdir, start_step, total_steps)
+        finished = _finished_results(workdir, start_step, total_steps, data.evals)
         if finished is not None:
             checkpointer.close()
             print(f"{workdir} is finished (step {start_step}): nothing to train", flush=True)
             _print_summary(config, finished, workdir, time.perf_counter() - t_begin)
-            return finished
+            return (finished, ckpt_lib.load_params(workdir)[0]) if return_params else finished
         target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                               abstract, shardings)
         state, meta = checkpointer.restore(start_step, target)
@@ -294,8 +311,14 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     state = strategy.put_state(state, shardings)
 
     steps_per_call = config.get("steps_per_call", 1)
+    if jax.process_index() == 0:
+        print("\n".join(logbook.startup_lines(
+            workdir, start_step, total_steps, abstract.params, jax.devices(),
+            dict(strategy.mesh.shape) if hasattr(strategy, "mesh") else None, config.parallel, config.batch_size,
+            dict(data.sizes)) + ["  compiling the train step ..."]), flush=True)
+    t_compile = time.perf_counter()
     train_step, layout = build_train_step(task, tools, train_key, strategy, shardings, state,
-                                          strategy.put_batch(data.train.batch(start_step)), steps_per_call)
+                                          strategy.put_batch(data.train.batch(start_step)), steps_per_call, ema_decay)
 
     def next_batches(step: int) -> tuple[dict, int]:
         """The placed input of the call at `step` and how many steps it runs: one batch, or
@@ -319,7 +342,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     sync_from = start_step
 
     def run_evals(state, step: int) -> dict[str, dict]:
-        variables = strategy.get_state(state).variables()
+        variables = strategy.get_state(state).eval_variables(ema_decay)
         results = {}
         for split, batches in data.evals.items():
             total = None
@@ -342,10 +365,15 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     step = start_step
     acc = acc_zero
     in_flight = 0  # steps dispatched since the host last waited for one
+    stop = _StopRequest()
     try:
+        stop.install()
         while step < total_steps:
             batch, num_steps = next_batches(step)
             state, acc = train_step(state, acc, batch)
+            if t_compile is not None:  # the first call compiles (and dispatches the step)
+                print(f"  compiled the train step in {time.perf_counter() - t_compile:.1f} s", flush=True)
+                t_compile = None
             step += num_steps
             in_flight += num_steps
             if strategy.max_steps_in_flight and in_flight >= strategy.max_steps_in_flight:
@@ -355,6 +383,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             is_eval = step % config.eval_every_steps == 0
             is_ckpt = checkpointer.should_save(step)
             is_last = step == total_steps
+            stopping = stop.signum is not None and not is_last  # read once: a signal may land mid-sync
+            is_ckpt = is_ckpt or stopping
             if not (is_log or is_eval or is_ckpt or is_last):
                 continue
             # Sync point: read the accumulated metrics (this waits for the steps dispatched so
@@ -389,10 +419,13 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                     meta["init_from"] = init_source
                 checkpointer.save(step, strategy.get_state(state), meta)
                 last_good_checkpoint = step
+            if stopping:
+                raise Interrupted(stop.signum, step)  # after the finally below has committed the checkpoint
             window_start = time.perf_counter()
         if start_step >= total_steps:  # checkpointed at the end, but killed before its results
             eval_results = run_evals(state, step)
     finally:
+        stop.uninstall()
         try:
             checkpointer.wait()  # raises a failed save's error (unless another error is on its way)
         finally:
@@ -413,15 +446,53 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         results.update({k: _jsonable(primary[k]) for k in ("precision", "recall", "f1", "confusion_matrix")
                         if k in primary})
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "results.json"), "w") as f:
+        path = os.path.join(workdir, "results.json")
+        with open(path + ".tmp", "w") as f:  # whole or absent: a kill mid-write leaves the old file
             json.dump(results, f, indent=2)
+        os.replace(path + ".tmp", path)
         report.plot_run(workdir, results, data.class_names, task.curves)
         _print_summary(config, results, workdir, time.perf_counter() - t_begin)
-    return results
+    if not return_params:
+        return results
+    params = strategy.get_state(state).params
+    if jax.process_count() > 1:
+        params = multihost_utils.process_allgather(params, tiled=True)
+    return results, jax.tree.map(np.asarray, params)
 
 
-def _finished_results(workdir: str, start_step: int, total_steps: int) -> dict | None:
-    """The saved results of a run that already reached `total_steps`, if they are complete."""
+class _StopRequest:
+    """SIGINT (Ctrl-C) and SIGTERM during training ask the loop to save at the next step and stop
+    (`Interrupted`); a second signal stops at once. Only a single-process run on the main thread
+    listens: a multi-process save needs every process, which `lab.launch` stops together."""
+
+    def __init__(self):
+        self.signum: int | None = None
+        self._previous: dict = {}
+
+    def install(self) -> None:
+        if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.signum is not None:  # the second one: the default behaviour, now
+            self.uninstall()
+            signal.raise_signal(signum)
+            return
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: saving a checkpoint at the next step, then stopping "
+              f"(again to stop at once, without it)", file=sys.stderr, flush=True)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+
+def _finished_results(workdir: str, start_step: int, total_steps: int, splits: Iterable[str]) -> dict | None:
+    """The saved results of a run that already reached `total_steps`, if they are complete: the
+    step, and metrics of every eval split (a file without them is not a finished run's)."""
     path = os.path.join(workdir, "results.json")
     if start_step < total_steps or not os.path.exists(path):
         return None
@@ -430,7 +501,9 @@ def _finished_results(workdir: str, start_step: int, total_steps: int) -> dict |
             results = json.load(f)
     except (OSError, json.JSONDecodeError):
         return None  # torn by a kill: evaluate again
-    return results if results.get("step") == start_step else None
+    if not isinstance(results, dict) or results.get("step") != start_step:
+        return None
+    return results if all(any(k.startswith(f"{split}_") for k in results) for split in splits) else None
 
 
 def _print_summary(config, results: dict, workdir: str, wall_seconds: float) -> None:

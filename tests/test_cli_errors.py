@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 
 import pytest
 
@@ -209,3 +210,33 @@ def test_bad_multi_process_and_mesh_flags_fail_before_any_work(run_cli, tmp_path
         assert proc.returncode == 2, (flags, proc.stderr[-2000:])
         assert message in error_line(proc), (flags, error_line(proc))
         assert not os.path.exists(tmp_path / "config.json")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_prints_the_resume_command(tmp_path, sig):
+    import subprocess
+    import sys
+    import time
+    from experiments.cli import MALLOC_ENV
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    command = [sys.executable, "-m", MODULE, f"--workdir={tmp_path}", "--config.num_train_steps=1000000",
+               "--config.log_every_steps=50", "--config.eval_every_steps=1000000",
+               "--config.checkpoint_every_steps=1000000"]
+    proc = subprocess.Popen(command, cwd=root, env=dict(MALLOC_ENV, **os.environ), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        for line in proc.stdout:  # training has begun once a progress line is out
+            if line.startswith("step "):
+                break
+            assert time.monotonic() < deadline
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + sig, stderr[-2000:]
+    (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
+    assert f"stopped by {signal.Signals(sig).name} at step" in line and f"-m {MODULE} --workdir={tmp_path}" in line
+    saved = int(line.split(" at step ")[1].split(";")[0])
+    assert saved >= 50 and os.listdir(tmp_path / "checkpoints") == [str(saved)]
+    assert "Traceback" not in stderr

@@ -31,7 +31,7 @@ def test_readme_main_command_runs_the_digits_experiment():
 
 def test_readme_python_examples_run_as_written(tmp_path):
     blocks = re.findall(r"```python\n(.*?)\n```", read("README.md"), re.S)
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     for i, block in enumerate(blocks):
         proc = subprocess.run([sys.executable, "-c", block + "\nprint('ok')"], cwd=tmp_path,
                               env=dict(os.environ, PYTHONPATH=ROOT), capture_output=True, text=True,
@@ -48,8 +48,9 @@ def test_readme_python_examples_run_as_written(tmp_path):
     from lab.artifact import Artifact
     import lab.data
     test = lab.data.load("digits", "test")
-    logits = Artifact(str(tmp_path / "exports" / "my_convnet"))(inputs=test["inputs"][:200])["label"]
-    assert np.mean(np.argmax(logits, -1) == test["label"][:200]) > 0.9
+    for name in ("my_convnet", "my_nnx_convnet"):  # linen and NNX
+        logits = Artifact(str(tmp_path / "exports" / name))(inputs=test["inputs"][:200])["label"]
+        assert np.mean(np.argmax(logits, -1) == test["label"][:200]) > 0.9, name
 
 
 def test_readme_train_export_serve_curl_works_as_written(tmp_path):

@@ -50,6 +50,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
+    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
+    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()
@@ -60,6 +62,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.model.dropout_rate = 0.0
     c.model.use_bias = False  # nanoGPT's `bias=False`: no biases in Dense layers or LayerNorms
     c.model.compute_dtype = "float32"  # or "bfloat16": matmuls in bf16; params, softmax, loss in f32
+    c.model.remat = False  # True: recompute each block's activations in the backward pass (less memory, same numbers)
 
     # 'char': the 65 characters (nanoGPT's recipe); 'bpe': byte-level BPE subwords of vocab_size
     # tokens, trained on the train split at the first start, kept in workdir/tokenizer.json.

@@ -43,6 +43,7 @@ def encoder_config() -> ml_collections.ConfigDict:
     m.max_len = 128  # characters per sequence
     m.dropout_rate = 0.1
     m.causal = False  # True: each token sees only the ones before it (pretrained by next-token prediction)
+    m.remat = False  # True: recompute each block's activations in the backward pass (less memory, same numbers)
     return m
 
 
@@ -76,6 +77,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
+    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
+    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
     c.model = encoder_config()
     c.tokenizer = tokenizer_config()

@@ -42,6 +42,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.max_checkpoints_to_keep = 2
     c.parallel = "jit"
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
+    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
+    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()

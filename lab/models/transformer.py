@@ -88,14 +88,15 @@ class TransformerConfig:
     # Biases in the blocks' Dense layers and in every LayerNorm (GPT-2: True). nanoGPT's
     # shakespeare_char recipe trains without them (its `bias=False`); so does transformer_lm.
     use_bias: bool = True
-    # Token lookup as one_hot(ids) @ table (a matmul, whose backward is a matmul too) instead of
-    # a gather (whose backward is a scatter-add). Same values, and on a CPU no faster for a
-    # character vocabulary; the gather costs O(B*L*D) rather than O(B*L*V*D), so it stays the default.
-    one_hot_embed: bool = False
     # Encoder models only: each position attends to itself and the positions before it (GPT's
     # mask under the padding mask), so that the encoder pretrains by next-token prediction. GPT
     # is causal whatever this says.
     causal: bool = False
+    # Activation rematerialisation: each Block under `nn.remat` keeps only its input for the
+    # backward pass and recomputes its activations there (`Backbone`): one more forward pass of
+    # the blocks per step for a smaller compiled train step (its temporary memory). The same
+    # parameter tree, values and gradients as without: a checkpoint loads either way.
+    remat: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "num_layers", "num_heads", "width", "mlp_ratio", "max_len"):
@@ -236,11 +237,7 @@ class Embedder(nn.Module):
         """int tokens_BxL -> x_BxLxD at positions offset + [0, L) (offset None: static 0)."""
         c = self.config
         length = tokens_BxL.shape[1]
-        if c.one_hot_embed:
-            onehot_BxLxV = jax.nn.one_hot(tokens_BxL, c.vocab_size, dtype=c.dtype)
-            x_BxLxD = jnp.dot(onehot_BxLxV, self.token.embedding.astype(c.dtype))
-        else:
-            x_BxLxD = self.token(tokens_BxL)
+        x_BxLxD = self.token(tokens_BxL)
         if offset is None:
             pos_LxD = self.position[:length]
         else:
@@ -329,9 +326,10 @@ class Block(nn.Module):
     config: TransformerConfig
 
     @nn.compact
-    def __call__(self, x_BxLxD: Array, mask: Array, *, train: bool,
+    def __call__(self, x_BxLxD: Array, mask: Array, train: bool,
                  decode_index: Array | None = None) -> Array:
-        """x_BxLxD -> x_BxLxD; `mask` and `decode_index` as in `Attention`."""
+        """x_BxLxD -> x_BxLxD; `mask` and `decode_index` as in `Attention`. `train` may be
+        positional: `nn.remat` (config.remat) takes it as a static argument, by position."""
         c = self.config
         drop = nn.Dropout(c.dropout_rate, deterministic=not train)
         h_BxLxD = Attention(c, name="attn")(layer_norm(c, "ln_1")(x_BxLxD), mask, decode_index)
@@ -340,11 +338,44 @@ class Block(nn.Module):
         return x_BxLxD + drop(h_BxLxD)
 
 
+def _after(x: Array, g: Array) -> Array:
+    """x, bit for bit, but computed after g (x and g of one shape): a data dependence that XLA
+    keeps, since it does not know that no number is both NaN and finite."""
+    return jnp.where(jnp.isnan(g) & jnp.isfinite(g), jnp.zeros_like(x), x)
+
+
+def _remat_call(block, x_BxLxD, mask, train):
+    return block(x_BxLxD, mask, train)
+
+
+def _remat_fwd(block, x_BxLxD, mask, train):
+    # Under nn.remat the vjp keeps only the block's inputs (params, x, mask, rng keys).
+    return nn.vjp(lambda b, x: b(x, mask, train), block, x_BxLxD)
+
+
+def _remat_bwd(train, vjp_fn, g_BxLxD):
+    # The recomputation waits for this block's output gradient. Without that, XLA:CPU (which
+    # drops jax.checkpoint's optimization barriers before it schedules) runs every block's
+    # recomputation early, with the forward pass, and keeps all activations live: no saving.
+    vjp_fn = jax.tree.map(lambda a: _after(a, g_BxLxD) if getattr(a, "shape", None) == g_BxLxD.shape else a, vjp_fn)
+    params_t, x_t = vjp_fn(g_BxLxD)
+    return params_t, x_t, None  # no gradient for the boolean mask
+
+
+# A rematerialised block's call: `nn.remat`'s recomputation, started only in the backward pass.
+_remat_block = nn.custom_vjp(_remat_call, forward_fn=_remat_fwd, backward_fn=_remat_bwd,
+                             nondiff_argnums=(3,))
+
+
 class Backbone(nn.Module):
     """Embeddings, dropout, the blocks and the final LayerNorm: the trunk of GPT and Encoder.
 
     Params: `embed` (Embedder), `block_0` ... `block_{N-1}` (Block), `ln_f`. The submodules live
     in `setup` so that a parent can call both the model and its tied head `attend`.
+
+    `config.remat`: every block is `nn.remat(Block)` under the same explicit name (the same
+    tree), called through `_remat_block` when differentiated: the backward pass recomputes each
+    block's activations from its input, in the same order of operations (the same numbers).
     """
 
     config: TransformerConfig
@@ -353,7 +384,9 @@ class Backbone(nn.Module):
         c = self.config
         self.embed = Embedder(c)
         self.drop = nn.Dropout(c.dropout_rate)
-        self.blocks = [Block(c, name=f"block_{i}") for i in range(c.num_layers)]
+        # static_argnums counts `self`: 3 is `train` (a Python bool: dropout on or off).
+        block = nn.remat(Block, static_argnums=(3,)) if c.remat else Block
+        self.blocks = [block(c, name=f"block_{i}") for i in range(c.num_layers)]
         self.ln_f = layer_norm(c)
 
     def _hidden(self, tokens_BxL: Array, mask: Array, *, train: bool,
@@ -361,7 +394,10 @@ class Backbone(nn.Module):
         """tokens_BxL -> hidden_BxLxD after the final LayerNorm (offset: decode position)."""
         x_BxLxD = self.drop(self.embed(tokens_BxL, offset), deterministic=not train)
         for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, mask, train=train, decode_index=offset)
+            if self.config.remat and offset is None:
+                x_BxLxD = _remat_block(block, x_BxLxD, mask, train)
+            else:  # positional: nn.remat's static_argnums
+                x_BxLxD = block(x_BxLxD, mask, train, offset)
         return self.ln_f(x_BxLxD)
 
     def attend(self, x_BxLxD: Array) -> Array:

@@ -34,13 +34,14 @@ def gpt_config(model_cfg, vocab_size: int) -> transformer.TransformerConfig:
 
     A workdir written before `model.use_bias` existed holds a model with biases: absent means True.
     `model.compute_dtype` (absent: float32) is the matmuls' dtype; parameters, optimizer state,
-    softmax and the loss stay float32.
+    softmax and the loss stay float32. `model.remat` (absent: False): recompute each block's
+    activations in the backward pass (`TransformerConfig.remat`; the same numbers and params).
     """
     m = model_cfg
     return transformer.TransformerConfig(
         vocab_size=vocab_size, num_layers=m.num_layers, num_heads=m.num_heads, width=m.width,
         max_len=m.block_size, dropout_rate=m.dropout_rate, use_bias=m.get("use_bias", True),
-        dtype=jnp.dtype(m.get("compute_dtype", "float32")))
+        dtype=jnp.dtype(m.get("compute_dtype", "float32")), remat=bool(m.get("remat", False)))
 
 
 TOKENIZERS = ("char", "bpe")
@@ -111,11 +112,12 @@ def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | N
 def encoder_config(model_cfg, num_chars: int) -> transformer.TransformerConfig:
     """The encoder's TransformerConfig from a `model` block: tokens (characters or subwords)
     0..N-1, PAD = N, MASK = N + 1 (shared by `transformer_mlm` and the classifier that starts
-    from it); `causal` (default False) as the block says."""
+    from it); `causal` and `remat` (default False) as the block says."""
     return transformer.TransformerConfig(
         vocab_size=encoder.encoder_token_ids(num_chars).vocab_size,
         num_layers=model_cfg.num_layers, num_heads=model_cfg.num_heads, width=model_cfg.width,
-        max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate, causal=model_cfg.get("causal", False))
+        max_len=model_cfg.max_len, dropout_rate=model_cfg.dropout_rate, causal=model_cfg.get("causal", False),
+        remat=bool(model_cfg.get("remat", False)))
 
 
 def sample_text(gpt_cfg: transformer.TransformerConfig, params, tokenizer, prompt: str,

@@ -162,14 +162,6 @@ def test_config_validation_and_presets():
                                                  _tokens(0, (1, CFG.max_len + 1)), train=False))
 
 
-def test_one_hot_and_gather_embeddings_agree(gpt_params):
-    tokens = _tokens(1)
-    one_hot_cfg = tfm.TransformerConfig.tiny(vocab_size=13, one_hot_embed=True)
-    a = _apply(tfm.GPT(CFG), {"params": gpt_params}, tokens)
-    b = _apply(tfm.GPT(one_hot_cfg), {"params": gpt_params}, tokens)
-    np.testing.assert_allclose(a, b, atol=1e-6)
-
-
 def test_bfloat16_compute_gives_float32_logits(gpt_params):
     cfg = tfm.TransformerConfig.tiny(vocab_size=13, dtype=jnp.bfloat16)
     logits = _apply(tfm.GPT(cfg), {"params": gpt_params}, _tokens(1))
