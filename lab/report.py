@@ -18,6 +18,7 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 
+import jax
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -226,3 +227,24 @@ def save_image(path: str, image: np.ndarray) -> None:
         mpimage.imsave(path, 1.0 - image, cmap="gray", vmin=0.0, vmax=1.0)
     else:
         mpimage.imsave(path, np.clip(image, 0.0, 1.0))
+
+
+def print_summary(config, results: dict, workdir: str, wall_seconds: float) -> None:
+    """The block a run ends with: headline metrics, the reference they compare to, time, files."""
+    if jax.process_index() != 0:
+        return
+    headline = {k: v for k, v in results.items()  # `<split>_<metric>` (not the unprefixed copies)
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and "_" in k
+                and set(k.split("_")[1:]) & {"accuracy", "loss", "perplexity", "f1", "rmse", "mae",
+                                                   "fd", "elbo", "entropy"}}
+    lines = [f"done: step {results.get('step')} in {wall_seconds:.1f} s wall "
+             f"({results.get('train_seconds', 0.0):.1f} s in the loop)"]
+    lines += [f"  {k:<24} {v:.4f}" for k, v in headline.items()]
+    reference = config.get("reference")
+    if reference:
+        ours = results.get(reference.metric)
+        verdict = "" if ours is None else f" (this run: {ours:.4f})"
+        lines.append(f"  reference: {reference.metric} {reference.value} from {reference.source}{verdict}")
+    files = sorted(f for f in os.listdir(workdir) if f.endswith((".json", ".jsonl", ".png")))
+    lines.append(f"  files in {workdir}: {', '.join(files)}, checkpoints/, tensorboard/")
+    print("\n".join(lines), flush=True)

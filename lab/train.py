@@ -46,6 +46,7 @@ from lab import configs, distributed, optim, parallel as parallel_lib, pipeline,
 from lab.errors import ConfigValueError, Interrupted, NonFiniteLossError
 from lab import logbook
 from lab.logbook import MetricLogger
+from lab.metrics import MetricVector
 from lab.task import EMA, StepTools, Task, TrainState
 
 PyTree = Any
@@ -92,33 +93,6 @@ def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str
         class_names=dict(class_names or {}),
         sizes={"train": batcher.num_examples, **{name: len(pipeline.as_rows(arrays)) for name, arrays in eval_arrays.items()}},
     )
-
-
-class MetricVector:
-    """Packs a step's metric dict into one float32 vector, and unpacks it on the host.
-
-    The step adds its metrics into one on-device vector: one buffer in and out per step
-    instead of one per metric.
-    """
-
-    def __init__(self, shapes: dict[str, tuple[int, ...]]):
-        self.keys = sorted(shapes)
-        self.shapes = [tuple(shapes[k]) for k in self.keys]
-        self.size = int(sum(np.prod(s, dtype=int) for s in self.shapes))
-
-    def pack(self, metrics: dict) -> jax.Array:
-        return jnp.concatenate([jnp.ravel(metrics[k]).astype(jnp.float32) for k in self.keys])
-
-    def unpack(self, vector: np.ndarray) -> dict[str, np.ndarray]:
-        out, i = {}, 0
-        for k, shape in zip(self.keys, self.shapes):
-            n = int(np.prod(shape, dtype=int))
-            out[k] = np.asarray(vector[i:i + n]).reshape(shape)
-            i += n
-        return out
-
-    def zeros(self) -> np.ndarray:
-        return np.zeros((self.size,), np.float32)
 
 
 def make_train_step(task: Task, tools: StepTools, train_key: jax.Array, ema_decay: float = 0.0) -> Callable:
@@ -293,7 +267,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         if finished is not None:
             checkpointer.close()
             print(f"{workdir} is finished (step {start_step}): nothing to train", flush=True)
-            _print_summary(config, finished, workdir, time.perf_counter() - t_begin)
+            report.print_summary(config, finished, workdir, time.perf_counter() - t_begin)
             return (finished, ckpt_lib.load_params(workdir)[0]) if return_params else finished
         target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh),
                               abstract, shardings)
@@ -451,7 +425,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             json.dump(results, f, indent=2)
         os.replace(path + ".tmp", path)
         report.plot_run(workdir, results, data.class_names, task.curves)
-        _print_summary(config, results, workdir, time.perf_counter() - t_begin)
+        report.print_summary(config, results, workdir, time.perf_counter() - t_begin)
     if not return_params:
         return results
     params = strategy.get_state(state).params
@@ -504,27 +478,6 @@ def _finished_results(workdir: str, start_step: int, total_steps: int, splits: I
     if not isinstance(results, dict) or results.get("step") != start_step:
         return None
     return results if all(any(k.startswith(f"{split}_") for k in results) for split in splits) else None
-
-
-def _print_summary(config, results: dict, workdir: str, wall_seconds: float) -> None:
-    """The block a run ends with: headline metrics, the reference they compare to, time, files."""
-    if jax.process_index() != 0:
-        return
-    headline = {k: v for k, v in results.items()  # `<split>_<metric>` (not the unprefixed copies)
-                if isinstance(v, (int, float)) and not isinstance(v, bool) and "_" in k
-                and set(k.split("_")[1:]) & {"accuracy", "loss", "perplexity", "f1", "rmse", "mae",
-                                                   "fd", "elbo", "entropy"}}
-    lines = [f"done: step {results.get('step')} in {wall_seconds:.1f} s wall "
-             f"({results.get('train_seconds', 0.0):.1f} s in the loop)"]
-    lines += [f"  {k:<24} {v:.4f}" for k, v in headline.items()]
-    reference = config.get("reference")
-    if reference:
-        ours = results.get(reference.metric)
-        verdict = "" if ours is None else f" (this run: {ours:.4f})"
-        lines.append(f"  reference: {reference.metric} {reference.value} from {reference.source}{verdict}")
-    files = sorted(f for f in os.listdir(workdir) if f.endswith((".json", ".jsonl", ".png")))
-    lines.append(f"  files in {workdir}: {', '.join(files)}, checkpoints/, tensorboard/")
-    print("\n".join(lines), flush=True)
 
 
 def _jsonable(v):
