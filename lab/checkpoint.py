@@ -23,7 +23,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lab.errors import CheckpointError, WorkdirConfigError
+from lab.errors import CheckpointError, ConfigValueError, WorkdirConfigError
 
 PyTree = Any
 
@@ -146,6 +146,48 @@ class Checkpointer:
         if self._quiet is not None:
             logging.getLogger("absl").removeFilter(self._quiet)
             self._quiet = None
+
+
+class BestCheckpointer:
+    """Keeps the checkpoint of the best evaluation so far by one metric (`config.keep_best`), in
+    its own directory (`workdir/best/`, one step kept), apart from the checkpoints a resume uses.
+
+    Args:
+      directory: where the best checkpoint goes.
+      metric: `<split>_<metric>`, a key of the run's results (e.g. 'test_accuracy', 'val_loss').
+      mode: 'max' or 'min': which way is better.
+    """
+
+    def __init__(self, directory: str, metric: str, mode: str):
+        self.metric, self.mode = metric, mode
+        self.checkpointer = Checkpointer(directory, every_steps=0, max_to_keep=1)
+        latest = self.checkpointer.latest_step()
+        self.best = None  # the best value so far (from the saved one on resume)
+        if latest is not None:
+            with open(os.path.join(directory, str(latest), "meta", "metadata")) as f:
+                self.best = json.load(f).get("best", {}).get("value")
+
+    def update(self, step: int, results: dict, state: PyTree, meta: dict) -> bool:
+        """Saves `state` when `results[metric]` beats the best so far; whether it did.
+
+        Raises:
+          ConfigValueError: the results have no such metric (the message lists theirs).
+        """
+        if self.metric not in results:
+            raise ConfigValueError(f"config.keep_best={self.metric!r} is not a result of this run; its results: "
+                                   f"{', '.join(sorted(k for k in results if not isinstance(results[k], list)))}")
+        value = float(results[self.metric])
+        better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
+        if better:
+            self.best = value
+            self.checkpointer.save(step, state, dict(meta, best={"metric": self.metric, "value": value}))
+        return better
+
+    def wait(self) -> None:
+        self.checkpointer.wait()
+
+    def close(self) -> None:
+        self.checkpointer.close()
 
 
 def _os_error(e: BaseException, directory: str) -> OSError | None:

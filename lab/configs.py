@@ -45,10 +45,12 @@ from lab.errors import ConfigValueError, WorkdirConfigError
 RUN_CONTROL_KEYS = frozenset({
     "num_train_steps", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
     "max_checkpoints_to_keep", "data_dir", "mesh", "data_source", "steps_per_call",
+    "keep_best", "keep_best_mode", "profile_steps",
 })
 RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the numbers
 # Loop keys added after runs were saved: a saved config without one ran with this value.
-ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": False}
+ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": False, "keep_best": "",
+                      "keep_best_mode": "max", "profile_steps": ""}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
 
@@ -81,6 +83,9 @@ def base_config(overrides: Any = None) -> ml_collections.ConfigDict:
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
     c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
+    c.keep_best = ""  # e.g. 'test_accuracy': also keep the best eval's checkpoint, in workdir/best/
+    c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
+    c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # sgd | adam | adamw | adagrad (see lab.optim for every key)
     c.optimizer.learning_rate = 1e-3
@@ -151,6 +156,13 @@ def validate(config: Any, num_devices: int = 1, workdir: str | None = None, num_
         raise ConfigValueError(
             f"config.eval_batch_size={config.eval_batch_size} is not divisible by the {num_devices} devices; "
             f"use a multiple of {num_devices}")
+    if config.get("keep_best_mode", "max") not in ("max", "min"):
+        raise ConfigValueError(f"config.keep_best_mode={config.keep_best_mode!r}: use max or min")
+    from lab import logbook  # here: it imports jax
+    try:
+        logbook.parse_profile_steps(config.get("profile_steps", ""))
+    except ValueError as e:
+        raise ConfigValueError(str(e)) from None
     ema = config.get("ema_decay", 0.0)
     if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 <= ema < 1.0:
         raise ConfigValueError(f"config.ema_decay={ema!r} is invalid: use a number in [0, 1) (0: no moving average)")

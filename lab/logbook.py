@@ -143,3 +143,51 @@ def startup_lines(workdir: str, start_step: int, total_steps: int, params, devic
             f"mesh {mesh}",
             f"  data: {data}; global batch {batch_size}",
             f"  steps: {start_step:,} -> {total_steps:,}"]
+
+
+class Profiler:
+    """A `jax.profiler` trace of steps START..STOP (`config.profile_steps='START:STOP'`) into
+    `workdir/profile/` (open it with TensorBoard's profile plugin or Perfetto). Calls are whole:
+    with steps_per_call K the trace starts and stops at the call boundaries around the window."""
+
+    def __init__(self, spec: str, workdir: str):
+        self.window = parse_profile_steps(spec)
+        self.directory = os.path.join(workdir, "profile")
+        self.active = False
+
+    def at_step(self, step: int, wait_for) -> None:
+        """Call after each train call with the step reached; `wait_for`: what to block on before
+        the trace stops (the state), so the device work of the window is in it."""
+        if self.window is None:
+            return
+        start, stop = self.window
+        if not self.active and start <= step < stop:
+            jax.profiler.start_trace(self.directory)
+            self.active = True
+        elif self.active and step >= stop:
+            jax.block_until_ready(wait_for)
+            jax.profiler.stop_trace()
+            self.active = False
+            print(f"  profile of steps {start}-{stop}: {self.directory}", flush=True)
+
+    def close(self) -> None:
+        if self.active:
+            jax.profiler.stop_trace()
+            self.active = False
+
+
+def parse_profile_steps(spec: str) -> tuple[int, int] | None:
+    """'START:STOP' -> (START, STOP) with 0 <= START < STOP; '' -> None.
+
+    Raises:
+      ValueError: any other text.
+    """
+    if not spec:
+        return None
+    try:
+        start, stop = (int(x) for x in spec.split(":"))
+    except ValueError:
+        raise ValueError(f"config.profile_steps={spec!r}: write START:STOP (e.g. 10:20)") from None
+    if not 0 <= start < stop:
+        raise ValueError(f"config.profile_steps={spec!r}: need 0 <= START < STOP")
+    return start, stop

@@ -313,6 +313,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     window: dict[str, np.ndarray] = {}
     window_start, window_seconds = time.perf_counter(), 0.0
     last_good_checkpoint = checkpointer.latest_step()
+    best = ckpt_lib.BestCheckpointer(os.path.join(workdir, "best"), config.keep_best, config.get("keep_best_mode", "max")) \
+        if config.get("keep_best") else None
+    profiler = logbook.Profiler(config.get("profile_steps", "") if jax.process_index() == 0 else "", workdir)
     sync_from = start_step
 
     def run_evals(state, step: int) -> dict[str, dict]:
@@ -345,6 +348,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         while step < total_steps:
             batch, num_steps = next_batches(step)
             state, acc = train_step(state, acc, batch)
+            profiler.at_step(step + num_steps, state)
             if t_compile is not None:  # the first call compiles (and dispatches the step)
                 print(f"  compiled the train step in {time.perf_counter() - t_compile:.1f} s", flush=True)
                 t_compile = None
@@ -384,13 +388,14 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                 logger.progress(step, _headline(metrics), metrics.get("steps_per_sec", 0.0),
                                 metrics.get(f"{task.count_unit}_per_sec", 0.0), task.count_unit)
                 window, window_seconds = {}, 0.0
+            meta = {"step": step, "data_position": data.train.position(step), "config": configs.to_dict(config),
+                    **({"init_from": init_source} if init_source else {})}
             if is_eval or is_last:
                 eval_results = run_evals(state, step)
+                if best is not None:
+                    best.update(step, {f"{split}_{k}": v for split, m in eval_results.items()
+                                       for k, v in _scalars(m).items()}, strategy.get_state(state), meta)
             if is_ckpt or is_last:
-                meta = {"step": step, "data_position": data.train.position(step),
-                        "config": configs.to_dict(config)}
-                if init_source:
-                    meta["init_from"] = init_source
                 checkpointer.save(step, strategy.get_state(state), meta)
                 last_good_checkpoint = step
             if stopping:
@@ -400,10 +405,15 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             eval_results = run_evals(state, step)
     finally:
         stop.uninstall()
+        profiler.close()
         try:
             checkpointer.wait()  # raises a failed save's error (unless another error is on its way)
+            if best is not None:
+                best.wait()
         finally:
             checkpointer.close()
+            if best is not None:
+                best.close()
             logger.close()
     # No process leaves before every process has committed the last checkpoint.
     distributed.barrier("the end of training")

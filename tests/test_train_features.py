@@ -116,3 +116,23 @@ def test_a_workdir_saved_before_the_new_keys_still_resumes(tmp_path):
     assert main(small_config(num_train_steps=10), str(tmp_path)) == first
     with pytest.raises(Exception, match="different config .ema_decay"):
         main(small_config(num_train_steps=10, ema_decay=0.5), str(tmp_path))
+
+
+def test_the_best_evaluation_keeps_its_own_checkpoint_and_a_profile_can_be_traced(tmp_path):
+    import json
+    import os
+
+    config = small_config(num_train_steps=40, eval_every_steps=5, keep_best="test_loss", keep_best_mode="min",
+                          profile_steps="10:20")
+    main(config, str(tmp_path))
+    losses = {r["step"]: r["test/loss"] for r in math_records(str(tmp_path)) if "test/loss" in r}
+    best_step = min(losses, key=losses.get)
+    assert os.listdir(tmp_path / "best") == [str(best_step)]
+    with open(tmp_path / "best" / str(best_step) / "meta" / "metadata") as f:
+        assert json.load(f)["best"] == {"metric": "test_loss", "value": pytest.approx(losses[best_step])}
+    traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files if f.endswith(".xplane.pb")]
+    assert traces
+    with pytest.raises(ConfigValueError, match="is not a result of this run"):
+        main(small_config(keep_best="test_nothing"), str(tmp_path / "bad"))
+    with pytest.raises(ConfigValueError, match="profile_steps"):
+        main(small_config(profile_steps="20:10"), str(tmp_path / "bad2"))

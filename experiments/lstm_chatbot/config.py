@@ -50,6 +50,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
     c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
+    c.keep_best = ""  # e.g. 'test_accuracy': also keep the best eval's checkpoint, in workdir/best/
+    c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
+    c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
     c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()
