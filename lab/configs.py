@@ -232,8 +232,16 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
     path = os.path.join(workdir, "config.json")
     new = to_dict(config)
     if os.path.exists(path) and not allow_config_change:
-        with open(path) as f:
-            old = flatten(json.load(f))
+        try:
+            with open(path, encoding="utf-8") as f:
+                saved = json.load(f)
+        except (ValueError, UnicodeDecodeError) as e:  # JSONDecodeError is a ValueError
+            raise WorkdirConfigError(f"{path} is damaged ({type(e).__name__}): use a new --workdir, or pass "
+                                     f"--allow_config_change to write this run's config over it") from None
+        if not isinstance(saved, dict):
+            raise WorkdirConfigError(f"{path} is not a config (a JSON object): use a new --workdir, or pass "
+                                     f"--allow_config_change to write this run's config over it")
+        old = flatten(saved)
         flat = flatten(new)
         diff = sorted(k for k in set(old) | set(flat)
                       if old.get(k, ADDED_KEY_DEFAULTS.get(k)) != flat.get(k, ADDED_KEY_DEFAULTS.get(k))
@@ -257,8 +265,9 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
                     f"this run's is over {now} steps, which would reshape it: to extend the run, keep its schedule "
                     f"with --config.{where}.decay_steps={was}, or use a new --workdir")
     os.makedirs(workdir, exist_ok=True)
-    with open(path, "w") as f:
+    with open(path + ".tmp", "w") as f:  # whole or not at all: a kill mid-write keeps the old file
         json.dump(new, f, indent=2, sort_keys=True)
+    os.replace(path + ".tmp", path)
 
 
 def _has_checkpoints(workdir: str) -> bool:

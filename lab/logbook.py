@@ -17,6 +17,8 @@ import time
 import jax
 import numpy as np
 
+from lab.errors import LabError
+
 
 def _parse(line: str) -> dict | None:
     try:
@@ -43,13 +45,23 @@ class MetricLogger:
         self._t0, self._s0 = time.perf_counter(), resume_step
 
     def _truncate_after(self, step: int) -> None:
+        """Keeps the records up to `step` (rewritten whole: temp file, then rename). Only a torn
+        *last* line is dropped; a damaged line before it is refused, not silently lost."""
         if not os.path.exists(self.path):
             return
         with open(self.path) as f:
-            records = [r for r in map(_parse, f) if r is not None and r["step"] <= step]
+            lines = f.readlines()
+        parsed = [_parse(line) for line in lines]
+        damaged = [i + 1 for i, r in enumerate(parsed[:-1]) if r is None]
+        if damaged:
+            raise LabError(f"{self.path} is damaged at line {damaged[0]} (not a JSON record; "
+                           f"{len(damaged)} such line(s) before the last): repair or remove those lines, or move "
+                           f"the file aside to resume without its history")
+        records = [r for r in parsed if r is not None and r["step"] <= step]
         self._at_resume = {frozenset(r) for r in records if r["step"] == step}
-        with open(self.path, "w") as f:
+        with open(self.path + ".tmp", "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in records)
+        os.replace(self.path + ".tmp", self.path)
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """Records `metrics` (flat `name -> float`) at `step`."""

@@ -240,3 +240,24 @@ def test_ctrl_c_or_sigterm_saves_a_checkpoint_and_prints_the_resume_command(tmp_
     saved = int(line.split(" at step ")[1].split(";")[0])
     assert saved >= 50 and os.listdir(tmp_path / "checkpoints") == [str(saved)]
     assert "Traceback" not in stderr
+
+
+def test_damaged_run_files_are_one_line_and_a_torn_last_metrics_line_is_dropped(run_cli, tmp_path):
+    assert run_cli(MODULE, f"--workdir={tmp_path}", *FAST).returncode == 0
+    metrics = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    # A torn last line (a kill mid-write) is dropped on resume: the run goes on.
+    (tmp_path / "metrics.jsonl").write_text("\n".join(metrics) + '\n{"step": 4, "trai')
+    os.remove(tmp_path / "results.json")
+    assert run_cli(MODULE, f"--workdir={tmp_path}", *FAST).returncode == 0
+    # A damaged line in the middle is refused with one line, and the file is left as it was.
+    damaged = "\n".join(metrics[:1] + ["garbage"] + metrics[1:]) + "\n"
+    (tmp_path / "metrics.jsonl").write_text(damaged)
+    os.remove(tmp_path / "results.json")
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", *FAST)
+    assert proc.returncode == 1 and "metrics.jsonl is damaged at line 2" in error_line(proc)
+    assert (tmp_path / "metrics.jsonl").read_text() == damaged
+    # A config.json of random bytes: one line, nothing overwritten.
+    (tmp_path / "config.json").write_bytes(bytes(range(256)))
+    proc = run_cli(MODULE, f"--workdir={tmp_path}", *FAST)
+    assert proc.returncode == 1 and "config.json is damaged" in error_line(proc)
+    assert (tmp_path / "config.json").read_bytes() == bytes(range(256))
