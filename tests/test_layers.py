@@ -35,3 +35,28 @@ def test_an_upward_import_breaks_them(tmp_path):
     assert proc.returncode != 0
     assert "lab.models.mlp -> lab.train" in proc.stdout
     assert "lab.optim -> experiments.cli" in proc.stdout
+
+
+def test_no_measurements_or_history_in_code_and_the_notes_stay_short():
+    """Numbers live in experiments/reference_results.json; history in git log; BUILD_NOTES <= 700 lines."""
+    import re
+
+    pattern = re.compile(r"session [0-9]|issue [0-9]|zen [0-9]|epyc|xeon", re.I)
+    offenders = []
+    for top in ("lab", "experiments", "benchmarks"):
+        for folder, _, files in os.walk(os.path.join(ROOT, top)):
+            for name in files:
+                if name.endswith(".py"):
+                    path = os.path.join(folder, name)
+                    with open(path) as f:
+                        offenders += [f"{os.path.relpath(path, ROOT)}:{i}" for i, line in enumerate(f, 1)
+                                      if pattern.search(line)]
+    assert not offenders, offenders
+    with open(os.path.join(ROOT, "BUILD_NOTES.md")) as f:
+        notes = f.read()
+    assert notes.count("\n") <= 700 and not re.search(r"session [0-9]|issue [0-9]", notes, re.I)
+    for folder, _, files in os.walk(os.path.join(ROOT, "lab")):
+        for name in files:
+            if name.endswith(".py"):
+                with open(os.path.join(folder, name)) as f:
+                    assert f.read().count("\n") <= 500, name
