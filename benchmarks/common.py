@@ -112,7 +112,7 @@ def compiled_train_step(task, config, batches: list[dict]):
     strategy = parallel.make_parallel("jit")
     key = jax.random.key(0)
     init_state = train.init_state_fn(task, tools.optimizers)
-    shardings = strategy.state_shardings(jax.eval_shape(init_state, key), task.partition_rules)
+    shardings = strategy.state_shardings(jax.eval_shape(init_state, key), jax.eval_shape(task.init, key))
     state = strategy.init_state(init_state, key, shardings)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     step, layout = train.build_train_step(task, tools, key, strategy, shardings, state, batches[0])

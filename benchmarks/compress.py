@@ -60,7 +60,6 @@ class Family:
     fine_tune_steps: Callable[[int], int]  # the baseline's steps -> the pruning fine-tune's
     input_keys: tuple[str, ...] = ("inputs",)
     label_keys: tuple[str, ...] = ("label",)
-    partition_rules: Any = None
 
 
 def _mlp_family() -> Family:
@@ -79,7 +78,6 @@ def _mlp_family() -> Family:
 def _transformer_family() -> Family:
     from experiments.transformer_classifier import __main__ as tc
     from experiments.transformer_classifier.config import get_config
-    from lab.models import transformer
 
     def build(c):
         model, tokenizer, ids, _ = tc.build_model(c)
@@ -91,8 +89,7 @@ def _transformer_family() -> Family:
         c.model.update(num_layers=1, width=64, head_hidden=128)
 
     return Family("transformer", get_config, tc.main, build, shrink, fine_tune_steps=lambda n: n // 3,
-                  input_keys=("inputs", "token_mask"), label_keys=tc.LABELS,
-                  partition_rules=transformer.PARTITION_RULES)
+                  input_keys=("inputs", "token_mask"), label_keys=tc.LABELS)
 
 
 FAMILIES = {"mlp": _mlp_family, "transformer": _transformer_family}
@@ -171,8 +168,7 @@ def _student_run(family: Family, teacher=None, workdir: str = "") -> tuple[Any, 
     model, train_arrays, test_arrays = family.build(c)
     c.eval_every_steps = c.checkpoint_every_steps = c.num_train_steps
     example = {k: train_arrays[k][:1] for k in family.input_keys}
-    extra = dict(label_keys=family.label_keys, extra_input_keys=family.input_keys[1:],
-                 partition_rules=family.partition_rules)
+    extra = dict(label_keys=family.label_keys, extra_input_keys=family.input_keys[1:])
     if teacher is None:
         task = ClassificationTask(model, example, **extra)
     else:

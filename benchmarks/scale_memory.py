@@ -78,6 +78,7 @@ import numpy as np  # noqa: E402
 
 from lab import optim, parallel, train  # noqa: E402
 from lab.models import transformer  # noqa: E402
+from lab.sharding import FSDP_AXIS, parse_mesh  # noqa: E402
 from lab.models.transformer import TransformerConfig  # noqa: E402
 from lab.task import StepTools  # noqa: E402
 from lab.tasks.language_model import CausalLMTask  # noqa: E402
@@ -113,7 +114,7 @@ class BatchShardedLMTask(CausalLMTask):
     """lab's CausalLMTask with every Block's and the Embedder's output constrained to the batch
     sharding (`with_sharding_constraint`, through `flax.linen.intercept_methods`, lab unchanged).
 
-    A diagnostic, not lab's step: lab's partition rules place only the state; XLA then picks the
+    A diagnostic, not lab's step: lab's declared placements place only the state; XLA then picks the
     activations' sharding by propagation, and from kernels split along the width it picks
     width- (not batch-) split activations and gathers the global logits. This variant shows
     what pinning the activations to the batch sharding (as FSDP means) would save.
@@ -219,7 +220,7 @@ def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_comp
     task = BatchShardedLMTask(cfg, strategy.data_sharding) if activations == "pinned" else CausalLMTask(cfg)
     key = jax.random.key(0)
     abstract = jax.eval_shape(train.init_state_fn(task, tools.optimizers), key)
-    shardings = strategy.state_shardings(abstract, task.partition_rules)
+    shardings = strategy.state_shardings(abstract, jax.eval_shape(task.init, key))
     state = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
     tokens = jax.ShapeDtypeStruct((global_batch, cfg.max_len), jnp.int32, sharding=strategy.data_sharding)
     batch = {"inputs": tokens, "targets": tokens}
@@ -236,7 +237,7 @@ def measure(cfg: TransformerConfig, mesh_text: str, global_batch: int, fast_comp
     n_params = int(sum(x.size for x in jax.tree.leaves(abstract.params)))
     n_split = int(sum(x.size for x, s in zip(jax.tree.leaves(abstract.params), jax.tree.leaves(shardings.params))
                       if not s.is_fully_replicated))
-    fsdp = dict(strategy.mesh.shape)[parallel.FSDP_AXIS]
+    fsdp = dict(strategy.mesh.shape)[FSDP_AXIS]
     p_split, p_repl = _per_device_bytes(abstract.params, shardings.params)
     o_split, o_repl = _per_device_bytes(abstract.opt_state, shardings.opt_state)
     b_split, b_repl = _per_device_bytes(batch, {k: strategy.data_sharding for k in batch})
@@ -341,7 +342,7 @@ def main() -> None:
             cfg = TransformerConfig(**{**cfg.__dict__, "num_layers": args.num_layers})
         for layout in layouts:
             modes = ACTIVATIONS if args.activations == "all" else (args.activations,)
-            if parallel.parse_mesh(layout, DEVICES)[parallel.FSDP_AXIS] == 1:
+            if parse_mesh(layout, DEVICES)[FSDP_AXIS] == 1:
                 modes = ("gathered",)  # nothing is split: the three steps are one
             for mode in modes:
                 for b in batches:

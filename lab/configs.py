@@ -14,7 +14,7 @@ them (`--config.key=value`). The keys every experiment has (the train loop reads
     checkpoint_every_steps  int
     max_checkpoints_to_keep int >= 1
     parallel                'jit' (jit + NamedSharding, default) or 'pmap'
-    mesh                    'data:N,fsdp:M' (see `lab.parallel.parse_mesh`); '': every device on 'data'
+    mesh                    'data:N,fsdp:M' (see `lab.sharding.parse_mesh`); '': every device on 'data'
     optimizer.*             see `lab.optim` (or `optimizers.<name>.*`, one block per parameter set)
     init_from               optional: workdir of a finished run whose params seed this one
     init_from_params        optional: the top-level param names taken from it, e.g. ('encoder',)
@@ -166,12 +166,12 @@ def validate(config: Any, num_devices: int = 1, workdir: str | None = None, num_
     ema = config.get("ema_decay", 0.0)
     if not isinstance(ema, (int, float)) or isinstance(ema, bool) or not 0.0 <= ema < 1.0:
         raise ConfigValueError(f"config.ema_decay={ema!r} is invalid: use a number in [0, 1) (0: no moving average)")
-    from lab import parallel  # here: lab.parallel imports jax's sharding API
+    from lab import parallel, sharding  # here: they import jax
     if config.get("parallel") not in parallel.PARALLEL_MODES:
         raise ConfigValueError(f"config.parallel={config.get('parallel')!r} is unknown; "
                                f"choose one of {', '.join(parallel.PARALLEL_MODES)}")
-    mesh = parallel.parse_mesh(config.get("mesh"), num_devices)
-    if config.parallel == "pmap" and (mesh[parallel.FSDP_AXIS] > 1 or num_processes > 1):
+    mesh = sharding.parse_mesh(config.get("mesh"), num_devices)
+    if config.parallel == "pmap" and (mesh[sharding.FSDP_AXIS] > 1 or num_processes > 1):
         raise ConfigValueError(
             "config.parallel='pmap' runs one process and replicates every parameter; "
             f"this run has {num_processes} process(es) and config.mesh={config.get('mesh')!r}: "

@@ -12,14 +12,15 @@ count rather than averaging per-device means.
 
 * `MeshParallel` (default, `config.parallel='jit'`): `jax.jit` over global arrays on a
   `Mesh(devices, ('data', 'fsdp'))` of the shape `config.mesh` names (default: every device on
-  'data'). The batch's leading axis is split over all devices (both axes); every state leaf has
-  the sharding its partition rule gives. With `fsdp` > 1, a leaf no rule names is split along
-  'fsdp' if it is large (`fsdp_spec`), so parameters and optimizer state are stored once per
-  'data' replica and gathered by XLA where the step needs them (FSDP, in GSPMD's terms). XLA
-  inserts every collective.
+  'data'). The batch's leading axis is split over all devices (both axes); a parameter is placed
+  where its model declares it, at the parameter (`nn.with_logical_partitioning`: logical axis
+  names, which LOGICAL_AXIS_RULES maps to mesh axes; `declared_specs`), and its optimizer moments
+  follow it. With `fsdp` > 1, a leaf with no declaration is split along 'fsdp' if it is large
+  (`fsdp_spec`), so parameters and optimizer state are stored once per 'data' replica and
+  gathered by XLA where the step needs them (FSDP, in GSPMD's terms). XLA inserts every collective.
 * `PmapParallel` (`config.parallel='pmap'`): `jax.pmap` over a leading device axis. Every device
   computes its local sums, and lab inserts the `lax.psum`s, so the result is the same global
-  quantity. Nothing in a family changes. Parameters are replicated (no partition rules).
+  quantity. Nothing in a family changes. Parameters are replicated (declarations refused if they split).
 
 The step never asks which of the two runs it: each strategy gives its `StepEngine` (the global-mean
 gradient, the per-device key, the global step metrics, as functions) to `lab.task.StepTools` and
@@ -34,29 +35,21 @@ One device is the N=1 case of either.
 from __future__ import annotations
 
 import functools
-import re
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from lab.errors import ConfigValueError
+from lab.sharding import DATA_AXIS, FSDP_AXIS, MESH_AXES, make_mesh, shardings_from_declarations
 
 PyTree = Any
 LossFn = Callable[[PyTree, dict, jax.Array], tuple]
-# (regex searched in a state leaf's key path, e.g. r"params.*kernel", PartitionSpec for that leaf)
-PartitionRules = Sequence[tuple[str, P]]
 
-DATA_AXIS = "data"
-FSDP_AXIS = "fsdp"
-MESH_AXES = (DATA_AXIS, FSDP_AXIS)
 PARALLEL_MODES = ("jit", "pmap")
-# The default rule splits a leaf along 'fsdp' from this many elements on (a 64x64 kernel):
-# smaller leaves (biases, norms, scalars) cost more in collectives than they save in memory.
-FSDP_MIN_SIZE = 4096
 
 # Metric keys ending in this are per-step values (norms), averaged over steps and devices;
 # every other metric is a sum over examples, added over steps and devices.
@@ -148,100 +141,6 @@ def _pmap_engine(axis_name: str) -> StepEngine:
         reduce_metrics=functools.partial(reduce_step_metrics, axis_name=axis_name))
 
 
-def parse_mesh(text: str | None, num_devices: int) -> dict[str, int]:
-    """`config.mesh` as axis sizes: "data:2,fsdp:2" -> {'data': 2, 'fsdp': 2}.
-
-    An axis left out is 1, except 'data', which takes the devices the others leave
-    ("fsdp:4" on 8 devices is data:2,fsdp:4); "" or None puts every device on 'data'.
-    Raises ConfigValueError (one line) for an unknown axis, a bad size, or sizes whose product
-    is not the device count.
-    """
-    sizes: dict[str, int] = {}
-    for part in (text or "").replace(" ", "").split(","):
-        if not part:
-            continue
-        axis, _, size = part.partition(":")
-        if axis not in MESH_AXES or not size.isdigit() or int(size) < 1 or axis in sizes:
-            raise ConfigValueError(f"config.mesh={text!r} is invalid: write axis:size pairs of the axes "
-                                   f"{', '.join(MESH_AXES)}, e.g. 'data:2,fsdp:2'")
-        sizes[axis] = int(size)
-    others = int(np.prod([v for k, v in sizes.items() if k != DATA_AXIS]))
-    if DATA_AXIS not in sizes and num_devices % others == 0:
-        sizes[DATA_AXIS] = num_devices // others
-    sizes = {axis: sizes.get(axis, 1) for axis in MESH_AXES}
-    if int(np.prod(list(sizes.values()))) != num_devices:
-        raise ConfigValueError(f"config.mesh={text!r} needs {int(np.prod(list(sizes.values())))} devices, but "
-                               f"this run has {num_devices}: make the sizes multiply to {num_devices}")
-    return sizes
-
-
-def make_mesh(text: str | None = None) -> Mesh:
-    """The ('data', 'fsdp') mesh over all global devices that `config.mesh` names.
-
-    `jax.make_mesh` orders the devices for the platform's topology (on CPU: `jax.devices()`
-    order; on GPU: by device id). Both axes are `AxisType.Auto` (jax's default is Explicit now):
-    lab places arrays with explicit `NamedSharding`s and leaves the rest to XLA's propagation.
-    The batch is split over the mesh's devices in their flat order, and each process's data
-    pipeline reads one contiguous block of it, in process order; a topology order that would
-    interleave the processes' devices (possible on TPU slices) is replaced by `jax.devices()`
-    order, which keeps every process's block whole.
-    """
-    sizes = tuple(parse_mesh(text, jax.device_count()).values())
-    mesh = jax.make_mesh(sizes, MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
-    if jax.process_count() > 1 and not _process_blocks(mesh.devices.flat):
-        mesh = Mesh(np.array(jax.devices()).reshape(sizes), MESH_AXES,
-                    axis_types=(AxisType.Auto,) * len(MESH_AXES))
-    return mesh
-
-
-def _process_blocks(devices) -> bool:
-    """Whether `devices`, in order, hold each process's devices as one block, in process order."""
-    processes = [d.process_index for d in devices]
-    return processes == sorted(processes)
-
-
-def fsdp_spec(shape: tuple[int, ...], fsdp_size: int, min_size: int = FSDP_MIN_SIZE) -> P:
-    """The default FSDP placement of a leaf of `shape`: its largest dimension divisible by
-    `fsdp_size` split along 'fsdp' when the leaf has at least `min_size` elements; else
-    replicated (P())."""
-    if fsdp_size == 1 or int(np.prod(shape, dtype=np.int64)) < min_size:
-        return P()
-    for dim in sorted(range(len(shape)), key=lambda d: -shape[d]):
-        if shape[dim] % fsdp_size == 0:
-            return P(*[FSDP_AXIS if d == dim else None for d in range(len(shape))])
-    return P()
-
-
-def shardings_from_rules(abstract: PyTree, mesh: Mesh, rules: PartitionRules) -> PyTree:
-    """A `NamedSharding` per leaf of `abstract`: the first rule whose regex matches the leaf's
-    key path (`jax.tree_util.keystr`, e.g. ".params['Dense_0']['kernel']"), else `fsdp_spec`
-    (replicated on a mesh without an 'fsdp' axis or with 'fsdp' of size 1).
-
-    Rules match optimizer moments too (their paths end in the parameter's path), and the
-    default depends only on the shape, so Adam's `mu` and `nu` are split like the parameter
-    they belong to.
-    Raises ConfigValueError when a rule splits a dimension the mesh's axis does not divide.
-    """
-    fsdp_size = dict(mesh.shape).get(FSDP_AXIS, 1)
-
-    def sharding(path, leaf):
-        name = jax.tree_util.keystr(path)
-        for pattern, spec in rules:
-            if re.search(pattern, name):
-                if len(spec) > len(leaf.shape):
-                    raise ValueError(f"partition rule {pattern!r} gives {spec} to {name} of shape {leaf.shape}")
-                for dim, axes in zip(leaf.shape, spec):
-                    size = int(np.prod([mesh.shape[a] for a in np.atleast_1d(axes) if a is not None]))
-                    if axes is not None and dim % size:
-                        raise ConfigValueError(
-                            f"config.mesh {dict(mesh.shape)} splits {name} (shape {tuple(leaf.shape)}) "
-                            f"{size} ways along {axes!r}, which does not divide {dim}: choose sizes that divide it")
-                return NamedSharding(mesh, spec)
-        return NamedSharding(mesh, fsdp_spec(tuple(leaf.shape), fsdp_size))
-
-    return jax.tree_util.tree_map_with_path(sharding, abstract)
-
-
 # Functions compiled once (init): on CPU, compiling random initialisers (threefry, truncated
 # normals) with LLVM's expensive passes costs seconds, and a function run once gains nothing by them.
 _FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
@@ -330,9 +229,10 @@ class MeshParallel(_Strategy):
     name = "jit"
     engine = GLOBAL_ARRAYS  # arrays are global: no collective for a family or lab to write
 
-    def state_shardings(self, abstract_state: PyTree, rules: PartitionRules) -> PyTree:
-        """The sharding of every state leaf (replicated unless a rule says otherwise)."""
-        return shardings_from_rules(abstract_state, self.mesh, rules)
+    def state_shardings(self, abstract_state: PyTree, variables: PyTree = None) -> PyTree:
+        """The sharding of every state leaf (`shardings_from_declarations`): `variables` is the
+        task's boxed init (`jax.eval_shape(task.init, rng)`), whose declarations place it."""
+        return shardings_from_declarations(abstract_state, self.mesh, variables)
 
     @property
     def gather_for_compute(self) -> Callable[[PyTree], PyTree] | None:
@@ -386,14 +286,14 @@ class PmapParallel(_Strategy):
         self.devices = jax.local_devices()
         self.num_local = len(self.devices)
 
-    def state_shardings(self, abstract_state: PyTree, rules: PartitionRules) -> PyTree:
-        """Every leaf replicated; refused if a rule would split one on this mesh (rules that name
-        'fsdp' on a mesh with fsdp 1 replicate, so a Transformer runs under pmap)."""
-        split = [s for s in jax.tree.leaves(shardings_from_rules(abstract_state, self.mesh, rules))
+    def state_shardings(self, abstract_state: PyTree, variables: PyTree = None) -> PyTree:
+        """Every leaf replicated; refused if a declaration would split one on this mesh (one that
+        names 'fsdp' on a mesh with fsdp 1 replicates, so a Transformer runs under pmap)."""
+        split = [s for s in jax.tree.leaves(shardings_from_declarations(abstract_state, self.mesh, variables))
                  if not s.is_fully_replicated]
         if split:
-            raise ConfigValueError("config.parallel='pmap' replicates every parameter, but this model's partition "
-                                   "rules split some on this mesh: use config.parallel='jit'")
+            raise ConfigValueError("config.parallel='pmap' replicates every parameter, but this model declares "
+                                   "some split on this mesh: use config.parallel='jit'")
         return jax.tree.map(lambda _: self.replicated, abstract_state)
 
     def init_state(self, init_fn: Callable, rng: jax.Array, shardings: PyTree) -> PyTree:

@@ -175,13 +175,10 @@ class Task:
 
     Attributes:
       count_unit: what the sums' `count` counts, for throughput: 'examples' or 'tokens'.
-      partition_rules: ((regex, PartitionSpec), ...) for sharded parameters (see
-        `parallel.shardings_from_rules`); empty: every parameter replicated.
       curves: the metrics `curves.png` plots over steps, one panel each (train and eval splits).
     """
 
     count_unit: str = "examples"
-    partition_rules: parallel.PartitionRules = ()
     curves: tuple[str, ...] = ("loss", "accuracy")
 
     def init(self, rng: jax.Array) -> dict:

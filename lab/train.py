@@ -35,6 +35,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -188,10 +189,12 @@ def _headline(metrics: dict) -> dict[str, float]:
 
 def init_state_fn(task: Task, optimizers, ema_decay: float = 0.0) -> Callable[[jax.Array], TrainState]:
     """`rng -> TrainState`: the task's fresh variables and every optimizer's initial state (and,
-    with `ema_decay` > 0, the parameters' moving average at zeros in `extra['ema']`)."""
+    with `ema_decay` > 0, the parameters' moving average at zeros in `extra['ema']`). Variables
+    a model boxes with their placement (`nn.with_logical_partitioning`) are unboxed: the state
+    holds plain arrays; `strategy.state_shardings` reads the boxes from `task.init`."""
 
     def init_state(rng):
-        variables = dict(task.init(rng))
+        variables = dict(nn.unbox(task.init(rng)))
         params = variables.pop("params")
         if isinstance(optimizers, Mapping):
             missing = sorted(set(optimizers) - set(params))
@@ -252,7 +255,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     # The model is part of the run: a changed one never resumes from, or reports, the old one.
     distributed.agree("the model check", lambda: ckpt_lib.check_param_tree(workdir, abstract.params,
                                                                             allow_config_change))
-    shardings = strategy.state_shardings(abstract, task.partition_rules)
+    shardings = strategy.state_shardings(abstract, jax.eval_shape(task.init, init_key))
 
     checkpointer = ckpt_lib.Checkpointer(os.path.join(workdir, "checkpoints"),
                                          config.checkpoint_every_steps, config.max_checkpoints_to_keep)

@@ -1,6 +1,7 @@
 """lab.compress (int8 quantization), lab.optim.prune (magnitude pruning, alone and through lab.optim's
 `optimizer.prune` block on the loop), lab.tasks.distill on the loop; small MLPs on digits."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -223,16 +224,15 @@ def test_distillation_takes_several_heads_and_extra_inputs():
     alpha 1; the train-window summary names each head's soft and hard terms."""
     from experiments.transformer_classifier import __main__ as tc
     from experiments.transformer_classifier.config import get_config as classifier_config
-    from lab.models import transformer
 
     config = classifier_config("tiny")
     model, tokenizer, ids, _ = tc.build_model(config)
     arrays = tc.load_split(config, "test", tokenizer, ids)
     batch = {k: v[:8] for k, v in arrays.items()}
     example = {k: batch[k][:1] for k in ("inputs", "token_mask")}
-    heads = dict(label_keys=tc.LABELS, extra_input_keys=("token_mask",), partition_rules=transformer.PARTITION_RULES)
+    heads = dict(label_keys=tc.LABELS, extra_input_keys=("token_mask",))
     plain = ClassificationTask(model, example, **heads)
-    params = plain.init(jax.random.key(0))["params"]
+    params = nn.unbox(plain.init(jax.random.key(0)))["params"]
 
     def teacher_apply(p, inputs, token_mask):
         return model.apply({"params": p}, inputs, token_mask, train=False)

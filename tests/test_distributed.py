@@ -114,7 +114,7 @@ task = CausalLMTask(gpt_config(config.model, 65))
 init = train.init_state_fn(task, optim.make_optimizers(config, config.num_train_steps))
 strategy = parallel.make_parallel("jit", "fsdp:4")
 abstract = jax.eval_shape(init, jax.random.key(0))
-state = strategy.init_state(init, jax.random.key(0), strategy.state_shardings(abstract, task.partition_rules))
+state = strategy.init_state(init, jax.random.key(0), strategy.state_shardings(abstract, jax.eval_shape(task.init, jax.random.key(0))))
 shard = lambda x: list(x.addressable_shards[0].data.shape)
 print(json.dumps({"qkv": shard(state.params["block_0"]["attn"]["qkv"]["kernel"]),
                   "qkv_mu": shard(state.opt_state[1][0].mu["block_0"]["attn"]["qkv"]["kernel"]),
@@ -276,21 +276,22 @@ def test_launcher_usage_errors(argv, message):
 
 
 def test_mesh_flags_and_pmap_with_processes_are_checked_up_front():
-    from lab import configs, parallel
+    from lab import configs, sharding
+    from jax.sharding import PartitionSpec as P
     from lab.errors import ConfigValueError
     from tests.test_train import small_config
 
-    assert parallel.parse_mesh("", 4) == {"data": 4, "fsdp": 1}
-    assert parallel.parse_mesh("fsdp:4", 8) == {"data": 2, "fsdp": 4}
-    assert parallel.parse_mesh("data:2, fsdp:2", 4) == {"data": 2, "fsdp": 2}
+    assert sharding.parse_mesh("", 4) == {"data": 4, "fsdp": 1}
+    assert sharding.parse_mesh("fsdp:4", 8) == {"data": 2, "fsdp": 4}
+    assert sharding.parse_mesh("data:2, fsdp:2", 4) == {"data": 2, "fsdp": 2}
     for bad in ("data:2,fsdp:3", "fsdp:3", "data:0", "tensor:2", "data:2,data:2"):
         with pytest.raises(ConfigValueError, match="config.mesh"):
-            parallel.parse_mesh(bad, 4)
+            sharding.parse_mesh(bad, 4)
     with pytest.raises(ConfigValueError, match="pmap"):
         configs.validate(small_config(parallel="pmap"), 4, None, num_processes=2)
     configs.validate(small_config(parallel="jit", mesh="data:2,fsdp:2"), 4, None, num_processes=2)
     # The default FSDP placement: big leaves split along their largest divisible dimension.
-    assert parallel.fsdp_spec((512, 1024), 4) == parallel.P(None, "fsdp")
-    assert parallel.fsdp_spec((1024, 6), 4) == parallel.P("fsdp", None)
-    assert parallel.fsdp_spec((10, 10), 4) == parallel.P()  # small: replicated
-    assert parallel.fsdp_spec((4099, 7), 2) == parallel.P()  # nothing divides
+    assert sharding.fsdp_spec((512, 1024), 4) == P(None, "fsdp")
+    assert sharding.fsdp_spec((1024, 6), 4) == P("fsdp", None)
+    assert sharding.fsdp_spec((10, 10), 4) == P()  # small: replicated
+    assert sharding.fsdp_spec((4099, 7), 2) == P()  # nothing divides

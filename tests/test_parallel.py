@@ -72,7 +72,7 @@ import json, sys, jax
 from jax.sharding import PartitionSpec as P
 assert jax.device_count() == 4, jax.devices()
 import lab.data
-from lab import checkpoint, parallel, train
+from lab import checkpoint, parallel, sharding, train
 from lab.task import StepTools
 from lab import optim
 from tests import toys
@@ -81,21 +81,21 @@ out = sys.argv[1]
 
 # The mesh: jax.make_mesh's device order, Auto axes (jit propagates what lab does not place).
 from jax.sharding import AxisType
-mesh = parallel.make_mesh("data:2,fsdp:2")
-assert mesh == jax.make_mesh((2, 2), parallel.MESH_AXES, axis_types=(AxisType.Auto,) * 2), mesh
+mesh = sharding.make_mesh("data:2,fsdp:2")
+assert mesh == jax.make_mesh((2, 2), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 2), mesh
 assert mesh.axis_types == (AxisType.Auto,) * 2 and dict(mesh.shape) == {"data": 2, "fsdp": 2}
-assert list(parallel.make_mesh().devices.flat) == jax.devices()
+assert list(sharding.make_mesh().devices.flat) == jax.devices()
 
 # A sharded parameter: its shards are built where they live, trained, checkpointed, restored.
 config = small_config()
 arrays = {s: lab.data.load("digits", s) for s in ("train", "test")}
-task = toys.ShardedMLPTask(__import__("lab.models.mlp", fromlist=["MLP"]).MLP(features=(128, 64), num_classes=10),
-                           {"inputs": arrays["train"]["inputs"][:1]})
+from lab.tasks.classification import ClassificationTask
+task = ClassificationTask(toys.ShardedMLP(features=(128, 64), num_classes=10), {"inputs": arrays["train"]["inputs"][:1]})
 strategy = parallel.make_parallel("jit")
 init = train.init_state_fn(task, optim.make_optimizers(config, config.num_train_steps))
 key = jax.random.key(0)
 abstract = jax.eval_shape(init, key)
-shardings = strategy.state_shardings(abstract, task.partition_rules)
+shardings = strategy.state_shardings(abstract, jax.eval_shape(task.init, key))
 state = strategy.init_state(init, key, shardings)
 def describe(state):
     kernel = state.params["hidden_0"]["kernel"]
@@ -207,3 +207,58 @@ def test_step_tools_take_the_strategy_engine():
                      axis_name=parallel.DATA_AXIS)(s2)
     np.testing.assert_allclose(total["count"], [4, 4])
     np.testing.assert_allclose(total["grad_norm"], [2, 2])  # per-step norms averaged, not added
+
+
+def test_declared_placement_wins_over_the_size_default_and_moments_follow():
+    """A parameter boxed with its placement (`nn.with_logical_partitioning`, or mesh axes with
+    `nn.with_partitioning`) is placed so, and its optimizer moments (also a named optimizer's,
+    which sees one top-level entry) follow it; an undeclared leaf takes `fsdp_spec` (large: split,
+    small: replicated); a moment of another shape than its parameter's takes the default too.
+    Checked on an abstract mesh (no devices needed)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+    import optax
+    import pytest
+    from jax.sharding import AbstractMesh, AxisType, PartitionSpec as P
+
+    from lab import sharding
+    from lab.errors import ConfigValueError
+
+    class Net(nn.Module):
+        logical: tuple = ("mlp", "embed")
+
+        @nn.compact
+        def __call__(self, x):
+            lecun, zeros = nn.initializers.lecun_normal(), nn.initializers.zeros
+            x = nn.Dense(64, kernel_init=nn.with_logical_partitioning(lecun, self.logical), name="declared")(x)
+            x = nn.Dense(128, name="big")(x)  # 64 x 128: the size default splits its 128
+            return nn.Dense(8, bias_init=nn.with_partitioning(zeros, (None,)), name="small")(x)
+
+    def shardings(state, boxed, shape=(2, 4)):
+        mesh = AbstractMesh(shape, sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 2)
+        specs = sharding.shardings_from_declarations(state, mesh, boxed)
+        return jax.tree.map(lambda s: s.spec, specs)
+
+    boxed = jax.eval_shape(Net().init, jax.random.key(0), jnp.zeros((1, 128)))
+    params = nn.unbox(boxed)["params"]
+    state = {"params": params, "opt_state": optax.adam(1e-3).init(params),
+             "named": {"declared": optax.sgd(0.1, momentum=0.9).init(params["declared"])},
+             "factored": {"declared": {"kernel": jax.ShapeDtypeStruct((128,), jnp.float32)}}}
+    specs = shardings(state, boxed)
+    declared, default = P(None, "fsdp"), P("fsdp", None)  # the default splits the 128 of 128 x 64
+    assert specs["params"]["declared"]["kernel"] == declared
+    assert specs["opt_state"][0].mu["declared"]["kernel"] == specs["opt_state"][0].nu["declared"]["kernel"] == declared
+    assert specs["named"]["declared"][0].trace["kernel"] == declared
+    assert specs["factored"]["declared"]["kernel"] == P()  # (128,): not the parameter's shape; small
+    assert specs["params"]["big"]["kernel"] == specs["opt_state"][0].mu["big"]["kernel"] == P(None, "fsdp")
+    assert specs["params"]["small"]["kernel"] == specs["params"]["small"]["bias"] == P()
+    assert shardings(state, None)["params"]["declared"]["kernel"] == default  # nothing declared
+    assert shardings(state, boxed, (8, 1))["params"]["declared"]["kernel"] == declared  # fsdp 1: whole
+    with pytest.raises(ConfigValueError, match="does not divide"):
+        shardings(state, boxed, (1, 3))
+    unknown = jax.eval_shape(Net(logical=("mlp", "embed")).init, jax.random.key(0), jnp.zeros((1, 128)))
+    unknown["params"]["declared"]["kernel"] = nn.Partitioned(unknown["params"]["declared"]["kernel"].value,
+                                                             (None, "model"))
+    with pytest.raises(ValueError, match="does not have"):
+        shardings(state, unknown)

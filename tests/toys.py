@@ -7,9 +7,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from jax.sharding import PartitionSpec as P
 
 from lab import configs, metrics, train
+from lab.models.mlp import MLP
 from lab.task import Task
 from lab.tasks.classification import ClassificationTask
 
@@ -125,8 +125,18 @@ class BatchNormTask(ClassificationTask):
         return state, dict(sums, grad_norm=optax.tree.norm(grads))
 
 
-class ShardedMLPTask(ClassificationTask):
-    """The MLP classifier with its first kernel (and that kernel's optimizer moments) split over
-    the mesh's 'data' axis along its output features: FSDP-style parameter sharding."""
+class ShardedMLP(MLP):
+    """lab's MLP (the same parameters, the same numbers; no dropout) with its first kernel declared
+    split over the mesh's 'data' axis along its output features, at the parameter
+    (`nn.with_partitioning`, a mesh axis name): FSDP-style parameter sharding, which that kernel's
+    optimizer moments follow."""
 
-    partition_rules = ((r"\['hidden_0'\]\['kernel'\]", P(None, "data")),)
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = x.reshape((x.shape[0], -1))
+        for i, width in enumerate(self.features):
+            kernel_init = nn.initializers.lecun_normal()
+            if i == 0:
+                kernel_init = nn.with_partitioning(kernel_init, (None, "data"))
+            x = nn.relu(nn.Dense(width, kernel_init=kernel_init, name=f"hidden_{i}")(x))
+        return nn.Dense(self.num_classes, name="logits")(x)

@@ -53,7 +53,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.keep_best = ""  # e.g. 'test_accuracy': also keep the best eval's checkpoint, in workdir/best/
     c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
     c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
-    c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.parallel.parse_mesh); "": all on data
+    c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.sharding.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 64

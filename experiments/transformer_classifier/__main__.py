@@ -8,7 +8,7 @@ import numpy as np
 import lab.data
 from lab import configs, pipeline, train
 from lab.errors import ConfigValueError
-from lab.models import encoder, transformer
+from lab.models import encoder
 from lab.tasks import language_model
 from lab.tasks.classification import BinaryClassificationTask, ClassificationTask
 from lab.tasks.language_model import encoder_config
@@ -105,8 +105,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
     binary = config.get("task") == "comedy_tragedy"
     task = (BinaryClassificationTask if binary else ClassificationTask)(
-        model, example, label_keys=("tragedy",) if binary else LABELS, extra_input_keys=("token_mask",),
-        partition_rules=transformer.PARTITION_RULES)
+        model, example, label_keys=("tragedy",) if binary else LABELS, extra_input_keys=("token_mask",))
     data = train.epoch_data(train_arrays, {"test": test_arrays}, config,
                             class_names=None if binary else plays_info.get("class_names"))
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)

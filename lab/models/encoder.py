@@ -163,9 +163,11 @@ class EncoderClassifier(nn.Module):
             pooled_BxD = pool(hidden_BxLxD, mask_BxL, self.pooling,
                               self.param("head_pool_query", nn.initializers.zeros, (hidden_BxLxD.shape[-1],))
                               if self.pooling == "attention" else None)
-        h_BxF = nn.relu(nn.Dense(self.hidden, name="head_hidden")(pooled_BxD))
+        # The heads' biases are declared whole; their kernels take lab's size-based placement.
+        whole = transformer.declared(nn.initializers.zeros, *transformer.WHOLE)
+        h_BxF = nn.relu(nn.Dense(self.hidden, bias_init=whole, name="head_hidden")(pooled_BxD))
         h_BxF = nn.Dropout(self.head_dropout, deterministic=not train)(h_BxF)
-        return {label: nn.Dense(n, name=f"head_{label}")(h_BxF).astype(jnp.float32)
+        return {label: nn.Dense(n, bias_init=whole, name=f"head_{label}")(h_BxF).astype(jnp.float32)
                 for label, n in self.num_classes}
 
 

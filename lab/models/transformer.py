@@ -44,21 +44,28 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
-from jax.sharding import PartitionSpec as P
 
 Array = jax.Array
 
-# FSDP placement of every Transformer (GPT, Encoder, MaskedLM, EncoderClassifier) parameter, for
-# `lab.parallel.shardings_from_rules`: each kernel and embedding is split along its width (D)
-# dimension over the mesh's 'fsdp' axis, the one dimension every config makes divisible (the
-# vocabulary and max_len need not be); biases and LayerNorm vectors, D or 4D floats per layer,
-# stay replicated. Optimizer moments follow their parameter (their paths end in its path).
-PARTITION_RULES = (
-    (r"\['(qkv|out|fc)'\]\['kernel'\]$", P("fsdp", None)),  # DxD', split on the input width D
-    (r"\['proj'\]\['kernel'\]$", P(None, "fsdp")),  # FxD, split on the output width D
-    (r"\['(embedding|position)'\]$", P(None, "fsdp")),  # VxD token and LxD position embeddings
-    (r"\['(bias|scale)'\]$", P()),
-)
+# FSDP placement of every Transformer (GPT, Encoder, MaskedLM, EncoderClassifier) parameter,
+# declared where the parameter is defined, by logical axis names (`nn.with_logical_partitioning`;
+# `lab.sharding.LOGICAL_AXIS_RULES` maps them to the mesh): each kernel and embedding is split
+# along one width (D) dimension over the mesh's 'fsdp' axis, the one every config makes divisible
+# (the vocabulary and max_len need not be): EMBED, the residual stream, or, for attention's output
+# projection, HEADS, its input. Biases and LayerNorm vectors, D or 4D floats per layer, are
+# declared whole (None). Optimizer moments follow their parameter (lab.parallel).
+EMBED = "embed"  # D, the residual stream
+HEADS = "heads"  # D as H x K: the attention heads' outputs, joined
+QKV = "qkv"  # 3D: the fused q | k | v
+MLP = "mlp"  # F, the MLP's hidden width
+VOCAB = "vocab"  # V
+LENGTH = "length"  # T = max_len positions
+WHOLE = (None,)  # a vector never split
+
+
+def declared(init, *names):
+    """`init` with its parameter's logical axis names (one per dimension) attached."""
+    return nn.with_logical_partitioning(init, names)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -149,9 +156,10 @@ def _residual_init(config: TransformerConfig):
 
 
 def layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNorm:
-    """A LayerNorm with the config's epsilon, bias and dtype."""
-    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, use_bias=config.use_bias,
-                        dtype=config.dtype, name=name)
+    """A LayerNorm with the config's epsilon, bias and dtype (its vectors declared whole)."""
+    return nn.LayerNorm(epsilon=config.layer_norm_epsilon, use_bias=config.use_bias, dtype=config.dtype,
+                        scale_init=declared(nn.initializers.ones, *WHOLE),
+                        bias_init=declared(nn.initializers.zeros, *WHOLE), name=name)
 
 
 @jax.custom_vjp
@@ -192,11 +200,17 @@ def _low_precision_dot_general(lhs, rhs, dimension_numbers, precision=None, pref
     return y.reshape(lhs.shape[:-1] + y.shape[-1:])
 
 
-def dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT, use_bias=None) -> nn.Dense:
-    """A Dense layer computing in `config.dtype` (float32: flax's own; else `_low_precision_dot_general`)."""
+def dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT, use_bias=None,
+          kernel_axes: tuple | None = None) -> nn.Dense:
+    """A Dense layer computing in `config.dtype` (float32: flax's own; else `_low_precision_dot_general`).
+
+    kernel_axes: the kernel's logical axis names (in, out); None declares none (lab's size-based
+    default places it). The bias is declared whole.
+    """
     low_precision = jnp.dtype(config.dtype) != jnp.float32
     return nn.Dense(features, use_bias=config.use_bias if use_bias is None else use_bias, dtype=config.dtype,
-                    kernel_init=kernel_init, name=name,
+                    kernel_init=kernel_init if kernel_axes is None else declared(kernel_init, *kernel_axes),
+                    bias_init=declared(nn.initializers.zeros, *WHOLE), name=name,
                     dot_general=_low_precision_dot_general if low_precision else None)
 
 
@@ -230,8 +244,8 @@ class Embedder(nn.Module):
 
     def setup(self):
         c = self.config
-        self.token = nn.Embed(c.vocab_size, c.width, embedding_init=_INIT, dtype=c.dtype)
-        self.position = self.param("position", _INIT, (c.max_len, c.width))
+        self.token = nn.Embed(c.vocab_size, c.width, embedding_init=declared(_INIT, VOCAB, EMBED), dtype=c.dtype)
+        self.position = self.param("position", declared(_INIT, LENGTH, EMBED), (c.max_len, c.width))
 
     def __call__(self, tokens_BxL: Array, offset: Array | None = None) -> Array:
         """int tokens_BxL -> x_BxLxD at positions offset + [0, L) (offset None: static 0)."""
@@ -279,7 +293,7 @@ class Attention(nn.Module):
         """
         c = self.config
         b, length, _ = x_BxLxD.shape
-        qkv = dense(c, 3 * c.width, "qkv")
+        qkv = dense(c, 3 * c.width, "qkv", kernel_axes=(EMBED, QKV))
         qkv_BxLx3D = _rows(qkv, x_BxLxD)
         # Columns are [q | k | v], each ordered (head, head_dim): a split (whose gradient is a
         # concatenation) and free reshapes, no transpose.
@@ -298,7 +312,7 @@ class Attention(nn.Module):
             if not self.is_initializing():
                 key.value, value.value = k_BxTxHxK, v_BxTxHxK
         y_BxLxHxK = _attend(q_BxLxHxK, k_BxTxHxK, v_BxTxHxK, mask)
-        out = dense(c, c.width, "out", kernel_init=_residual_init(c))
+        out = dense(c, c.width, "out", kernel_init=_residual_init(c), kernel_axes=(HEADS, EMBED))
         return _rows(out, y_BxLxHxK.reshape(b, length, c.width))
 
 
@@ -311,9 +325,9 @@ class Mlp(nn.Module):
     def __call__(self, x_BxLxD: Array) -> Array:
         """x_BxLxD -> y_BxLxD."""
         c = self.config
-        h_BxLxF = _rows(dense(c, c.mlp_width, "fc"), x_BxLxD)
+        h_BxLxF = _rows(dense(c, c.mlp_width, "fc", kernel_axes=(EMBED, MLP)), x_BxLxD)
         h_BxLxF = nn.gelu(h_BxLxF, approximate=True)
-        proj = dense(c, c.width, "proj", kernel_init=_residual_init(c))
+        proj = dense(c, c.width, "proj", kernel_init=_residual_init(c), kernel_axes=(MLP, EMBED))
         return _rows(proj, h_BxLxF)
 
 

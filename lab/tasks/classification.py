@@ -162,8 +162,8 @@ class ClassificationTask(Task):
         head uses ('label',).
       extra_input_keys: further batch keys passed to the model as positional arguments after
         the inputs (e.g. 'token_mask' for the padding mask of token inputs).
-      partition_rules: the model's FSDP placement (e.g. `transformer.PARTITION_RULES`); by
-        default `lab.parallel.fsdp_spec` decides for every parameter.
+    A model declares where a parameter lives where it defines it (`nn.with_logical_partitioning`,
+    see `lab.sharding`); the loop places the others by size.
     The default update trains the parameters and carries the model's other state in
     `TrainState.extra`: a linen model's mutable collections (BatchNorm's 'batch_stats'), an NNX
     model's non-parameter variables (`extra['nnx_state']`). An NNX module brings its own initial
@@ -174,12 +174,9 @@ class ClassificationTask(Task):
     count_unit = "examples"
 
     def __init__(self, model: nn.Module | nnx.Module, example_inputs: dict[str, np.ndarray],
-                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = (),
-                 partition_rules=None):
+                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = ()):
         self.model = model
         self._model = _NNX(model) if isinstance(model, nnx.Module) else _Linen(model)
-        if partition_rules is not None:  # else the class's (a subclass may set its own)
-            self.partition_rules = tuple(partition_rules)
         self.example_inputs = example_inputs
         self.label_keys = tuple(label_keys)
         self.extra_input_keys = tuple(extra_input_keys)

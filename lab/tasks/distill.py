@@ -61,7 +61,7 @@ class DistillationTask(ClassificationTask):
       teacher_params: the trained teacher's parameters (e.g. `lab.checkpoint.load_params(dir)[0]`).
       temperature: T of the soft targets (> 0).
       alpha: weight of the soft term; 1 - alpha weights the labels' cross-entropy.
-      label_keys, extra_input_keys, partition_rules: as `ClassificationTask` (one term per head,
+      label_keys, extra_input_keys: as `ClassificationTask` (one term per head,
         summed into the loss).
     `init` returns `{'params': student, 'teacher': teacher_params}`, so the teacher rides in
     `TrainState.extra`; `update` reads it from there.
@@ -70,8 +70,8 @@ class DistillationTask(ClassificationTask):
     def __init__(self, model: nn.Module, example_inputs: dict[str, np.ndarray],
                  teacher_apply: Callable[..., Any], teacher_params: PyTree,
                  temperature: float = 4.0, alpha: float = 0.9, label_keys: tuple[str, ...] = ("label",),
-                 extra_input_keys: tuple[str, ...] = (), partition_rules=None):
-        super().__init__(model, example_inputs, label_keys, extra_input_keys, partition_rules)
+                 extra_input_keys: tuple[str, ...] = ()):
+        super().__init__(model, example_inputs, label_keys, extra_input_keys)
         if not temperature > 0 or not 0 <= alpha <= 1:
             raise ValueError(f"need temperature > 0 (got {temperature}) and alpha in [0, 1] (got {alpha})")
         self.teacher_apply = teacher_apply

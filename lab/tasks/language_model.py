@@ -157,7 +157,6 @@ class CausalLMTask(Task):
     """
 
     count_unit = "tokens"
-    partition_rules = transformer.PARTITION_RULES
 
     def __init__(self, config: transformer.TransformerConfig,
                  sample: Callable[[Any, int, jax.Array], str] | None = None, chars_per_token: float = 1.0):
@@ -210,7 +209,6 @@ class EncoderLMTask(Task):
     """
 
     count_unit = "tokens"
-    partition_rules = transformer.PARTITION_RULES
 
     def __init__(self, config: transformer.TransformerConfig, token_ids: encoder.TokenIds,
                  mask_rate: float = 0.15):

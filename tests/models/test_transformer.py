@@ -5,10 +5,12 @@ full recomputation, sampling, masking."""
 import dataclasses
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from lab.models import decoding as dec
 from lab.models import encoder as enc
@@ -23,8 +25,9 @@ LABELS = {"play": 37, "genre": 3}
 
 
 def _init(model, *args, seed=0):
-    """model.init(key, *args, train=False) under jit (one compile instead of op by op)."""
-    return jax.jit(lambda key, *a: model.init(key, *a, train=False))(jax.random.key(seed), *args)
+    """model.init(key, *args, train=False) under jit (one compile instead of op by op), unboxed
+    (plain arrays, as the loop holds them: the models box their parameters with their placement)."""
+    return jax.jit(lambda key, *a: nn.unbox(model.init(key, *a, train=False)))(jax.random.key(seed), *args)
 
 
 @functools.lru_cache(maxsize=None)
@@ -110,7 +113,7 @@ def test_gpt_param_count_matches_formula(gpt_params):
 
 def test_gpt_without_biases_has_only_kernels_embeddings_and_scales():
     cfg = dataclasses.replace(CFG, use_bias=False)
-    params = tfm.GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), train=False)["params"]
+    params = nn.unbox(tfm.GPT(cfg).init(jax.random.key(0), jnp.zeros((1, 4), jnp.int32), train=False))["params"]
     paths = ["/".join(str(getattr(k, "key", k)) for k in path)
              for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     assert not [p for p in paths if p.endswith("bias")]
@@ -121,7 +124,7 @@ def test_gpt_without_biases_has_only_kernels_embeddings_and_scales():
 def test_param_trees(gpt_params, mlm_params, clf_params):
     tokens, mask = _tokens(0), jnp.ones((B, L))
     encoder_tree = jax.eval_shape(
-        lambda: enc.Encoder(CFG).init(jax.random.key(0), tokens, mask, train=False))["params"]
+        lambda: nn.unbox(enc.Encoder(CFG).init(jax.random.key(0), tokens, mask, train=False)))["params"]
     encoder_tree = jax.tree.map(lambda s: (s.shape, s.dtype), encoder_tree)
     assert _tree_shapes(gpt_params) == encoder_tree
     assert _tree_shapes(mlm_params["encoder"]) == encoder_tree
@@ -129,6 +132,42 @@ def test_param_trees(gpt_params, mlm_params, clf_params):
     assert set(mlm_params) == {"encoder", "head_dense", "head_ln", "output_bias"}
     assert set(clf_params) == {"encoder", "head_hidden", "head_play", "head_genre"}
     assert set(gpt_params) == {"embed", "block_0", "block_1", "ln_f"}
+
+
+def test_models_declare_their_fsdp_placement_at_the_parameter():
+    """Each kernel and embedding carries its logical axis names (split on one width D over 'fsdp':
+    the input of qkv, out and fc, the output of proj and the embeddings); biases and LayerNorm
+    vectors are declared whole; the MLM's and the classifier's head kernels, the output bias and
+    the pooling query declare nothing (lab's size-based default places them). Unboxed, the same
+    tree as the loop's."""
+    from lab import sharding
+
+    cfg = dataclasses.replace(CFG, num_layers=1)
+    tokens, mask = _tokens(0), jnp.ones((B, L))
+    models = {"gpt": (tfm.GPT(cfg), (tokens,)), "mlm": (enc.MaskedLM(cfg), (tokens, mask)),
+              "clf": (enc.EncoderClassifier(cfg, LABELS, pooling="attention"), (tokens, mask))}
+    want = {("attn", "qkv", "kernel"): P("fsdp", None), ("attn", "out", "kernel"): P("fsdp", None),
+            ("mlp", "fc", "kernel"): P("fsdp", None), ("mlp", "proj", "kernel"): P(None, "fsdp"),
+            ("token", "embedding"): P(None, "fsdp"), ("embed", "position"): P(None, "fsdp")}
+    for name, (model, args) in models.items():
+        boxed = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, train=False))
+        declared = sharding.declared_specs(boxed)
+        leaves = jax.tree_util.tree_flatten_with_path(nn.unbox(boxed))[0]
+        undeclared = []
+        for path, leaf in leaves:
+            names = tuple(k.key for k in path)
+            if names not in declared:
+                undeclared.append(names[1:])
+                continue
+            shape, spec = declared[names]
+            assert shape == leaf.shape, names
+            expected = next((v for k, v in want.items() if names[-len(k):] == k), P())
+            assert spec == expected, (name, names, spec)
+            if spec != P():
+                assert names[-1] in ("kernel", "embedding", "position"), names
+        assert undeclared == {"gpt": [], "mlm": [("head_dense", "kernel"), ("output_bias",)],
+                              "clf": [("head_genre", "kernel"), ("head_hidden", "kernel"), ("head_play", "kernel"),
+                                      ("head_pool_query",)]}[name], (name, undeclared)
 
 
 def test_pretrained_mlm_encoder_loads_into_classifier(mlm_params, clf_params):

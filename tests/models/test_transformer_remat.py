@@ -3,6 +3,7 @@ as without it, and a smaller compiled train step."""
 
 import dataclasses
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -29,7 +30,7 @@ def _mask():
 
 
 def _init(model, *args):
-    return jax.jit(lambda key, *a: model.init(key, *a, train=False))(jax.random.key(0), *args)["params"]
+    return jax.jit(lambda key, *a: nn.unbox(model.init(key, *a, train=False)))(jax.random.key(0), *args)["params"]
 
 
 def _loss_and_grads(model, params, *args):
@@ -88,7 +89,7 @@ def test_remat_makes_the_compiled_train_step_smaller():
     cfg = tfm.TransformerConfig(vocab_size=65, num_layers=4, num_heads=4, width=128, max_len=128)
     tokens = _tokens(4, (16, cfg.max_len + 1), vocab=cfg.vocab_size)
     inputs, targets = tokens[:, :-1], tokens[:, 1:]
-    params = jax.eval_shape(lambda: tfm.GPT(cfg).init(jax.random.key(0), inputs, train=False)["params"])
+    params = jax.eval_shape(lambda: nn.unbox(tfm.GPT(cfg).init(jax.random.key(0), inputs, train=False))["params"])
 
     def temp_bytes(config):
         def loss(p):
