@@ -6,7 +6,8 @@ Runs each experiment through its normal entry point (the 2-process runs through 
 127.0.0.1, 4 simulated CPU devices in all), with the replicated mesh and with FSDP
 (`data:2,fsdp:2`), and reports, against the 1 x 1 run, the largest difference of every logged
 loss and of every final parameter, and the wall time of each run. Saves JSON (default
-`benchmarks/results/agreement.json`). The recipes: the MLP digits classifier as published (140
+`benchmarks/runs/<date>_<time>/agreement.json`; `--out=benchmarks/results/agreement.json` updates
+the committed one). The recipes: the MLP digits classifier as published (140
 steps, dropout off) and the default GPT recipe cut to 300 steps (dropout off, AdamW, warmup +
 cosine, evals with samples every 100 steps). Every run is a real training run: expect minutes.
 """
@@ -61,12 +62,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--experiments", default="mlp,lm")
     parser.add_argument("--workdir", default=os.path.join(ROOT, "runs", "agreement"))
-    parser.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "agreement.json"))
-    args = parser.parse_args()
     from benchmarks import common
+    common.add_out_flag(parser, "agreement.json")
+    args = parser.parse_args()
     from lab.checkpoint import load_params
 
-    report = {"cpu": common.cpu_info(), "rows": []}
+    out = common.out_path(args.out, "agreement.json")
+    report = {"cpu": common.print_header("agreement", out), "rows": []}
     for name in args.experiments.split(","):
         runs = {}
         for layout, (processes, devices, mesh) in LAYOUTS.items():
@@ -89,7 +91,7 @@ def main() -> None:
             report["rows"].append(row)
             print(f"{name:4s} {layout:9s} {seconds:6.1f} s  max |loss - 1x1| {row['max_loss_diff']:.2e} "
                   f"over {len(ours)}  max |param - 1x1| {param_diff:.2e}  {row['final_losses']}", flush=True)
-    common.save(report, args.out)
+    common.save(report, out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ Numerics (float32 and bfloat16 inputs, per config): max |lab - jax| of the outpu
 three gradients, whether they are bitwise equal, and each side's max error against a float64
 NumPy reference of the same (dtype-rounded) inputs.
 
-Prints a table and writes JSON (default `benchmarks/results/attention.json`) with the CPU model
+Prints a table and writes JSON (default `benchmarks/runs/<date>_<time>/attention.json`;
+`--out=benchmarks/results/attention.json` updates the committed one) with the CPU model
 and its vector extensions, the load average before, after each round and after, and every round.
 """
 
@@ -152,8 +153,9 @@ def main() -> None:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--reps", type=int, default=10, help="calls per measurement per round")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "attention.json"))
+    common.add_out_flag(parser, "attention.json")
     args = parser.parse_args()
+    out = common.out_path(args.out, "attention.json")
     dtypes = args.dtypes.split(",")
     for d in dtypes:
         if d not in DTYPES:
@@ -161,11 +163,10 @@ def main() -> None:
     shapes = {name: gpt_shapes(name) for name in args.configs.split(",")}
 
     load_before = os.getloadavg()
+    common.print_header("attention", out)
     info = cpu()
-    print(f"CPU {info.get('model_name', '?')} (family/model {info.get('family_model', '?')}; "
-          + ", ".join(f"{f}: {'yes' if info.get(f) else 'no'}"
-                      for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"))
-          + f"); load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
+    print("more CPU flags: " + ", ".join(f"{f} {'yes' if info.get(f) else 'no'}" for f in EXTRA_FLAGS)
+          + f"; load average {load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f}")
 
     # Compile everything first (compile seconds recorded), then time in alternating rounds.
     cases = []  # (config, dtype, pass, impl, compiled, args)
@@ -237,7 +238,7 @@ def main() -> None:
     common.save({"machine": common.machine(), "cpu": info, "rounds": args.rounds, "reps": args.reps,
                  "load_average_1_5_15min": {"before": load_before, "after": load_after},
                  "load_average_1min_after_rounds": loads, "implementation_none_is_xla": none_xla,
-                 "rows": rows, "numerics": accuracy}, args.out)
+                 "rows": rows, "numerics": accuracy}, out)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ Dense layers ask for); and the two backward forms of the latter, `g @ W.T` (the 
 and `x.T @ g` (the kernel gradient, contracting the rows of both operands). Each rate is the
 best of 3 timings of `--calls` calls in a row. On a CPU with AVX512_BF16 or AMX, a form that
 XLA:CPU upcasts to f32 runs at the f32 rate or below. Prints a table and writes JSON (default
-`benchmarks/results/bf16_matmul.json`).
+`benchmarks/runs/<date>_<time>/bf16_matmul.json`; `--out=benchmarks/results/bf16_matmul.json`
+updates the committed one).
 """
 
 from __future__ import annotations
@@ -57,22 +58,21 @@ def main() -> None:
     parser.add_argument("--shapes", default="2048x384x1536,2048x1536x384,768x128x512,2048x2048x2048",
                         help="comma-separated MxKxN")
     parser.add_argument("--calls", type=int, default=30)
-    parser.add_argument("--out", default="benchmarks/results/bf16_matmul.json")
+    common.add_out_flag(parser, "bf16_matmul.json")
     args = parser.parse_args()
     shapes = [tuple(int(d) for d in s.split("x")) for s in args.shapes.split(",")]
     if any(len(s) != 3 or min(s) < 1 for s in shapes):
         parser.error(f"--shapes={args.shapes!r}: give positive MxKxN triples, e.g. 2048x384x1536")
 
-    cpu = common.cpu_info()
-    print(f"CPU {cpu['model_name']} (family/model {cpu['family_model']}, AVX-512: "
-          f"{'yes' if cpu['avx512f'] else 'no'}, AVX512_BF16: {'yes' if cpu['avx512_bf16'] else 'no'})")
+    out = common.out_path(args.out, "bf16_matmul.json")
+    cpu = common.print_header("bf16_matmul", out)
     rows = []
     for m, k, n in shapes:
         for form in FORMS:
             gflops = rate(form, m, k, n, args.calls)
             rows.append({"shape": [m, k, n], "form": form, "gflops": gflops})
             print(f"{m}x{k} @ {k}x{n}  {form:22s} {gflops:7.1f} GFLOP/s")
-    common.save({"machine": common.machine(), "cpu": cpu, "calls": args.calls, "rows": rows}, args.out)
+    common.save({"machine": common.machine(), "cpu": cpu, "calls": args.calls, "rows": rows}, out)
 
 
 if __name__ == "__main__":

@@ -1,15 +1,70 @@
-"""What every benchmark records beside its numbers, and how it saves them."""
+"""What every benchmark records beside its numbers, and how it saves them.
+
+Where a result goes: a run without `--out` writes its JSON into a folder of its own,
+`benchmarks/runs/<date>_<time>/NAME.json` (ignored by git; `$LAB_BENCHMARK_RUNS` moves the
+`benchmarks/runs` part), so running a benchmark never overwrites the committed results in
+`benchmarks/results/`; `--out=benchmarks/results/NAME.json` updates one on purpose
+(`add_out_flag`, `out_path`). Every benchmark starts by printing its header (`print_header`: the
+CPU's model and the vector extensions XLA:CPU's kernels depend on, and where the JSON goes), and
+every saved JSON has the CPU under "cpu" (`save` adds it where a benchmark did not).
+"""
 
 import argparse
 import json
 import os
 import platform
 import sys
+import time
 from typing import Sequence
 
 import jax
 
 from lab.provenance import cpu_info  # noqa: F401  (the benchmarks call common.cpu_info)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+RESULTS_DIR = os.path.join(HERE, "results")  # the committed results: written only when --out names them
+RUNS_ENV = "LAB_BENCHMARK_RUNS"  # where runs without --out go (default benchmarks/runs)
+# cpu_info() key -> the name a header prints it under.
+CPU_FLAGS = (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512_BF16"), ("amx_bf16", "AMX"))
+_RUN_STAMP: list[str] = []  # this process's run folder name, fixed at its first use
+
+
+def run_dir() -> str:
+    """This process's run folder: `$LAB_BENCHMARK_RUNS` (default `benchmarks/runs`) /
+    `<YYYY-MM-DD_HHMMSS>` of the first call (one folder per process; created when a result is
+    saved)."""
+    if not _RUN_STAMP:
+        _RUN_STAMP.append(time.strftime("%Y-%m-%d_%H%M%S"))
+    return os.path.join(os.environ.get(RUNS_ENV) or os.path.join(HERE, "runs"), _RUN_STAMP[0])
+
+
+def add_out_flag(parser: argparse.ArgumentParser, name: str) -> None:
+    """Adds `--out` (default: none, i.e. `out_path`'s run folder) for the result file `name`."""
+    parser.add_argument("--out", default=None,
+                        help=f"the JSON to write (default: benchmarks/runs/<date>_<time>/{name}; "
+                             f"--out=benchmarks/results/{name} updates the committed result)")
+
+
+def out_path(out: str | None, name: str) -> str:
+    """Where a result goes: `out` when given, else `name` in this process's `run_dir()`."""
+    return out or os.path.join(run_dir(), name)
+
+
+def cpu_line(cpu: dict | None = None) -> str:
+    """'CPU <model> (family/model F/M; AVX2 yes, AVX-512 no, AVX512_BF16 no, AMX no), N logical
+    CPUs' for `cpu` (default: this machine's `cpu_info()`)."""
+    cpu = cpu_info() if cpu is None else cpu
+    flags = ", ".join(f"{label} {'yes' if cpu.get(key) else 'no'}" for key, label in CPU_FLAGS)
+    return (f"CPU {cpu.get('model_name') or 'unknown'} (family/model {cpu.get('family_model', '?')}; {flags}), "
+            f"{os.cpu_count()} logical CPUs")
+
+
+def print_header(name: str, out: str) -> dict:
+    """Prints the two lines every benchmark starts with: `benchmarks.NAME -> OUT` and `cpu_line()`;
+    returns `cpu_info()`."""
+    cpu = cpu_info()
+    print(f"benchmarks.{name} -> {out}\n{cpu_line(cpu)}", flush=True)
+    return cpu
 
 
 def machine() -> dict:
@@ -23,7 +78,8 @@ def against_torch_flags(doc: str, configs: Sequence[str], steps_help: str, out_n
     Python (None: no yardstick), its torch version).
 
     Flags: --steps, --rounds, --configs (comma-separated names of `configs`), --torch_python,
-    --torch_threads, --out (default `benchmarks/results/<out_name>`).
+    --torch_threads, --out (`add_out_flag`; `args.out` comes back resolved by `out_path`). Prints
+    the header (`print_header`) once the flags are read.
     """
     parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help=f"timed steps per round ({steps_help})")
@@ -33,12 +89,14 @@ def against_torch_flags(doc: str, configs: Sequence[str], steps_help: str, out_n
                         help="a Python with torch for the PyTorch yardstick; '' skips it")
     parser.add_argument("--torch_threads", type=int, default=0,
                         help="torch.set_num_threads for the yardstick; 0 (default): PyTorch's default")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", out_name))
+    add_out_flag(parser, out_name)
     args = parser.parse_args()
     chosen = args.configs.split(",")
     for name in chosen:
         if name not in configs:
             parser.error(f"unknown config {name!r}: use {', '.join(configs)}")
+    args.out = out_path(args.out, out_name)
+    print_header(os.path.splitext(out_name)[0], args.out)
     from benchmarks.transformer_lm import has_torch
 
     torch_version = has_torch(args.torch_python) if args.torch_python else None
@@ -82,11 +140,14 @@ def report_against_torch(rows: list[dict], peak: dict, load_before: tuple, torch
 
 
 def save(result: dict, path: str) -> None:
-    """Writes `result` as indented JSON to `path` (folders created) and says where."""
+    """Writes `result` as indented JSON to `path` (folders created) and says where; adds the CPU
+    (`cpu_info()`, under "cpu") where the result does not name it."""
+    result.setdefault("cpu", cpu_info())
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
-    print("wrote", path)
+    committed = os.path.dirname(os.path.abspath(path)) == RESULTS_DIR
+    print(f"wrote {path}" + (" (a committed result: review the change before committing it)" if committed else ""))
 
 
 def compiled_train_step(task, config, batches: list[dict]):

@@ -19,7 +19,8 @@ The families:
                head 128.
 Each row: test accuracy per head, parameter bytes, and the median latency of the jitted apply over
 many calls at batch 1 and 256 on CPU (params as arguments, as an exported model). Prints a table
-per family and writes JSON (default `benchmarks/results/compress.json`).
+per family and writes JSON (default `benchmarks/runs/<date>_<time>/compress.json`;
+`--out=benchmarks/results/compress.json` updates the committed one).
 """
 
 from __future__ import annotations
@@ -225,11 +226,13 @@ def main() -> None:
     parser.add_argument("--family", default="mlp,transformer", help=f"comma-separated: {', '.join(FAMILIES)}")
     parser.add_argument("--workdir", default="runs/compress_bench", help="runs are cached here")
     parser.add_argument("--calls", type=int, default=500, help="timed calls at batch 1 (a quarter at 256)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "compress.json"))
+    common.add_out_flag(parser, "compress.json")
     args = parser.parse_args()
     names = args.family.split(",")
     if unknown := [n for n in names if n not in FAMILIES]:
         parser.error(f"unknown --family {', '.join(unknown)}: use {', '.join(FAMILIES)}")
+    out = common.out_path(args.out, "compress.json")
+    common.print_header("compress", out)
     t_start = time.perf_counter()
     load_before = os.getloadavg()
     results = {}
@@ -246,7 +249,7 @@ def main() -> None:
                  "load_average_1_5_15min": {"before": load_before, "after": os.getloadavg()},
                  "seconds": time.perf_counter() - t_start,
                  "notes": "pruned params are stored dense (same bytes, same dense matmuls); "
-                          "int8 latency includes dequantizing inside the jitted call"}, args.out)
+                          "int8 latency includes dequantizing inside the jitted call"}, out)
 
 
 if __name__ == "__main__":

@@ -40,7 +40,8 @@ computed and discarded); vae against `vae`. Measurements alternate, lab then PyT
 `--rounds` rounds; each side reports the median of its round medians. Both sides' losses at their
 first step go to the JSON (`lab_initial_losses`, and `first_losses` per yardstick) as a check
 that they compute the same thing. Prints a table and writes JSON (default
-`benchmarks/results/generative.json`).
+`benchmarks/runs/<date>_<time>/generative.json`; `--out=benchmarks/results/generative.json`
+updates the committed one).
 """
 
 from __future__ import annotations

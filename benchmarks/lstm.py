@@ -26,7 +26,8 @@ Python loop over time with relu (the exact recipe) and with tanh. Pairings: fore
 the relu loop and nn.LSTM; forecast_tanh against nn.LSTM and the tanh loop; each chatbot against
 its recipe. Measurements alternate, lab then PyTorch, for `--rounds` rounds; each side reports the
 median of its round medians. Prints a table and writes JSON (default
-`benchmarks/results/lstm.json`).
+`benchmarks/runs/<date>_<time>/lstm.json`; `--out=benchmarks/results/lstm.json`
+updates the committed one).
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ Three ways to run the same math (784-128-64-10 MLP, SGD lr 0.001 momentum 0.9, b
 The three alternate, round by round (bare, scan, then each lab run), so a slow spell of a shared
 machine hits all of them; each rate is the median over rounds, each ratio the median of the
 rounds' own ratios, and every round's figures are kept in the JSON.
-Prints a table and writes JSON (default `benchmarks/results/mlp_classifier.json`).
+Prints a table and writes JSON (default `benchmarks/runs/<date>_<time>/mlp_classifier.json`;
+`--out=benchmarks/results/mlp_classifier.json` updates the committed one).
 """
 
 from __future__ import annotations
@@ -123,8 +124,10 @@ def main() -> None:
     parser.add_argument("--steps_per_call", default="1,10,100,600",
                         help="comma-separated K: one lab run per K; the first is the 'lab' row")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "mlp_classifier.json"))
+    common.add_out_flag(parser, "mlp_classifier.json")
     args = parser.parse_args()
+    out = common.out_path(args.out, "mlp_classifier.json")
+    common.print_header("mlp_classifier", out)
 
     train = lab.data.load(args.dataset, "train")
     x, y = train["inputs"], train["label"]
@@ -172,7 +175,7 @@ def main() -> None:
               f"(rounds: {ratios})  test accuracy {r['test_accuracy']:.4f}")
     print(f"lab (K={ks[0]}) / bare = {result['lab_over_bare']:.2f} (rounds: "
           f"{', '.join(f'{v:.2f}' for v in result['lab']['round_over_bare'])})")
-    common.save(result, args.out)
+    common.save(result, out)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """The yardstick for the GPT step: nanoGPT's shakespeare_char CPU recipe in eager PyTorch.
 
     python -m benchmarks.nanogpt_torch --recipes=NAME[,NAME...] [--steps=50] [--warmup=5] [--threads=0]
-                                       [--layers=4 --heads=4 --width=128 --block=64 --batch=12]
+                                       [--layers=4 --heads=4 --width=128 --block=64 --batch=12] [--device=cpu]
 
 Recipes (written for this benchmark to nanoGPT's recipe, not nanoGPT's own code; shapes default to
 experiments/transformer_lm's default config, and `benchmarks/transformer_lm.py` passes each
@@ -84,7 +84,7 @@ class GPT(nn.Module):
 
     def forward(self, tokens_BxL, targets_BxL):
         """Tokens and next tokens -> the mean cross-entropy."""
-        pos = torch.arange(tokens_BxL.shape[1])
+        pos = torch.arange(tokens_BxL.shape[1], device=tokens_BxL.device)
         x = self.token(tokens_BxL) + self.position(pos)
         for block in self.blocks:
             x = block(x)
@@ -97,7 +97,8 @@ def measure(recipe: str, args) -> dict:
     `args.warmup` untimed ones."""
     torch.manual_seed(0)
     block, batch = args.block, args.batch
-    model = GPT(args.layers, args.heads, args.width, block)
+    device = torch.device(args.device)
+    model = GPT(args.layers, args.heads, args.width, block).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
@@ -108,11 +109,11 @@ def measure(recipe: str, args) -> dict:
         ix = torch.randint(len(data) - block - 1, (batch,))
         x = torch.stack([torch.from_numpy(data[i:i + block].astype(np.int64)) for i in ix])
         y = torch.stack([torch.from_numpy(data[i + 1:i + 1 + block].astype(np.int64)) for i in ix])
-        return x, y
+        return x.to(device), y.to(device)
 
     def context():
         if recipe == "gpt_bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     times = []
@@ -127,7 +128,7 @@ def measure(recipe: str, args) -> dict:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
-        loss.item()  # nanoGPT reads the loss every log_interval=1 iteration on this recipe
+        loss.item()  # waits for the device; nanoGPT reads the loss every log_interval=1 iteration on this recipe
         times.append(time.perf_counter() - t)
     times = times[args.warmup:]
     median = float(np.median(times))
@@ -141,6 +142,7 @@ def main() -> None:
     # Defaults: experiments/transformer_lm's default config (the benchmark passes each config's).
     for name, default in (("layers", 4), ("heads", 4), ("width", 128), ("block", 64), ("batch", 12)):
         parser.add_argument(f"--{name}", type=int, default=default)
+    parser.add_argument("--device", default="cpu", help="torch device: cpu, or cuda on a GPU")
     torch_cli.run(parser, RECIPES, measure)
 
 

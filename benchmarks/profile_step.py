@@ -9,7 +9,8 @@ row and sums the trace's kernel events (XLA:CPU's thunks: library fusions `ynn_f
 `.N` suffix). Per kind: milliseconds per step, share of the kernel time, kernels per step. The
 kernel total against the step time shows how much of a step is the program's own work and how
 much dispatch and waiting. Run it under other XLA_FLAGS to see what a flag moves.
-Prints the table and writes JSON (default `benchmarks/results/profile_<model>.json`).
+Prints the table and writes JSON (default `benchmarks/runs/<date>_<time>/profile_<model>.json`;
+`--out=benchmarks/results/profile_<model>.json` updates a committed one).
 """
 
 from __future__ import annotations
@@ -54,8 +55,10 @@ def main() -> None:
     parser.add_argument("--model", default="lm_default", choices=MODELS)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--top", type=int, default=25)
-    parser.add_argument("--out", default=None)
+    common.add_out_flag(parser, "profile_<model>.json")
     args = parser.parse_args()
+    out = common.out_path(args.out, f"profile_{args.model}.json")
+    common.print_header("profile_step", out)
     from experiments.cli import ensure_malloc_env
 
     ensure_malloc_env()
@@ -92,7 +95,7 @@ def main() -> None:
           f"XLA_FLAGS={result['xla_flags']!r}")
     for r in rows[:args.top]:
         print(f"  {r['ms_per_step']:8.3f} ms {100 * r['share']:5.1f}% {r['per_step']:6.1f}/step  {r['kind']}")
-    common.save(result, args.out or os.path.join(os.path.dirname(__file__), "results", f"profile_{args.model}.json"))
+    common.save(result, out)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ that fit `--budget_gb`. Every FSDP layout is compiled three ways (`--activations
     the activations' sharding from the split kernels;
   * `pinned`: the propagated step with every block's output constrained to the batch sharding
     (`BatchShardedLMTask`, a diagnostic).
-Prints a table and writes JSON (default `benchmarks/results/scale_memory.json`).
+Prints a table and writes JSON (default `benchmarks/runs/<date>_<time>/scale_memory.json`;
+`--out=benchmarks/results/scale_memory.json` updates the committed one).
 
 The default flags make 30 compiles (nothing runs): expect minutes; the JSON records each
 compile's seconds and the peak RSS. Temporaries are XLA:CPU's: its scheduler, fusion and collectives (all-reduce +
@@ -320,7 +321,9 @@ def main() -> None:
     parser.add_argument("--num_layers", type=int, default=0, help="override every config's depth (0: keep)")
     parser.add_argument("--fast_compile", action="store_true", help="skip XLA:CPU's expensive LLVM passes")
     parser.add_argument("--budget_gb", type=float, default=80.0, help="device memory for the fit column (1e9 B)")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "scale_memory.json"))
+    from benchmarks import common
+
+    common.add_out_flag(parser, "scale_memory.json")
     args = parser.parse_args()
     names = args.configs.split(",")
     for name in names:
@@ -332,8 +335,8 @@ def main() -> None:
         if b % DEVICES:
             parser.error(f"global batch {b} does not split over {DEVICES} devices")
 
-    from benchmarks import common
-
+    out = common.out_path(args.out, "scale_memory.json")
+    common.print_header("scale_memory", out)
     start = time.perf_counter()
     rows = []
     for name in names:
@@ -365,7 +368,7 @@ def main() -> None:
           f"{total:.0f} s in all; peak RSS {peak_rss_mb():.0f} MB")
     common.save({"rows": rows, "fit": fit, "cpu": cpu, "machine": common.machine(), "jax": jax.__version__,
                  "devices": DEVICES, "total_s": total, "peak_rss_mb": peak_rss_mb(),
-                 "command": " ".join(sys.argv)}, args.out)
+                 "command": " ".join(sys.argv)}, out)
 
 
 if __name__ == "__main__":

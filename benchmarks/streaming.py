@@ -25,7 +25,8 @@ End to end: steps/s of `python -m experiments.mlp_classifier --config=...:fashio
 digits config with `--dataset=digits`) for `--train_steps` steps with `--config.data_source=memory`
 and `=stream`, the median over its log intervals (compile and the final eval excluded) and the
 whole loop's; the two runs' test metrics must be identical. Prints a table and writes JSON
-(default `benchmarks/results/streaming.json`).
+(default `benchmarks/runs/<date>_<time>/streaming.json`; `--out=benchmarks/results/streaming.json`
+updates the committed one).
 """
 
 from __future__ import annotations
@@ -202,8 +203,10 @@ def main() -> None:
     parser.add_argument("--steps", default="50,10", help="timed batches per round, one per batch size")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train_steps", type=int, default=600, help="end-to-end run length; 0 skips it")
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "streaming.json"))
+    common.add_out_flag(parser, "streaming.json")
     args = parser.parse_args()
+    out = common.out_path(args.out, "streaming.json")
+    common.print_header("streaming", out)
 
     dataset = args.dataset
     try:
@@ -238,7 +241,7 @@ def main() -> None:
                   f"{r['loop_steps_per_sec']:.0f} over the loop, test accuracy {r['test_accuracy']:.4f}")
         print(f"stream / memory = {e2e['stream_over_memory_steady']:.2f}; identical results: "
               f"{e2e['identical_results']}")
-    common.save(result, args.out)
+    common.save(result, out)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,8 @@ default and wide against `gpt_f32`; default_bf16 and wide_bf16 against `gpt_bf16
 and loss under `torch.autocast("cpu", bfloat16)`, parameters and AdamW state float32).
 Measurements alternate, lab (both dtypes of a shape) then PyTorch, for `--rounds` rounds; each
 side reports the median of its round medians. Prints a table and writes JSON (default
-`benchmarks/results/transformer_lm.json`).
+`benchmarks/runs/<date>_<time>/transformer_lm.json`; `--out=benchmarks/results/transformer_lm.json`
+updates the committed one).
 On a CPU without AVX512_BF16 or AMX, PyTorch's bfloat16 step is emulated, many times slower
 than its float32 step (for `wide`, too slow to time), so leave `wide_bf16` out there
 (`--configs=default,wide,default_bf16`).

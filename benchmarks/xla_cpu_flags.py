@@ -18,7 +18,8 @@ Settings (SETTINGS below): the installed jaxlib's default, each library-fusion m
 synchronous CPU dispatch. Per measurement: compile seconds, the median step (each step waited
 for), the mean step of steps run in a row (how lab's loop runs them: it syncs only at log
 points).
-Prints a table and writes JSON (default `benchmarks/results/xla_cpu_flags.json`).
+Prints a table and writes JSON (default `benchmarks/runs/<date>_<time>/xla_cpu_flags.json`;
+`--out=benchmarks/results/xla_cpu_flags.json` updates the committed one).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per measurement")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results", "xla_cpu_flags.json"))
+    parser.add_argument("--out", default=None,
+                        help="the JSON to write (default: benchmarks/runs/<date>_<time>/xla_cpu_flags.json; "
+                             "--out=benchmarks/results/xla_cpu_flags.json updates the committed result)")
     args = parser.parse_args()
     models, settings = args.models.split(","), args.settings.split(",")
     for name in models:
@@ -123,6 +126,8 @@ def main() -> None:
     from benchmarks import common
     from benchmarks.transformer_lm import matmul_peak
 
+    out = common.out_path(args.out, "xla_cpu_flags.json")
+    common.print_header("xla_cpu_flags", out)
     loads_before = os.getloadavg()
     rounds = {(m, s): [] for m in models for s in settings}
     for r in range(args.rounds):
@@ -166,7 +171,7 @@ def main() -> None:
         print(f"{r['model']:10s} {r['setting']:24s} step {r['median_step_ms']:8.3f} ms "
               f"(x{r['over_baseline']:.3f}), in a row {r['in_a_row_step_ms']:8.3f} ms "
               f"(x{r['in_a_row_over_baseline']:.3f}), compile {r['compile_s']:.1f} s")
-    common.save(result, args.out)
+    common.save(result, out)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,21 @@
 """The command line of every experiment: flags -> config -> one call into lab.
 
-    python -m experiments.<name> --workdir=DIR [--config=FILE[:variant]] [--config.key=value ...]
+    python -m experiments.<name> --workdir=DIR [--config=NAME:VARIANT] [--config.key=value ...]
                                   [--allow_config_change]
                                   [--coordinator_address=HOST:PORT|auto --num_processes=N --process_id=I]
+    python -m experiments.<name> --help       (or -h: its variants, config keys and flags)
+    python -m experiments                     (the experiments, one line each)
+
+`--config` takes `NAME:VARIANT` (an experiment's config: `mlp_classifier:digits_tuned`), `:VARIANT`
+or just `VARIANT` (this experiment's), or a config file's path with an optional `:VARIANT`; a
+relative path that does not exist from the current folder is looked for beside the installed
+`experiments` package, so `experiments/<name>/config.py` works from any folder
+(`experiments.catalog.resolve_config_argument`).
+
+Paths in a config (`lab.configs.PATH_KEYS`: data_dir, init_from, features_run) are made absolute
+when the flags are parsed, so config.json records the folder a run used: one given on the command
+line is relative to the current folder; a config file's own value (`features_run = "cnn_fashion"`)
+names a run beside the workdir, in the folder that holds it, whatever the current folder is.
 
 Multi-process (multi-host) runs join JAX's runtime (`lab.distributed.initialize`) before anything
 touches a device; `python -m lab.launch` starts such a run on one machine.
@@ -36,6 +49,7 @@ from typing import Callable
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from experiments import catalog
 from lab.errors import EXIT_FAILURE, EXIT_USAGE  # 2: nothing ran; 1: stopped, finished checkpoints kept
 
 # glibc malloc settings for the whole process (they must be in the environment before it
@@ -167,7 +181,7 @@ def _usage_error(e: Exception) -> None:
         text = f"unknown config key {text.strip(chr(39) + chr(34))!r}"
     elif "Traceback" in text:  # an exception inside get_config(): keep its own last line
         text = text[text.rindex("Error: ") + len("Error: "):]
-    _fail(f"{text} (see --helpfull for the flags, and the config file for its keys)", EXIT_USAGE)
+    _fail(f"{text} (--help lists the variants, config keys and flags)", EXIT_USAGE)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -185,6 +199,69 @@ _USER_OS_ERRNOS = {errno.ENOSPC: "the disk is full: free space or use a --workdi
                    errno.EACCES: "no permission: use a --workdir you can write to",
                    errno.EPERM: "no permission: use a --workdir you can write to",
                    errno.EROFS: "the disk is read-only: use a --workdir on a writable disk"}
+
+
+HELP_FLAGS = ("-h", "--help", "-help", "-?", "--helpshort", "-helpshort")  # --helpfull stays absl's
+# The flags `run` defines besides --config, in the order --help lists them.
+RUN_FLAGS = ("workdir", "allow_config_change", "coordinator_address", "num_processes", "process_id",
+             "distributed_timeout")
+
+
+def resolve_config_flag(argv: list[str], own_config: str) -> tuple[str, str]:
+    """Rewrites every `--config` value in `argv`, in place, to the absolute `PATH[:VARIANT]` it
+    names (`catalog.resolve_config_argument`); returns the (path, variant) that applies, the last
+    one given, else `own_config` and its default ('')."""
+    chosen = f"{own_config}:"
+    for i, arg in enumerate(argv[1:], 1):
+        if arg == "--":
+            break
+        flag, equals, value = arg.partition("=")
+        if flag not in ("--config", "-config"):
+            continue
+        value_index = i if equals else i + 1  # `--config=VALUE` or `--config VALUE`
+        if value_index >= len(argv):
+            break
+        try:
+            chosen = catalog.resolve_config_argument(value if equals else argv[value_index], own_config)
+        except catalog.ConfigArgumentError as e:
+            _fail(str(e), EXIT_USAGE)
+        argv[value_index] = f"{flag}={chosen}" if equals else chosen
+    path, _, variant = chosen.partition(":")
+    return path, variant
+
+
+def print_help(path: str, variant: str, own_config: str) -> None:
+    """Prints the experiment's help (`catalog.experiment_help`) for the config file `path` and its
+    `variant`; a variant its `get_config` refuses is one `error:` line and EXIT_USAGE."""
+    try:
+        config = catalog.load_config(path, variant)
+    except ValueError as e:
+        experiment = os.path.basename(os.path.dirname(path))
+        _fail(f"{_first_line(e)} (python -m experiments.{experiment} --help lists its variants)", EXIT_USAGE)
+    flag_lines = []
+    for name in RUN_FLAGS:
+        flag = flags.FLAGS[name]
+        default = "" if flag.default in (None, False) else f" (default: {flag.default})"
+        flag_lines.append(f"  --{name}: {flag.help}{default}")
+    name = os.path.basename(os.path.dirname(own_config))
+    print(catalog.experiment_help(name, path, variant, config, flag_lines), flush=True)
+
+
+def absolute_paths(config, workdir: str, given: set[str]) -> None:
+    """Makes the relative paths of `config` absolute (see the module docstring): those of `given`
+    keys (typed on the command line) against the current folder, the config file's own against
+    the folder that holds `workdir`."""
+    from lab.configs import PATH_KEYS
+
+    beside_workdir = os.path.dirname(os.path.abspath(workdir))
+    for key in PATH_KEYS:
+        value = config.get(key)
+        if not isinstance(value, str) or not value:
+            continue
+        value = os.path.expanduser(value)
+        if not os.path.isabs(value):
+            value = os.path.abspath(value if key in given else os.path.join(beside_workdir, value))
+        setattr(config, key, value)
 
 
 def _validate_config(config, workdir: str, validate: Callable | None) -> None:
@@ -216,14 +293,9 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
       export_spec: `config -> lab.task.ExportSpec`, the serving function of a finished run; named
         in the run's `run.json`, where `lab.export` finds it.
     """
-    if malloc_tuning:
-        ensure_malloc_env()
+    own_config = os.path.abspath(default_config)
+    config_path, variant = resolve_config_flag(sys.argv, own_config)
     flags.DEFINE_string("workdir", None, "Directory of the run: config, metrics, checkpoints, results.")
-    try:  # config_flags already reads --config.* overrides from sys.argv here
-        config_flags.DEFINE_config_file(
-            "config", default_config, "Config file, optionally FILE:variant.", lock_config=True)
-    except _USAGE_ERRORS as e:
-        _usage_error(e)
     flags.DEFINE_bool("allow_config_change", False,
                       "Resume a workdir although it holds a run of a different config.")
     flags.DEFINE_string("coordinator_address", None,
@@ -233,6 +305,16 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
     flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 to num_processes - 1.")
     flags.DEFINE_float("distributed_timeout", 300.0,
                        "Multi-process run: seconds start-up and barriers wait for the other processes.")
+    if any(arg in HELP_FLAGS for arg in sys.argv[1:sys.argv.index("--") if "--" in sys.argv else None]):
+        print_help(config_path, variant, own_config)
+        sys.exit(0)
+    if malloc_tuning:
+        ensure_malloc_env()
+    try:  # config_flags already reads --config.* overrides from sys.argv here
+        config_flags.DEFINE_config_file(
+            "config", own_config, "Config: NAME:VARIANT, :VARIANT, or a file's path[:VARIANT].", lock_config=True)
+    except _USAGE_ERRORS as e:
+        _usage_error(e)
 
     def _main(argv):
         logging.set_verbosity(logging.WARNING)  # Orbax's INFO lines would drown the progress lines
@@ -247,6 +329,7 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         f = flags.FLAGS
         try:
             distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.distributed_timeout)
+            absolute_paths(f.config, f.workdir, set(f["config"].override_values))
             _validate_config(f.config, f.workdir, validate)
         except ConfigValueError as e:
             if os.environ.get("LAB_DEBUG"):

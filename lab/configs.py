@@ -53,6 +53,11 @@ ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": Fa
                       "keep_best_mode": "max", "profile_steps": ""}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
+# Keys that name a folder: where datasets are built, and other runs' workdirs a run reads. The
+# experiments' command line makes them absolute before a run starts, so config.json says which
+# folder; a saved relative one was relative to the folder its run started in, so a resume
+# compares them as absolute paths.
+PATH_KEYS = ("data_dir", "init_from", "features_run")
 
 
 def base_config(overrides: Any = None) -> ml_collections.ConfigDict:
@@ -241,8 +246,9 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
         if not isinstance(saved, dict):
             raise WorkdirConfigError(f"{path} is not a config (a JSON object): use a new --workdir, or pass "
                                      f"--allow_config_change to write this run's config over it")
-        old = flatten(saved)
-        flat = flatten(new)
+        old, flat = flatten(saved), flatten(new)
+        for side in (old, flat):
+            side.update({k: os.path.abspath(side[k]) for k in PATH_KEYS if isinstance(side.get(k), str) and side[k]})
         diff = sorted(k for k in set(old) | set(flat)
                       if old.get(k, ADDED_KEY_DEFAULTS.get(k)) != flat.get(k, ADDED_KEY_DEFAULTS.get(k))
                       and k not in RUN_CONTROL_KEYS

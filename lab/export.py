@@ -1,14 +1,23 @@
 """Export a trained run as a deployable artifact: `jax.export` StableHLO + parameters + a sidecar.
 
     python -m lab.export --workdir=DIR [--step=N] --out=PATH [--spec=MODULE:FUNCTION] [--quantize=int8]
+                         [--max_prompt_tokens=P] [--max_new_tokens=N]
 
 reads the run's config and checkpoint (the latest, or step N), builds its serving function (an
 `lab.task.ExportSpec`) and writes PATH/ as `lab.artifact` describes: the program lowered for CPU
 and CUDA with a symbolic batch dimension, the parameters as its first argument (an array file, no
 pickle; not constants folded into the program), and `model.json` with the input spec,
 preprocessing, label names or tokenizer, the source run, step and config, the jax version and the
-export serialization version. jax reads an export only within its compatibility window; the
-checkpoint stays the source of truth, and re-exporting is this one command.
+export serialization version, and the checksums of the program, the parameters and its own other
+entries (a server refuses an edited sidecar). jax reads an export only within its compatibility
+window; the checkpoint stays the source of truth, and re-exporting is this one command.
+
+A text generator's limits are set here: `--max_prompt_tokens` and `--max_new_tokens` (their sum
+must fit the model's positions, its block size; by default half of them each, or all the rest
+of the one given) are recorded in model.json as 'limits', and a server refuses a request beyond
+them. Its prompt length is padded to a few bucket sizes (model.json's 'buckets': powers of two
+from 16 up to the longest prompt, and the longest itself), the true length passed as one more
+program input, so a server compiles each bucket once at start-up and never on a request.
 
 Where the serving function comes from: `DIR/run.json` names a function `MODULE:FUNCTION` taking the
 run's config and returning its `ExportSpec` (every experiment's CLI writes it at the end of a run;
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import inspect
 import json
 import os
 import shutil
@@ -90,6 +100,33 @@ def load_spec_builder(name: str):
     return builder
 
 
+def generation_limits(max_len: int, max_prompt_tokens: int | None = None,
+                      max_new_tokens: int | None = None) -> tuple[int, int]:
+    """(max prompt tokens, max new tokens) of a generator with `max_len` positions: each given
+    one, or by default half the positions each (or all the rest of the one given).
+
+    Raises:
+      ConfigValueError: a limit < 1, or a sum over max_len (no sliding window in an export).
+    """
+    if max_prompt_tokens is None and max_new_tokens is None:
+        max_new_tokens = max_len // 2
+    if max_prompt_tokens is None:
+        max_prompt_tokens = max_len - max_new_tokens
+    if max_new_tokens is None:
+        max_new_tokens = max_len - max_prompt_tokens
+    if max_prompt_tokens < 1 or max_new_tokens < 1 or max_prompt_tokens + max_new_tokens > max_len:
+        raise ConfigValueError(f"--max_prompt_tokens={max_prompt_tokens} and --max_new_tokens={max_new_tokens}: "
+                               f"each must be >= 1 and together at most the model's {max_len} positions "
+                               f"(its block size)")
+    return max_prompt_tokens, max_new_tokens
+
+
+def length_buckets(longest: int) -> list[int]:
+    """The padded sizes of a length of 1..`longest`: powers of two from 16 below `longest`, and
+    `longest` (a short prompt costs a little padded prefill; each size is one compile at start-up)."""
+    return sorted({1 << k for k in range(4, longest.bit_length()) if 1 << k < longest} | {longest})
+
+
 def _specs(inputs: dict[str, dict], scope) -> dict[str, jax.ShapeDtypeStruct]:
     """Abstract inputs: named dimensions ('b', 'p') symbolic in one scope, numbers fixed."""
     def dims(shape):
@@ -145,6 +182,8 @@ def export(spec: ExportSpec, params, out: str, source: dict) -> dict:
     """
     scope = jax_export.SymbolicScope(list(spec.meta.get("constraints", ())))
     specs = _specs(spec.inputs, scope)
+    for bucket in spec.meta.get("buckets", {}).values():  # a padded dimension's true length
+        specs[bucket["length_input"]] = jax.ShapeDtypeStruct((), np.int32)
     param_specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), params)
     exported = jax_export.export(jax.jit(spec.fn), platforms=PLATFORMS)(param_specs, specs)
     out_avals = jax.tree.unflatten(exported.out_tree, exported.out_avals)
@@ -174,6 +213,8 @@ def export(spec: ExportSpec, params, out: str, source: dict) -> dict:
             "sha256": {name: artifact.sha256(os.path.join(staging, name))
                        for name in (artifact.PROGRAM, artifact.PARAMS)},
         }
+        meta = json.loads(json.dumps(meta))  # as a reader loads it (tuples as lists), then checksummed
+        meta["sha256"][artifact.SIDECAR] = artifact.sidecar_checksum(meta)
         with open(os.path.join(staging, artifact.SIDECAR), "w") as f:
             json.dump(meta, f, indent=2)
         old = None
@@ -201,15 +242,18 @@ def quantized(spec: ExportSpec, params) -> tuple[ExportSpec, Any]:
 
 
 def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec | str | None = None,
-               quantize: str = "none") -> dict:
+               quantize: str = "none", limits: dict[str, int | None] | None = None) -> dict:
     """Exports the run in `workdir` (checkpoint `step`, default the latest) to `out`; the sidecar.
 
     Args:
       spec: the serving function: an `ExportSpec` (e.g. `task.export_spec()`), a `MODULE:FUNCTION`
         building one from the run's config, or None for the one `run.json` names.
       quantize: 'int8' stores large weights as int8 (see `quantized`).
+      limits: a generator's {'max_prompt_tokens', 'max_new_tokens'} (None: its defaults), passed
+        to the `MODULE:FUNCTION` as keyword arguments.
     Raises:
-      LabError subclasses with one line: no run, no checkpoint, a run that names no export.
+      LabError subclasses with one line: no run, no checkpoint, a run that names no export, limits
+      for an export that takes none or limits it cannot fit.
     """
     workdir = os.path.abspath(workdir)
     config_path = os.path.join(workdir, "config.json")
@@ -233,8 +277,19 @@ def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec
     if not isinstance(raw, dict):
         raise ConfigValueError(f"{config_path} is not a config (a JSON object): the run's config is damaged")
     name = spec if isinstance(spec, str) else None
+    limits = {key: value for key, value in (limits or {}).items() if value is not None}
+    if name is None and limits:
+        raise ConfigValueError(f"--{next(iter(limits))}: limits apply to an export named MODULE:FUNCTION "
+                               f"(a text generator's), not to a given ExportSpec")
     if name is not None:
-        spec = load_spec_builder(name)(configs.from_dict(raw))
+        builder = load_spec_builder(name)
+        takes = inspect.signature(builder).parameters
+        for key in limits:
+            if key not in takes:
+                known = [f"--{k}" for k in ("max_prompt_tokens", "max_new_tokens") if k in takes]
+                raise ConfigValueError(f"--{key}: the export {name} takes no such limit ("
+                                       + (f"it takes {', '.join(known)})" if known else "it is not a text generator's)"))
+        spec = builder(configs.from_dict(raw), **limits)
     params, where = checkpoint.load_params(workdir, step)
     saved_step = int(os.path.basename(where))
     if quantize == "int8":
@@ -255,10 +310,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spec", default=None,
                         help="MODULE:FUNCTION building the run's ExportSpec from its config (default: run.json's)")
     parser.add_argument("--quantize", default="none", help="int8: large weights as int8 with per-channel scales")
+    parser.add_argument("--max_prompt_tokens", type=int, default=None,
+                        help="a text generator's longest prompt (default: half its block size, or what "
+                             "--max_new_tokens leaves)")
+    parser.add_argument("--max_new_tokens", type=int, default=None,
+                        help="the most tokens a text generator writes per request (default: the rest of its block size)")
     parser.error = lambda message: exit_with_error(f"{message} (see python -m lab.export --help)", 2)  # one line
     args = parser.parse_args(argv)
     try:
-        meta = export_run(args.workdir, args.out, args.step, args.spec, args.quantize)
+        meta = export_run(args.workdir, args.out, args.step, args.spec, args.quantize,
+                          {"max_prompt_tokens": args.max_prompt_tokens, "max_new_tokens": args.max_new_tokens})
     except (LabError, OSError) as e:
         if os.environ.get("LAB_DEBUG"):
             raise
@@ -266,7 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"exported {meta['source']['experiment'] or 'the run'} step {meta['source']['step']} to {os.path.abspath(args.out)} "
           f"({meta['params']['count']:,} parameters, {', '.join(meta['platforms'])}; inputs "
           + ", ".join(f"{k} {artifact.shape_text(v['shape'])} {v['dtype']}" for k, v in meta["inputs"].items())
-          + ")", flush=True)
+          + ")" + "".join(f"; {k} {v}" for k, v in meta.get("limits", {}).items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ from typing import Iterator, Protocol, runtime_checkable
 
 import numpy as np
 
+from lab.errors import ConfigValueError
+
 
 def _check_arrays(arrays: dict[str, np.ndarray]) -> int:
     sizes = {k: len(v) for k, v in arrays.items()}
@@ -86,9 +88,11 @@ class EpochBatcher:
         self.rows = as_rows(data)
         self.num_examples = len(self.rows)
         if batch_size > self.num_examples:
-            raise ValueError(f"batch_size {batch_size} exceeds the {self.num_examples} training examples")
+            raise ConfigValueError(f"config.batch_size={batch_size} exceeds the {self.num_examples} training examples: "
+                                   f"use a batch_size of at most {self.num_examples}")
         if batch_size % process_count:
-            raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+            raise ConfigValueError(f"config.batch_size={batch_size} is not divisible by the {process_count} processes: "
+                                   f"use a multiple of {process_count}")
         self.batch_size = batch_size
         self.seed = seed
         self.steps_per_epoch = self.num_examples // batch_size
@@ -170,15 +174,18 @@ class WindowBatcher:
     """Random contiguous windows of a token stream, for language modelling.
 
     Batch `step` holds `batch_size` windows starting at offsets drawn from
-    `default_rng([seed, step])`: `inputs` = tokens[o : o+L], `targets` = tokens[o+1 : o+L+1].
+    `default_rng([seed, step])`: `inputs` = tokens[o : o+L], `targets` = tokens[o+1 : o+L+1], for
+    every o from 0 to len - L - 1 (the last window ends at the stream's last token).
     """
 
     def __init__(self, tokens: np.ndarray, block_size: int, batch_size: int, seed: int,
                  process_index: int = 0, process_count: int = 1, inputs_only: bool = False):
-        if len(tokens) <= block_size + 1:
-            raise ValueError(f"token stream of {len(tokens)} is too short for block_size {block_size}")
+        if len(tokens) < block_size + 1:  # a window is block_size inputs and the next token
+            raise ConfigValueError(f"a token stream of {len(tokens)} tokens is too short for windows of {block_size} "
+                                   f"(+1 target): use a block size of at most {len(tokens) - 1}, or more text")
         if batch_size % process_count:
-            raise ValueError(f"batch_size {batch_size} is not divisible by {process_count} processes")
+            raise ConfigValueError(f"config.batch_size={batch_size} is not divisible by the {process_count} processes: "
+                                   f"use a multiple of {process_count}")
         self.tokens = tokens
         self.block_size = block_size
         self.batch_size = batch_size
@@ -194,7 +201,7 @@ class WindowBatcher:
     def batch(self, step: int) -> dict[str, np.ndarray]:
         """`inputs`, `targets` (unless inputs_only): int32 (B/processes, L)."""
         rng = np.random.default_rng([self.seed, step])
-        offsets = rng.integers(0, len(self.tokens) - self.block_size - 1, size=self.batch_size)
+        offsets = rng.integers(0, len(self.tokens) - self.block_size, size=self.batch_size)  # high is exclusive
         win = self.tokens[offsets[self._slice, None] + self._window].astype(np.int32)
         if self.inputs_only:
             return {"inputs": win[:, :-1]}

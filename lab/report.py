@@ -8,15 +8,22 @@ In a multi-process run every process computes what a hook draws (samples are jit
 process alone would leave the others waiting), and only process 0 writes: `save_image`,
 `save_figure` and `save_text` write on process 0 and do nothing on the others.
 
+Inside the loop's evaluation (`eval_outputs`), what a task's `on_eval` saves with a `tag` also
+goes to TensorBoard (images, figures, text) at that step, and `caption` names the run, the step
+and the eval metrics a picture shows.
+
 `table_reference` reads the `reference` block a config shows in its closing summary from the
 reference table (`experiments/reference_results.json`), so no published number lives in code.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import numpy as np
@@ -121,15 +128,29 @@ def _split_head(stem: str, heads: Sequence[str]) -> tuple[str, str | None]:
     return stem, None
 
 
+def _panel_keys(panel: str | Sequence[str]) -> tuple[str, ...]:
+    return (panel,) if isinstance(panel, str) else tuple(panel)
+
+
+def _curve_label(key: str) -> str:
+    """A metrics.jsonl key as a legend reads it: 'train/loss' -> ('train (running mean)', 'loss'),
+    'eval_val/loss' -> ('val (eval)', 'loss')."""
+    where, metric = key.split("/", 1)
+    return (f"{where[len('eval_'):]} (eval)" if where.startswith("eval_") else f"{where} (running mean)"), metric
+
+
 def plot_run(workdir: str, results: dict,
              class_names: Mapping[str, Sequence[str]] | None = None,
-             panels: Sequence[str] = ("loss", "accuracy")) -> list[str]:
+             panels: Sequence[str | Sequence[str]] = ("loss", "accuracy")) -> list[str]:
     """Writes a finished run's PNGs into `workdir`.
 
-    `curves.png`: one panel per metric of `panels` (by default loss and accuracy), each metric
-    per split over steps, from `metrics.jsonl`. One
+    `curves.png`: one panel per entry of `panels` (by default loss and accuracy), each metric
+    per split over steps, from `metrics.jsonl`, titled with the run's name (the workdir's) and
+    step; an entry that is a tuple of metric names draws them in one panel (labelled by the
+    first). One
     `<key>.png` per `<split>_confusion_matrix` or `<split>_<head>_confusion_matrix` key of
-    `results` (the unprefixed `confusion_matrix` copy is skipped).
+    `results` (the unprefixed `confusion_matrix` copy is skipped). Saved with a tight bounding
+    box: no title or label is cut off.
 
     Args:
       workdir: the run's directory.
@@ -146,19 +167,26 @@ def plot_run(workdir: str, results: dict,
     class_names = dict(class_names or {})
     written = []
     records = read_metrics(workdir)
-    panels = [(name, _curves(records, name)) for name in panels]
-    panels = [(n, c) for n, c in panels if c]
-    if panels:
-        fig = _figure(5.5 * len(panels), 4)
-        for ax, (name, curves) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-            for label, (xs, ys) in sorted(curves.items()):
-                ax.plot(xs, ys, label=label, marker="." if len(xs) < 30 else None)
+    drawn = []
+    for panel in panels:
+        names = _panel_keys(panel)
+        curves = {k: c for name in names for k, c in _curves(records, name).items()}
+        if curves:
+            drawn.append((names, curves))
+    if drawn:
+        fig = _figure(5.5 * len(drawn), 4.3)
+        for ax, (names, curves) in zip(fig.subplots(1, len(drawn), squeeze=False)[0], drawn):
+            for key, (xs, ys) in sorted(curves.items()):
+                where, metric = _curve_label(key)
+                ax.plot(xs, ys, label=where if len(names) == 1 else f"{where} {metric}",
+                        marker="." if len(xs) < 30 else None)
             ax.set_xlabel("step")
-            ax.set_ylabel(name)
+            ax.set_ylabel(names[0])
             ax.grid(alpha=0.3)
-            ax.legend()
+            ax.legend(fontsize=8)
+        fig.suptitle(f"{run_name(workdir)}: step {results.get('step', '?')}")
         path = os.path.join(workdir, "curves.png")
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         written.append(path)
 
     for key in sorted(k for k in results if k.endswith(_SUFFIX)):
@@ -169,15 +197,20 @@ def plot_run(workdir: str, results: dict,
                  + f": accuracy {accuracy:.4f} ({int(cm.sum())} examples)")
         fig = confusion_figure(cm, class_names.get(head or "label"), title)
         path = os.path.join(workdir, f"{key}.png")
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
         written.append(path)
     return written
 
 
+def run_name(workdir: str) -> str:
+    """The name a run goes by in pictures: its workdir's last component."""
+    return os.path.basename(os.path.normpath(os.path.abspath(workdir)))
+
+
 def image_grid(images: np.ndarray, cols: int, pad: int = 1, upscale: int = 1) -> np.ndarray:
-    """Tiles images (N, H, W[, C]) in [0, 1] into one (rows*(H+pad)+pad, cols*(W+pad)+pad[, C])
-    array on a blank (0: no ink) background, each image enlarged `upscale` times (nearest), so
-    small digits stay readable."""
+    """Tiles images (N, H, W[, C]) in [0, 1] into one (rows*(H*u+pad)+pad, cols*(W*u+pad)+pad[, C])
+    array (u = `upscale`) on a blank (0: no ink) background, each image enlarged `upscale` times
+    (nearest), so small digits stay readable."""
     images = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
     if images.ndim == 4 and images.shape[-1] == 1:
         images = images[..., 0]
@@ -192,41 +225,149 @@ def image_grid(images: np.ndarray, cols: int, pad: int = 1, upscale: int = 1) ->
     return grid
 
 
+@dataclass
+class EvalOutputs:
+    """One evaluation as its hooks see it (`eval_outputs`).
+
+    Attributes:
+      step: the step evaluated.
+      metrics: split -> that split's eval summary (name -> value), the headline split first.
+      sink: where tagged pictures and text also go, or None: an object with
+        `add_image(tag, image (H, W, 3) uint8, step)` and `add_text(tag, text, step)`
+        (`lab.logbook.MetricLogger`).
+    """
+
+    step: int
+    metrics: Mapping[str, Mapping[str, Any]]
+    sink: Any = None
+
+
+_CURRENT: EvalOutputs | None = None
+
+
+@contextlib.contextmanager
+def eval_outputs(step: int, metrics: Mapping[str, Mapping[str, Any]], sink: Any = None):
+    """The loop's evaluation at `step`, around a task's `on_eval`: `caption` reads `metrics`
+    (split -> summary), and `save_image` / `save_figure` / `save_text` given a `tag` also
+    send what they write to `sink` (see `EvalOutputs`)."""
+    global _CURRENT
+    previous, _CURRENT = _CURRENT, EvalOutputs(step, metrics, sink)
+    try:
+        yield _CURRENT
+    finally:
+        _CURRENT = previous
+
+
+def caption(workdir: str, step: int, keys: Sequence[str] = ()) -> str:
+    """'RUN | step S | SPLIT KEY VALUE, ...': the run's name, the step and, inside the loop's
+    evaluation of that step, the headline split's metrics named by `keys` (those it has)."""
+    parts = [run_name(workdir), f"step {step:,}"]
+    current = _CURRENT if _CURRENT is not None and _CURRENT.step == step else None
+    for split, summary in (current.metrics.items() if current is not None and keys else ()):
+        shown = [f"{k} {float(summary[k]):.4g}" for k in keys if k in summary and np.ndim(summary[k]) == 0]
+        if shown:
+            parts.append(f"{split} " + ", ".join(shown))
+            break
+    return " | ".join(parts)
+
+
+def _sink():
+    """(sink, step) of the evaluation under way, or (None, None)."""
+    if _CURRENT is None or _CURRENT.sink is None:
+        return None, None
+    return _CURRENT.sink, _CURRENT.step
+
+
+CAPTION_PX, LABEL_CHAR_PX = 26, 7  # the caption band's height; a row label's width per character
+
+
+def render_image(image: np.ndarray, caption: str = "", row_labels: Sequence[str] = ()) -> np.ndarray:
+    """An image as an (H', W', 3) uint8 RGB picture at its own pixels (no resampling): grey
+    (H, W) in [0, 1] as dark ink on white (1 - x, as the datasets store ink as high values),
+    (H, W, 3) as it is; with `caption`, a line of text above it; with `row_labels` (one per
+    row of a grid, top to bottom, rows of equal height), each row's label to its left.
+    H' = H (+ CAPTION_PX with a caption); W' = W (+ the labels' width), at least the caption's."""
+    image = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    rgb = np.repeat((1.0 - image)[..., None], 3, axis=-1) if image.ndim == 2 else image[..., :3]
+    pixels = np.round(rgb * 255).astype(np.uint8)
+    h, w = pixels.shape[:2]
+    top = CAPTION_PX if caption else 0
+    left = 12 + LABEL_CHAR_PX * max((len(s) for s in row_labels), default=0) if row_labels else 0
+    width = max(left + w, 16 + LABEL_CHAR_PX * len(caption))
+    height = top + h
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    if caption or row_labels:
+        fig = Figure(figsize=(width / 100, height / 100), dpi=100, facecolor="white")
+        FigureCanvasAgg(fig)
+        if caption:
+            fig.text(6 / width, 1 - (top / 2) / height, caption, fontsize=10, va="center", ha="left")
+        for i, label in enumerate(row_labels):
+            y = top + (i + 0.5) * h / len(row_labels)
+            fig.text((left - 6) / width, 1 - y / height, label, fontsize=9, va="center", ha="right")
+        fig.canvas.draw()
+        drawn = np.asarray(fig.canvas.buffer_rgba())[..., :3]
+        hh, ww = min(height, drawn.shape[0]), min(width, drawn.shape[1])
+        canvas[:hh, :ww] = drawn[:hh, :ww]
+    canvas[top:top + h, left:left + w] = pixels
+    return canvas
+
+
 def _writes(path: str) -> bool:
     """True on process 0 (after making `path`'s folder); False on every other process."""
-    import jax
-
     if jax.process_index() != 0:
         return False
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     return True
 
 
-def save_text(path: str, text: str) -> None:
-    """Writes `text` to `path` (process 0 only; its folder is made if needed)."""
+def save_text(path: str, text: str, tag: str | None = None) -> None:
+    """Writes `text` to `path` (process 0 only; its folder is made if needed); with `tag`,
+    inside the loop's evaluation, also to TensorBoard's text tab at the eval's step."""
     if _writes(path):
         with open(path, "w") as f:
             f.write(text)
+        sink, step = _sink()
+        if sink is not None and tag:
+            sink.add_text(tag, text, step)
 
 
-def save_figure(figure: Figure, path: str) -> None:
-    """Saves a Figure as a PNG at 100 dpi (process 0 only)."""
+def save_figure(figure: Figure, path: str, tag: str | None = None) -> None:
+    """Saves a Figure as a PNG at 100 dpi with a tight bounding box (no title cut off), process
+    0 only; with `tag`, inside the loop's evaluation, also as a TensorBoard image."""
     if _writes(path):
-        figure.savefig(path, dpi=100)
+        figure.savefig(path, dpi=100, bbox_inches="tight")
+        sink, step = _sink()
+        if sink is not None and tag:
+            sink.add_image(tag, read_png(path), step)
 
 
-def save_image(path: str, image: np.ndarray) -> None:
-    """Writes an (H, W) grey or (H, W, 3) array in [0, 1] as a PNG (dark ink on white: 1 - x for
-    grey, as the datasets store ink as high values). Process 0 only."""
+def read_png(path: str) -> np.ndarray:
+    """A PNG file as an (H, W, 3) uint8 RGB array (alpha dropped)."""
+    from matplotlib import image as mpimage
+
+    pixels = mpimage.imread(path)
+    if pixels.dtype != np.uint8:
+        pixels = np.round(np.clip(pixels, 0.0, 1.0) * 255).astype(np.uint8)
+    if pixels.ndim == 2:
+        pixels = np.repeat(pixels[..., None], 3, axis=-1)
+    return pixels[..., :3]
+
+
+def save_image(path: str, image: np.ndarray, caption: str = "", row_labels: Sequence[str] = (),
+               tag: str | None = None) -> None:
+    """Writes an (H, W) grey or (H, W, 3) array in [0, 1] as a PNG (`render_image`: grey as
+    dark ink on white, the caption above, row labels to the left; the caption is also the PNG's
+    Title). Process 0 only. With `tag`, inside the loop's evaluation, the same picture also
+    goes to TensorBoard at the eval's step."""
     from matplotlib import image as mpimage  # imsave draws no pyplot figure
 
     if not _writes(path):
         return
-    image = np.asarray(image)
-    if image.ndim == 2:
-        mpimage.imsave(path, 1.0 - image, cmap="gray", vmin=0.0, vmax=1.0)
-    else:
-        mpimage.imsave(path, np.clip(image, 0.0, 1.0))
+    picture = render_image(image, caption, row_labels)
+    mpimage.imsave(path, picture, metadata={"Title": caption} if caption else None)
+    sink, step = _sink()
+    if sink is not None and tag:
+        sink.add_image(tag, picture, step)
 
 
 def print_summary(config, results: dict, workdir: str, wall_seconds: float) -> None:

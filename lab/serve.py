@@ -11,16 +11,28 @@ Routes:
   POST /generate  a text generator (the GPT export) or a chatbot (the LSTM seq2seq export) takes
                   {"prompt": str, "max_tokens": int, "temperature": float (0: greedy), "top_k": int,
                   "seed": int}; answers {"prompt", "completion", "text"} (for a chatbot the
-                  completion is the reply). The same seed gives the same text.
-  GET  /healthz   {"status": "ok", ...} once the model is loaded.
-  GET  /metrics   Prometheus text: requests by route and status, latency and batch-size histograms,
-                  the model's name and step.
+                  completion is the reply). The same seed gives the same text. The longest prompt
+                  and the most new tokens are the limits set at export (GET /info has them).
+  GET  /healthz   503 {"status": "warming up", ...} while the model compiles its shapes, then
+                  {"status": "ok", ...}.
+  GET  /info      the model (name, step, task), its input and output specs, limits and shape buckets.
+  GET  /metrics   Prometheus text: responses by route and status (and status class), latency and
+                  batch-size histograms, compilations, readiness, the model's name and step.
   GET  /          a page to try the model (draw or upload a digit, type a speech, or a prompt).
 
-Requests that arrive together are run as one batch of up to --max_batch rows, waiting at most
---max_wait_ms for more (0 turns batching off: each request runs alone). A bad request (not JSON, a
-body over --max_body_kb, a wrong shape or type, a character outside the tokenizer's vocabulary, too
-many rows or tokens, a prompt too long) gets a 4xx with a one-line message and never stops the server. It binds to 127.0.0.1
+Start-up: the artifact is checked (an unusable one, a sidecar edited or disagreeing with the
+program, a busy port: one `error:` line and exit status 1), the port is bound, then every shape
+bucket the server can meet (batches padded to powers of two up to --max_batch, a GPT's prompt
+lengths padded to the export's few sizes) is compiled and run once, in the background: /healthz
+answers 503 until that is done, and no request compiles afterwards (`lab_xla_compilations` in
+/metrics stays put). Requests that arrive together are run as one batch of up to --max_batch
+rows, waiting at most --max_wait_ms for more (0 turns batching off: each request runs alone).
+
+A bad request (not JSON, nested too deeply, a body over --max_body_kb, a wrong shape, a string
+or a boolean where a number belongs, a character outside the tokenizer's vocabulary, too many
+rows, a prompt or a number of tokens beyond the limits, inputs whose outputs overflow) gets a 4xx
+with a one-line message and never stops the server; an unexpected error gets a 500 and its
+traceback in the server's log. Every response is counted in /metrics. It binds to 127.0.0.1
 unless told otherwise.
 
 Built on Starlette + uvicorn (a small, well-kept ASGI stack: async, so one worker gathers
@@ -32,28 +44,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import functools
+import gc
 import importlib.resources
-import json
 import re
+import socket
 import string
+import sys
+import threading
 import time
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
 from lab import artifact as artifact_lib
 from lab.errors import exit_with_error
+from lab.serve_requests import BadRequest, Predictor, parse_json
 
-MAX_ROWS_PER_REQUEST = 1024
-
-
-class BadRequest(Exception):
-    """A request the server refuses: (HTTP status, one-line message)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+ROUTES = ("/predict", "/generate", "/healthz", "/info", "/metrics", "/")
+_XLA_COMPILE_EVENT = "/jax/core/compile/backend_compile_duration"  # jax.monitoring: one per XLA compile (or cache load)
 
 
 @dataclass
@@ -63,148 +74,56 @@ class ServeOptions:
     max_body_bytes: int = 1 << 20
 
 
-class Predictor:
-    """Turns request JSON into the artifact's inputs and its outputs into predictions."""
+@functools.cache
+def xla_compilations() -> list[int]:
+    """[the number of XLA compilations in this process so far], counted from the first call on by
+    a jax.monitoring listener (registered once per process)."""
+    import jax
 
-    def __init__(self, model: artifact_lib.Artifact):
-        self.model = model
-        meta = model.meta
-        if meta.get("task") not in ("classifier", "generator", "chatbot"):
-            raise artifact_lib.ArtifactError(f"{model.path} is a {meta.get('task')!r} export; lab.serve serves "
-                                             f"classifiers, text generators and chatbots")
-        self.class_names = meta.get("class_names", {})
-        self.tokenizer = meta.get("tokenizer")
-        self.kind = meta["task"] if meta["task"] != "classifier" else "text" if self.tokenizer else "image"
-        if self.kind in ("generator", "chatbot"):
-            self.max_new_tokens = int(meta["max_new_tokens"])
-        if self.kind == "generator":  # the prompt and its continuation share the context
-            self.max_prompt = self.tokenizer["max_len"] - self.max_new_tokens
-        if self.kind == "chatbot":  # a longer prompt keeps its last characters, as in training
-            self.max_prompt = 100_000
-        if self.kind == "image":
-            (self.input_name, spec), = model.inputs.items()
-            self.row_shape = tuple(spec["shape"][1:])
+    count = [0]
 
-    def rows(self, body) -> dict[str, np.ndarray]:
-        """The request's rows as the artifact's inputs (each (n, ...)); raises BadRequest (422)."""
-        if not isinstance(body, dict):
-            raise BadRequest(422, 'the body must be a JSON object, e.g. {"inputs": [...]}')
-        if self.kind in ("generator", "chatbot"):
-            raise BadRequest(404, 'this model generates text: POST /generate {"prompt": ...}')
-        if self.kind == "text":
-            texts = body.get("text")
-            if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
-                raise BadRequest(422, 'give {"text": ["a speech", ...]}: a non-empty list of strings')
-            self._check_count(len(texts))
-            return self._encode(texts)
-        items = body.get("inputs")
-        if not isinstance(items, list) or not items:
-            raise BadRequest(422, f'give {{"inputs": [...]}}: a non-empty list of inputs, each of shape '
-                                  f'{list(self.row_shape)} (or flat, {int(np.prod(self.row_shape))} numbers)')
-        self._check_count(len(items))
+    def listen(event: str, duration: float, **kwargs) -> None:
+        if event == _XLA_COMPILE_EVENT:
+            count[0] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    return count
+
+
+class CountResponses:
+    """ASGI middleware: every HTTP response is recorded by `record(route, status, seconds)` (an
+    unknown path as route 'other'), a 404 or a 500 as much as a 200. An exception that escapes a
+    route is a bug: its traceback goes to stderr and the client gets a JSON 500."""
+
+    def __init__(self, app, record):
+        self.app, self.record = app, record
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        from starlette.responses import JSONResponse
+
+        start, statuses = time.perf_counter(), []
+
+        async def send_noting_status(message):
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            await send(message)
+
         try:
-            array = np.asarray(items, dtype=np.float32)
-        except (ValueError, TypeError):
-            raise BadRequest(422, f"inputs must be numbers, each input of shape {list(self.row_shape)} "
-                                  f"(or flat, {int(np.prod(self.row_shape))} numbers)") from None
-        if array.shape[1:] != self.row_shape:
-            if array.ndim == 2 and array.shape[1] == int(np.prod(self.row_shape)):
-                array = array.reshape((len(array),) + self.row_shape)
-            else:
-                raise BadRequest(422, f"each input must have shape {list(self.row_shape)} (or be flat, "
-                                      f"{int(np.prod(self.row_shape))} numbers); got {list(array.shape[1:])}")
-        try:
-            return self.model.check_inputs({self.input_name: array})
-        except artifact_lib.ArtifactInputError as e:
-            raise BadRequest(422, str(e)) from None
-
-    def generation(self, body) -> tuple[dict[str, np.ndarray], int]:
-        """A /generate request as the artifact's inputs and the number of tokens to return;
-        raises BadRequest (422) naming the bad field."""
-        if not isinstance(body, dict):
-            raise BadRequest(422, 'the body must be a JSON object, e.g. {"prompt": "ROMEO:", "max_tokens": 16}')
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt:
-            raise BadRequest(422, '"prompt" must be a non-empty string')
-        if len(prompt) > self.max_prompt:
-            raise BadRequest(422, f"the prompt has {len(prompt)} characters; this model takes at most {self.max_prompt}")
-        vocab = self.tokenizer["vocab"]
-
-        def number(key, default, kind, low, high):
-            value = body.get(key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)) \
-                    or not low <= value <= high:
-                raise BadRequest(422, f'"{key}" must be {"an integer" if kind is int else "a number"} in [{low}, {high}]')
-            return kind(value)
-
-        max_tokens = number("max_tokens", self.max_new_tokens, int, 1, self.max_new_tokens)
-        temperature = number("temperature", 0.8, float, 0.0, 100.0)
-        top_k = number("top_k", len(vocab), int, 1, len(vocab))
-        seed = number("seed", 0, int, 0, 2**32 - 1)
-        ids = self._ids(prompt, "the prompt")
-        sampling = {"seed": np.uint32(seed), "temperature": np.float32(temperature), "top_k": np.int32(top_k)}
-        if self.kind == "chatbot":
-            t = self.tokenizer
-            row = np.concatenate([ids[len(ids) - min(len(ids), t["max_src"] - 1):], [t["eos_id"]]])
-            src = np.full((1, t["max_src"]), t["pad_id"], np.int32)
-            src[0, :len(row)] = row
-            return {"src": src, "src_len": np.array([len(row)], np.int32), **sampling}, max_tokens
-        return {"prompt": ids[None], **sampling}, max_tokens
-
-    def completion(self, outputs: dict[str, np.ndarray], prompt_length: int, max_tokens: int) -> str:
-        """The new characters of the first row: a GPT's continuation, or a chatbot's reply up to
-        its EOS (special ids left out)."""
-        vocab = self.tokenizer["vocab"]
-        if self.kind == "chatbot":
-            tokens = outputs["tokens"][0][:min(int(outputs["lengths"][0]), max_tokens)]
-        else:
-            tokens = outputs["tokens"][0][prompt_length:prompt_length + max_tokens]
-        return "".join(vocab[i] for i in tokens if i < len(vocab))
-
-    def _ids(self, text: str, what: str) -> np.ndarray:
-        """`text` as ids into the tokenizer's vocabulary; BadRequest (422) naming unknown characters."""
-        index = {c: i for i, c in enumerate(self.tokenizer["vocab"])}
-        unknown = sorted({c for c in text if c not in index})
-        if unknown:
-            raise BadRequest(422, f"{what} has characters outside the model's vocabulary: {''.join(unknown)[:20]!r}")
-        return np.array([index[c] for c in text], np.int32)
-
-    def _check_count(self, n: int) -> None:
-        if n > MAX_ROWS_PER_REQUEST:
-            raise BadRequest(413, f"{n} inputs in one request; send at most {MAX_ROWS_PER_REQUEST}")
-
-    def _encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        length, pad = self.tokenizer["max_len"], self.tokenizer["pad_id"]
-        ids = np.full((len(texts), length), pad, np.int32)
-        mask = np.zeros((len(texts), length), np.int32)
-        for row, text in enumerate(texts):
-            if not text:
-                raise BadRequest(422, f"text {row} is empty")
-            codes = self._ids(text, f"text {row}")[:length]
-            ids[row, :len(codes)] = codes
-            mask[row, :len(codes)] = 1
-        return {"inputs": ids, "token_mask": mask}
-
-    def predictions(self, outputs: dict[str, np.ndarray]) -> list[dict]:
-        """Per row: for each head its label, probability and all probabilities."""
-        out = []
-        heads = {head: _softmax(logits) for head, logits in outputs.items()}
-        n = len(next(iter(heads.values())))
-        for i in range(n):
-            row = {}
-            for head, probs in heads.items():
-                names = self.class_names.get(head) or [str(j) for j in range(probs.shape[1])]
-                best = int(np.argmax(probs[i]))
-                row[head] = {"label": names[best], "probability": float(probs[i, best]),
-                             "probabilities": {name: round(float(p), 6) for name, p in zip(names, probs[i])}}
-            out.append(row)
-        return out
-
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
+            await self.app(scope, receive, send_noting_status)
+        except Exception:
+            print(f"error: {scope.get('method')} {scope.get('path')} raised:", file=sys.stderr, flush=True)
+            traceback.print_exc()
+            if not statuses:
+                await JSONResponse({"error": "internal error: the server logged its traceback"},
+                                   status_code=500)(scope, receive, send_noting_status)
+            else:  # the response had started: the client sees it cut short
+                statuses[:] = [500]
+        finally:
+            route = scope["path"] if scope["path"] in ROUTES else "other"
+            self.record(route, statuses[0] if statuses else 500, time.perf_counter() - start)
 
 
 class Batcher:
@@ -221,14 +140,17 @@ class Batcher:
         self._worker: asyncio.Task | None = None
 
     async def start(self) -> None:
+        """Starts the worker that runs the batches (on the running event loop)."""
         self.queue = asyncio.Queue()
         self._worker = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
+        """Stops the worker."""
         if self._worker:
             self._worker.cancel()
 
     async def submit(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's outputs for `rows` (each input (n, ...)), once its batch has run."""
         future = asyncio.get_running_loop().create_future()
         await self.queue.put((rows, future))
         return await future
@@ -276,41 +198,59 @@ def _rows(inputs: dict[str, np.ndarray]) -> int:
     return len(next(iter(inputs.values())))
 
 
-def build_app(model_path: str, options: ServeOptions | None = None):
-    """The Starlette app serving the artifact at `model_path` (raises ArtifactError if unusable)."""
+def build_app(model_path: str, options: ServeOptions | None = None, on_warm_up_failure=None):
+    """The Starlette app serving the artifact at `model_path` (raises ArtifactError if unusable).
+
+    Its start-up compiles every shape bucket in a background thread (/healthz: 503 until done);
+    `on_warm_up_failure(message)` is called if that fails (the traceback is printed first).
+    """
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
     from starlette.requests import Request
     from starlette.responses import HTMLResponse, JSONResponse, Response
     from starlette.routing import Route
 
     options = options or ServeOptions()
-    model = artifact_lib.Artifact(model_path)
+    model = artifact_lib.Artifact(model_path, max_batch=options.max_batch)
     predictor = Predictor(model)
+    generates = predictor.kind in ("generator", "chatbot")
+    warm_batches = [1] if generates else None  # /generate runs one prompt at a time
+    buckets = model.bucket_shapes(warm_batches)
+    compilations = xla_compilations()
+    warm = {"ready": False, "done": 0, "error": None}
+
     registry = CollectorRegistry()  # one per app: tests start several
-    requests = Counter("lab_requests", "HTTP requests by route and status", ["route", "status"], registry=registry)
+    requests = Counter("lab_requests", "HTTP responses by route and status", ["route", "status"], registry=registry)
+    responses = Counter("lab_responses", "HTTP responses by route and status class (2xx, 4xx, 5xx)",
+                        ["route", "status_class"], registry=registry)
     latency = Histogram("lab_request_seconds", "request latency by route", ["route"], registry=registry,
                         buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
     batch_sizes = Histogram("lab_batch_rows", "rows per model call", registry=registry,
                             buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024))
     info = Gauge("lab_model_info", "the served model", ["name", "step", "path"], registry=registry)
     info.labels(str(model.name), str(model.step), model.path).set(1)
+    Gauge("lab_ready", "1 once every shape bucket is compiled", registry=registry).set_function(
+        lambda: float(warm["ready"]))
+    Gauge("lab_model_compiles", "shape buckets the model has compiled (each once)", registry=registry).set_function(
+        lambda: model.compiles)
+    Gauge("lab_xla_compilations", "XLA compilations in the server process (jax.monitoring)",
+          registry=registry).set_function(lambda: compilations[0])
     batcher = Batcher(lambda inputs: model(**inputs), options, on_batch=batch_sizes.observe)
     model_id = {"name": model.name, "step": model.step}
 
-    def counted(route):
-        def wrap(handler):
-            async def endpoint(request: Request):
-                start = time.perf_counter()
-                try:
-                    response = await handler(request)
-                except BadRequest as e:
-                    response = JSONResponse({"error": str(e)}, status_code=e.status)
-                requests.labels(route, str(response.status_code)).inc()
-                latency.labels(route).observe(time.perf_counter() - start)
-                return response
-            return endpoint
-        return wrap
+    def record(route: str, status: int, seconds: float) -> None:
+        requests.labels(route, str(status)).inc()
+        responses.labels(route, f"{status // 100}xx").inc()
+        latency.labels(route).observe(seconds)
+
+    async def bad_request(request: Request, error: BadRequest):
+        return JSONResponse({"error": str(error)}, status_code=error.status)
+
+    def check_ready() -> None:
+        if not warm["ready"]:
+            raise BadRequest(503, f"warming up: compiled {warm['done']} of {len(buckets)} shapes; retry shortly"
+                             if not warm["error"] else f"the model failed to start: {warm['error']}")
 
     async def read_json(request: Request):
         declared = request.headers.get("content-length")
@@ -322,22 +262,19 @@ def build_app(model_path: str, options: ServeOptions | None = None):
             if len(body) > options.max_body_bytes:
                 raise BadRequest(413, f"the body is over {options.max_body_bytes // 1024} KB; send fewer inputs "
                                       f"per request")
-        try:
-            return json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise BadRequest(400, "the body is not JSON") from None
+        return parse_json(body)
 
-    @counted("/predict")
     async def predict(request: Request):
+        check_ready()
         rows = predictor.rows(await read_json(request))
         outputs = await batcher.submit(rows)
         return JSONResponse({"predictions": predictor.predictions(outputs), "model": model_id})
 
-    @counted("/generate")
     async def generate(request: Request):
         data = await read_json(request)
-        if predictor.kind not in ("generator", "chatbot"):
+        if not generates:
             raise BadRequest(404, "this model is a classifier: POST /predict")
+        check_ready()
         inputs, max_tokens = predictor.generation(data)
         outputs = await asyncio.to_thread(lambda: model(**inputs))
         prompt = data["prompt"]
@@ -345,26 +282,59 @@ def build_app(model_path: str, options: ServeOptions | None = None):
         return JSONResponse({"prompt": prompt, "completion": completion, "text": prompt + completion,
                              "model": model_id})
 
-    @counted("/healthz")
     async def healthz(request: Request):
-        return JSONResponse({"status": "ok", **model_id, "inputs": model.inputs})
+        if warm["ready"]:
+            return JSONResponse({"status": "ok", **model_id, "inputs": model.inputs})
+        status = {"status": "warming up", "compiled": warm["done"], "shapes": len(buckets)} if not warm["error"] \
+            else {"status": "failed", "error": warm["error"]}
+        return JSONResponse({**status, **model_id}, status_code=503, headers={"Retry-After": "1"})
+
+    async def describe(request: Request):
+        limits = dict(model.limits)
+        if generates:
+            limits["max_prompt_chars"] = predictor.max_prompt
+        shapes = {"batch": sorted({b["b"] for b in buckets if "b" in b}),
+                  **{dim: bucket["sizes"] for dim, bucket in model.buckets.items()}}
+        return JSONResponse({"model": model_id, "task": predictor.kind, "inputs": model.inputs,
+                             "outputs": model.outputs, "limits": limits, "buckets": shapes,
+                             "max_batch": options.max_batch, "ready": warm["ready"]})
 
     async def metrics(request: Request):
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    @counted("/")
     async def page(request: Request):
         return HTMLResponse(_page(predictor, model_id))
+
+    def warm_up(loop: asyncio.AbstractEventLoop) -> None:
+        """Compiles every bucket (in a daemon thread: a stop during start-up need not wait for it)."""
+        def done_one(bucket):
+            warm["done"] += 1
+        try:
+            model.warm_up(warm_batches, on_bucket=done_one)
+            # What start-up made (jax, the model, its programs) lives as long as the server: out of
+            # the garbage collector's full passes, which would otherwise walk it all and stall
+            # every request in flight.
+            gc.freeze()
+            warm["ready"] = True
+        except Exception as e:  # a model that cannot run: a bug to show, and nothing to serve
+            traceback.print_exc()
+            warm["error"] = " ".join(f"{type(e).__name__}: {e}".split())[:300]
+            if on_warm_up_failure:
+                loop.call_soon_threadsafe(on_warm_up_failure, warm["error"])
 
     @contextlib.asynccontextmanager
     async def lifespan(app):
         await batcher.start()
+        threading.Thread(target=warm_up, args=(asyncio.get_running_loop(),), name="lab.serve warm-up",
+                         daemon=True).start()
         yield
         await batcher.stop()
 
     return Starlette(routes=[Route("/predict", predict, methods=["POST"]), Route("/generate", generate, methods=["POST"]),
-                             Route("/healthz", healthz),
-                             Route("/metrics", metrics), Route("/", page)], lifespan=lifespan)
+                             Route("/healthz", healthz), Route("/info", describe),
+                             Route("/metrics", metrics), Route("/", page)],
+                     middleware=[Middleware(CountResponses, record=record)],
+                     exception_handlers={BadRequest: bad_request}, lifespan=lifespan)
 
 
 def _page(predictor: Predictor, model_id: dict) -> str:
@@ -396,7 +366,27 @@ def _page_sections() -> dict[str, string.Template]:
     return {name: string.Template(body.removesuffix("\n")) for name, body in zip(parts[::2], parts[1::2])}
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A socket bound to (host, port) and listening, for uvicorn to serve on.
+
+    Raises:
+      OSError: the port is busy (or the host unknown, or not this machine's).
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart reuses a port in TIME_WAIT
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
 def main(argv: list[str] | None = None) -> None:
+    """`python -m lab.serve`: checks the artifact, binds the port, serves until stopped; a bad
+    artifact, a busy port or a model failing its start-up call ends with one `error:` line, exit 1."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m lab.serve", description=__doc__.splitlines()[0])
@@ -410,18 +400,32 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.max_batch < 1 or args.max_wait_ms < 0 or args.max_body_kb < 1 or not 0 < args.port < 65536:
         exit_with_error("--max_batch and --max_body_kb must be >= 1, --max_wait_ms >= 0, --port in 1..65535", 2)
+    failed: list[str] = []
+
+    def stop_on_failure(message: str) -> None:
+        failed.append(message)
+        server.should_exit = True
+
     try:
-        app = build_app(args.model, ServeOptions(args.max_batch, args.max_wait_ms, args.max_body_kb * 1024))
+        app = build_app(args.model, ServeOptions(args.max_batch, args.max_wait_ms, args.max_body_kb * 1024),
+                        on_warm_up_failure=stop_on_failure)
     except artifact_lib.ArtifactError as e:
         exit_with_error(str(e), 1)
+    try:
+        sock = listening_socket(args.host, args.port)
+    except OSError as e:
+        why = f"port {args.port} is in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        exit_with_error(f"cannot listen on {args.host}:{args.port}: {why}; choose another --port "
+                        f"(or --host)", 1)
     import uvicorn
 
-    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict, GET /healthz, /metrics, /)",
-          flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except OSError as e:
-        exit_with_error(f"cannot listen on {args.host}:{args.port} ({e.strerror}): choose another --port", 1)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    print(f"serving {args.model} on http://{args.host}:{args.port} (POST /predict or /generate, GET /healthz, "
+          f"/info, /metrics, /); /healthz answers 503 until its shapes are compiled", flush=True)
+    server.run(sockets=[sock])
+    if failed:
+        exit_with_error(f"the model failed on its start-up call ({failed[0]}): export the run again, and report "
+                        f"it if it fails again", 1)
 
 
 if __name__ == "__main__":

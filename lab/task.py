@@ -50,6 +50,9 @@ class ExportSpec:
         names are symbolic too (e.g. 'p', a prompt length, bounded by a 'constraints' entry).
       meta: sidecar entries: 'task' ('classifier', 'generator', ...), 'preprocessing',
         'class_names' or a tokenizer, 'constraints' (e.g. ["p <= 32"]), anything a client needs.
+        A generator adds 'limits' ({'max_prompt_tokens', 'max_new_tokens'}) and 'buckets'
+        ({'p': {'sizes': [16, 32], 'length_input': 'prompt_len'}}: `fn` then also takes
+        inputs['prompt_len'], the true length of a prompt padded to one of the sizes).
     """
 
     fn: Callable[[Any, dict], dict]
@@ -175,11 +178,12 @@ class Task:
 
     Attributes:
       count_unit: what the sums' `count` counts, for throughput: 'examples' or 'tokens'.
-      curves: the metrics `curves.png` plots over steps, one panel each (train and eval splits).
+      curves: the metrics `curves.png` plots over steps, one panel each (train and eval splits);
+        an entry that is a tuple of names draws them in one panel. Name every headline metric.
     """
 
     count_unit: str = "examples"
-    curves: tuple[str, ...] = ("loss", "accuracy")
+    curves: tuple[str | tuple[str, ...], ...] = ("loss", "accuracy")
 
     def init(self, rng: jax.Array) -> dict:
         """Fresh variables from `rng`: `{'params': ..., <other collection>: ...}` (flax style)."""

@@ -7,8 +7,9 @@ non-finite loss, gradient or parameter.
 
 The step is `(state, acc, batch) -> (state, acc)` with `rng = fold_in(train_key, state.step)`,
 jitted with the state donated. It adds its metrics into an on-device accumulator, so the host
-reads metrics only at sync points (log, eval, checkpoint, end) and the device runs ahead of the
-Python loop meanwhile (as in nanodo): no per-step device-to-host transfer. With
+reads metrics only at sync points (log, eval, checkpoint, end; and for a progress line after the
+first call and every `logbook.PROGRESS_EVERY_SECONDS`, without resetting it) and the device runs
+ahead of the Python loop meanwhile (as in nanodo): no per-step device-to-host transfer. With
 `config.steps_per_call = K` one compiled call runs up to K steps under a `lax.scan` over K
 batches sent at once (never past a sync point): the same step, rng and numbers, fewer calls.
 
@@ -157,36 +158,6 @@ def _next_sync(step: int, config, checkpointer, total_steps: int) -> int:
     return min([total_steps] + [(step // e + 1) * e for e in every if e > 0])
 
 
-def _window_metrics(task: Task, sums: dict, seconds: float) -> dict[str, float]:
-    """The logged train metrics of a window of steps: the task's summary of the sums, the
-    per-step norms averaged over the steps, and the rates."""
-    steps = float(sums.pop("steps"))
-    norms = {f"train/{k}": float(sums.pop(k)) / steps
-             for k in list(sums) if k.endswith(parallel_lib.PER_STEP_SUFFIX)}
-    out = {f"train/{k}": v for k, v in _scalars(task.summarize(sums)).items()}
-    out.update(norms)
-    if seconds > 0:
-        out["steps_per_sec"] = steps / seconds
-        out[f"{task.count_unit}_per_sec"] = float(sums["count"]) / seconds
-    return out
-
-
-def _scalars(metrics: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
-
-
-def _vectors(metrics: dict, max_size: int = 64) -> dict[str, list[float]]:
-    """The short 1-D metrics (a histogram over classes, say) as lists, for metrics.jsonl."""
-    return {k: np.asarray(v, np.float64).tolist() for k, v in metrics.items()
-            if np.ndim(v) == 1 and np.size(v) <= max_size}
-
-
-def _headline(metrics: dict) -> dict[str, float]:
-    """The metrics a person reads in a progress line: the scalars, without norms and rates."""
-    return {k.split("/", 1)[-1]: v for k, v in metrics.items()
-            if k.startswith("train/") and not k.endswith(parallel_lib.PER_STEP_SUFFIX)}
-
-
 def init_state_fn(task: Task, optimizers, ema_decay: float = 0.0) -> Callable[[jax.Array], TrainState]:
     """`rng -> TrainState`: the task's fresh variables and every optimizer's initial state (and,
     with `ema_decay` > 0, the parameters' moving average at zeros in `extra['ema']`). Variables
@@ -311,7 +282,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         return task.evaluate(variables, batch, rng)
 
     eval_step = strategy.compile_eval(eval_fn)
-    logger = MetricLogger(workdir, total_steps, resume_step=start_step)
+    logger = MetricLogger(workdir, total_steps, resume_step=start_step, config=configs.to_dict(config),
+                          learning_rates=optim.learning_rate_schedules(config, total_steps))
     acc_zero = strategy.put_acc(layout.zeros())
     window: dict[str, np.ndarray] = {}
     window_start, window_seconds = time.perf_counter(), 0.0
@@ -330,14 +302,12 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                 sums = strategy.metrics_to_host(eval_step(variables, strategy.global_batch(batch), eval_rng))
                 total = sums if total is None else jax.tree.map(np.add, total, sums)
             results[split] = task.summarize(jax.tree.map(np.asarray, total))
-            scalars = _scalars(results[split])
-            logged = dict(scalars, **_vectors(results[split]))  # e.g. a class histogram, in metrics.jsonl
-            logger.write(step, {f"{split}/{k}": v for k, v in logged.items()})
-            logger.eval_line(step, split, scalars)
+            logger.log_eval(step, split, results[split])  # `eval_<split>/...` records
         # Every process runs the hook (its sampling is jitted): on host-local copies of the
         # variables when they span processes, so no process computes with the others' devices.
         local = variables if jax.process_count() == 1 else multihost_utils.process_allgather(variables, tiled=True)
-        task.on_eval(local, step, workdir, jax.random.fold_in(sample_key, step))
+        with report.eval_outputs(step, results, logger):  # captions; tagged pictures and text to TensorBoard
+            task.on_eval(local, step, workdir, jax.random.fold_in(sample_key, step))
         return results
 
     t_start = time.perf_counter()
@@ -367,6 +337,10 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             stopping = stop.signum is not None and not is_last  # read once: a signal may land mid-sync
             is_ckpt = is_ckpt or stopping
             if not (is_log or is_eval or is_ckpt or is_last):
+                if logger.line_due():  # the first call, then every PROGRESS_EVERY_SECONDS: a read, no reset
+                    host = layout.unpack(strategy.acc_to_host(acc))
+                    logger.running_line(step, task.summarize, task.count_unit,
+                                        host if not window else {k: window[k] + host[k] for k in window})
                 continue
             # Sync point: read the accumulated metrics (this waits for the steps dispatched so
             # far), refuse to go on (or save) past a non-finite loss, gradient or parameter.
@@ -386,18 +360,17 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             sync_from = step
             window = host if not window else {k: window[k] + host[k] for k in window}
             if is_log or is_last:
-                metrics = _window_metrics(task, dict(window), window_seconds)
-                logger.write(step, metrics)
-                logger.progress(step, _headline(metrics), metrics.get("steps_per_sec", 0.0),
-                                metrics.get(f"{task.count_unit}_per_sec", 0.0), task.count_unit)
+                logger.log_window(step, task.summarize, task.count_unit, window, window_seconds)
                 window, window_seconds = {}, 0.0
+            elif logger.line_due():
+                logger.running_line(step, task.summarize, task.count_unit, window)
             meta = {"step": step, "data_position": data.train.position(step), "config": configs.to_dict(config),
                     **({"init_from": init_source} if init_source else {})}
             if is_eval or is_last:
                 eval_results = run_evals(state, step)
                 if best is not None:
                     best.update(step, {f"{split}_{k}": v for split, m in eval_results.items()
-                                       for k, v in _scalars(m).items()}, strategy.get_state(state), meta)
+                                       for k, v in logbook.scalars(m).items()}, strategy.get_state(state), meta)
             if is_ckpt or is_last:
                 checkpointer.save(step, strategy.get_state(state), meta)
                 last_good_checkpoint = step
@@ -437,7 +410,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         with open(path + ".tmp", "w") as f:  # whole or absent: a kill mid-write leaves the old file
             json.dump(results, f, indent=2)
         os.replace(path + ".tmp", path)
-        report.plot_run(workdir, results, data.class_names, task.curves)
+        pictures = report.plot_run(workdir, results, data.class_names, task.curves)
+        logbook.pictures_to_tensorboard(workdir, step, {os.path.basename(p)[:-4]: report.read_png(p) for p in pictures})
         report.print_summary(config, results, workdir, time.perf_counter() - t_begin)
     if not return_params:
         return results

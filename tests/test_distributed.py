@@ -92,7 +92,7 @@ def test_two_processes_equal_one_process_and_write_once(tmp_path):
         assert not any(line.startswith("[p1] done:") or line.startswith("[p1] step ") for line in lines)
     in_process("mlp_classifier", tmp_path / "mlp_1x1", **MLP_FLAGS)
     in_process("transformer_lm", tmp_path / "lm_1x1", "tiny", **LM_FLAGS)
-    for name, keys in (("mlp", ("train/loss", "test/loss", "test/accuracy")), ("lm", ("train/loss", "val/loss"))):
+    for name, keys in (("mlp", ("train/loss", "eval_test/loss", "eval_test/accuracy")), ("lm", ("train/loss", "eval_val/loss"))):
         assert_same_numbers(f"{tmp_path}/{name}_2x2", f"{tmp_path}/{name}_1x1", keys)
         records = math_records(f"{tmp_path}/{name}_2x2")  # one writer: no record twice
         assert len({(r["step"], tuple(sorted(r))) for r in records}) == len(records)
@@ -140,7 +140,7 @@ def test_fsdp_checkpoint_moves_between_meshes(tmp_path):
     assert "resumed from" in proc.stdout and "at step 4" in proc.stdout
     proc = run(4, *lm, "--config.mesh=data:2,fsdp:2")
     assert "at step 8" in proc.stdout
-    assert_same_numbers(f"{tmp_path}/moved", f"{tmp_path}/whole", ("train/loss", "val/loss"))
+    assert_same_numbers(f"{tmp_path}/moved", f"{tmp_path}/whole", ("train/loss", "eval_val/loss"))
 
 
 def _pids(pattern):
@@ -175,7 +175,7 @@ def test_a_killed_process_fails_the_launch_and_the_rerun_resumes(tmp_path):
     records = math_records(str(workdir))
     assert [r["step"] for r in records if "train/loss" in r] == list(range(20, 201, 20))
     in_process("mlp_classifier", tmp_path / "whole", **flags)
-    assert_same_numbers(str(workdir), f"{tmp_path}/whole", ("train/loss", "test/loss"), param_atol=1e-4)
+    assert_same_numbers(str(workdir), f"{tmp_path}/whole", ("train/loss", "eval_test/loss"), param_atol=1e-4)
 
     # A workdir check that fails on process 0 stops process 1 too, at once.
     proc = launch(2, 1, *mlp, "--config.seed=3", timeout=60)

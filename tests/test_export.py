@@ -5,6 +5,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 
 import jax
 import numpy as np
@@ -166,9 +168,6 @@ def test_export_never_deletes_what_is_not_an_export(mlp_export, tmp_path, run_cl
 
 
 def _post(url, body: bytes):
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as r:
             return r.status, json.loads(r.read())
@@ -271,12 +270,55 @@ def test_the_gpt_export_samples_the_live_models_tokens_and_serves_them(gpt_expor
                ({"prompt": "ROMEO and Juliet"}, "at most 8"),
                ({"prompt": "Ω"}, "outside the model's vocabulary"),
                ({"prompt": ""}, '"prompt"'),
-               ({"prompt": "A", "temperature": "hot"}, '"temperature"')]
+               ({"prompt": "A", "temperature": "hot"}, '"temperature"'),
+               ({"prompt": "A", "max_tokens": True}, '"max_tokens"'),
+               ({"prompt": "A", "seed": float("inf")}, '"seed"')]
         for body, message in bad:
             status, answer = _post(base + "/generate", json.dumps(body).encode())
             assert status == 422 and message in answer["error"], (body, answer)
         assert _post(base + "/predict", b'{"inputs": [1]}')[0] == 404
         assert _post(base + "/generate", json.dumps(request).encode())[0] == 200  # still serving
+
+        # Every prompt length ran in the length bucket compiled at start-up: no request compiled.
+        info = json.loads(urllib.request.urlopen(base + "/info", timeout=10).read())
+        assert info["limits"]["max_prompt_tokens"] == 8 and info["limits"]["max_new_tokens"] == 8
+        assert info["buckets"] == {"batch": [1], "p": [8]} and info["ready"]
+        compiled = _metric(base, "lab_xla_compilations")
+        for length in range(1, 9):
+            status, answer = _post(base + "/generate", json.dumps({"prompt": "ROMEO:!?"[:length], "seed": length}).encode())
+            assert status == 200 and len(answer["completion"]) == 8, answer
+        assert _metric(base, "lab_xla_compilations") == compiled
+
+
+def _metric(base, name):
+    text = urllib.request.urlopen(base + "/metrics", timeout=10).read().decode()
+    return float(next(line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(name + " ")))
+
+
+def test_generation_limits_are_set_at_export_and_named_when_a_request_passes_them(gpt_export, tmp_path):
+    from lab.errors import ConfigValueError
+
+    run, _ = gpt_export
+    spec = "experiments.transformer_lm.__main__:export_spec"
+    meta = export_run(run, str(tmp_path / "m"), spec=spec, limits={"max_prompt_tokens": 4, "max_new_tokens": 12})
+    assert meta["limits"] == {"max_prompt_tokens": 4, "max_new_tokens": 12} and meta["constraints"] == ["p <= 4"]
+    assert meta["buckets"] == {"p": {"sizes": [4], "length_input": "prompt_len"}}
+    assert export_run(run, str(tmp_path / "m"), spec=spec, limits={"max_new_tokens": 10})["limits"] == \
+        {"max_prompt_tokens": 6, "max_new_tokens": 10}  # the rest of the 16 positions
+    with pytest.raises(ConfigValueError, match="together at most the model's 16 positions"):
+        export_run(run, str(tmp_path / "n"), spec=spec, limits={"max_prompt_tokens": 8, "max_new_tokens": 9})
+    with pytest.raises(ConfigValueError, match="takes no such limit .it is not a text generator"):
+        export_run(run, str(tmp_path / "n"), spec="experiments.mlp_classifier.__main__:export_spec",
+                   limits={"max_new_tokens": 9})
+    model = artifact.Artifact(str(tmp_path / "m"))
+    assert model.limits == {"max_prompt_tokens": 6, "max_new_tokens": 10}
+    with serving(str(tmp_path / "m")) as (base, _):
+        for body, message in [({"prompt": "ROMEO:!"}, "at most 6 (max_prompt_tokens, set at export)"),
+                              ({"prompt": "RO", "max_tokens": 11}, "[1, 10] (max_new_tokens, set at export)")]:
+            status, answer = _post(base + "/generate", json.dumps(body).encode())
+            assert status == 422 and message in answer["error"], answer
+        status, answer = _post(base + "/generate", json.dumps({"prompt": "ROMEO:", "max_tokens": 10}).encode())
+        assert status == 200 and len(answer["completion"]) == 10
 
 
 def test_an_int8_export_keeps_the_accuracy_in_a_quarter_of_the_bytes(mlp_export, tmp_path):

@@ -74,13 +74,13 @@ def gan_reference(tmp_path_factory, features_run):
 
 def test_gan_run_logs_losses_quality_and_writes_samples(gan_reference):
     records = read_jsonl(os.path.join(gan_reference, "metrics.jsonl"))
-    evals = [r for r in records if "test/fd" in r]
+    evals = [r for r in records if "eval_test/fd" in r]
     assert [r["step"] for r in evals] == [2, 4]
     for r in evals:
-        assert r["test/fd"] > 0 and 0 <= r["test/class_entropy"] <= np.log(10) + 1e-6
-        assert 0.1 <= r["test/max_class_fraction"] <= 1
-        histogram = r["test/class_histogram"]
-        assert len(histogram) == 10 and max(histogram) == r["test/max_class_fraction"]
+        assert r["eval_test/fd"] > 0 and 0 <= r["eval_test/class_entropy"] <= np.log(10) + 1e-6
+        assert 0.1 <= r["eval_test/max_class_fraction"] <= 1
+        histogram = r["eval_test/class_histogram"]
+        assert len(histogram) == 10 and max(histogram) == r["eval_test/max_class_fraction"]
     train = [r for r in records if "train/d_loss" in r]
     assert train and all(np.isfinite(r["train/d_loss"]) and r["train/g_grad_norm"] > 0 for r in train)
     for name in ("samples.png", "curves.png", "samples/samples_0000002.png", "samples/samples_0000004.png"):
@@ -151,12 +151,12 @@ def test_gan_jit_pmap_and_one_device_agree(tmp_path, gan_reference, features_run
         records = math_records(str(tmp_path / mode))
         assert [r["step"] for r in records] == [r["step"] for r in reference]
         for r, ref in zip(records, reference):
-            for key in ("train/d_loss", "train/g_loss", "test/d_loss", "test/g_loss"):
+            for key in ("train/d_loss", "train/g_loss", "eval_test/d_loss", "eval_test/g_loss"):
                 if key in ref:
                     np.testing.assert_allclose(r[key], ref[key], atol=1e-5, err_msg=f"{mode} {key}")
-            if "test/fd" in ref:  # from float32 moment sums added in another order
-                np.testing.assert_allclose(r["test/fd"], ref["test/fd"], rtol=1e-4, err_msg=mode)
-                assert r["test/class_entropy"] == pytest.approx(ref["test/class_entropy"], abs=1e-6)
+            if "eval_test/fd" in ref:  # from float32 moment sums added in another order
+                np.testing.assert_allclose(r["eval_test/fd"], ref["eval_test/fd"], rtol=1e-4, err_msg=mode)
+                assert r["eval_test/class_entropy"] == pytest.approx(ref["eval_test/class_entropy"], abs=1e-6)
         ours, theirs = checkpoint.load_state(str(tmp_path / mode))[0], checkpoint.load_state(gan_reference)[0]
         diffs = jax.tree.map(lambda a, b: float(np.max(np.abs(a - b))), ours["params"], theirs["params"])
         assert max(jax.tree.leaves(diffs)) < 1e-5, mode

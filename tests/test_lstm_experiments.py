@@ -1,13 +1,14 @@
 """The LSTM family on the one loop: the forecaster, the chatbot and its chat CLI."""
 
 import os
+import re
 
 import numpy as np
 import pytest
 
 import lab.data
 from lab.errors import ConfigValueError
-from lab.tasks import forecast
+from lab.tasks import forecast, seq2seq
 
 import experiments.lstm_chatbot.__main__ as chatbot
 import experiments.lstm_forecast.__main__ as forecaster
@@ -53,8 +54,15 @@ def test_forecast_rejects_bad_keys_before_training(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
-def test_chatbot_end_to_end_then_chat_answers_every_line(tmp_path, run_cli):
+def test_chatbot_end_to_end_then_chat_answers_every_line(tmp_path, run_cli, capsys):
     results = chatbot.main(chatbot_config("tiny"), str(tmp_path))
+    # Reading and encoding the pairs is announced before the work, and timed after it, before the loop's block.
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == ("reading the dialogue pairs (shakespeare_dialogue train and validation) and encoding them "
+                      "as characters ...")
+    assert re.fullmatch(r"read and encoded the dialogue pairs in \d+\.\d s \(train 24,328 pairs, "
+                        r"validation 2,590 pairs\)", out[1]), out[:3]
+    assert out[2].startswith("run: ")
     assert results["step"] == 4
     assert results["val_perplexity"] == pytest.approx(np.exp(results["val_loss"]), rel=1e-6)
     sample = (tmp_path / "samples" / "step_4.txt").read_text()
@@ -65,6 +73,38 @@ def test_chatbot_end_to_end_then_chat_answers_every_line(tmp_path, run_cli):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(proc.stdout.splitlines()) == 3  # one reply per line, the empty one included
     assert "\u20ac" in proc.stderr and "\u2019" not in proc.stderr  # dropped vs mapped to '
+    # The banner (stderr, so that stdout holds the replies alone): the run, its model, how to quit.
+    banner = proc.stderr.splitlines()
+    assert banner[0].startswith(f"lstm_chatbot run {tmp_path}: checkpoint step 4 of 4; LSTM encoder-decoder, "
+                                f"additive attention, ") and "validation perplexity" in banner[0]
+    assert banner[1] == "replies: up to 12 characters, sampled at temperature 0.8 from all characters, seed 3"
+    assert "Ctrl-D" in banner[2] and "/quit" in banner[2]
+    # With a prompt (at a terminal, or --prompt=on): 'you> ' asks, 'bot> ' answers; /quit ends it.
+    proc = run_cli("experiments.lstm_chatbot.chat", f"--workdir={tmp_path}", "--prompt=on", "--temperature=0",
+                   input="Good morrow.\n/quit\nnever answered\n")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert re.fullmatch(r"you> bot> [^\n]*\nyou> ", proc.stdout), proc.stdout
+
+
+def test_a_reply_the_length_limit_stopped_ends_at_a_sentence_or_a_whole_word():
+    trim = seq2seq.trim_reply
+    assert trim("I know not what thou mean'st, and I will no", complete=True) == \
+        "I know not what thou mean'st, and I will no"  # the model ended it: shown as it is
+    assert trim("I know not what thou mean'st, and I will no", complete=False) == \
+        "I know not what thou mean'st, and I will..."
+    assert trim("Ay, my lord; what of that? Nay, I sa", complete=False) == "Ay, my lord; what of that?"
+    assert trim('Stay! "Away," quoth he. And so the', complete=False) == 'Stay! "Away," quoth he.'
+    assert trim("O, that I were a glove upon that hand,", complete=False) == "O, that I were a glove upon that..."
+    assert trim("He is gone, my lord. And the king, the qu", complete=False) == \
+        "He is gone, my lord. And the king, the..."  # the sentence end would drop over half
+    assert trim("What, ho!\nNurse", complete=False) == "What, ho!"
+    assert trim("good my lord, ", complete=False) == "good my lord..."  # the limit fell between words
+    assert trim("Farewell.", complete=False) == "Farewell."
+    assert trim("Anticipatingly", complete=False) == "Anticipatingly..."  # one word: whole, marked
+    assert trim("", complete=False) == ""
+    for text in ("Sir, I will tell you all the news of th", "a bc def ghij klmno"):
+        kept = trim(text, complete=False).removesuffix(seq2seq.CUT_MARK)
+        assert text.startswith(kept) and text[len(kept)] in " ,", (text, kept)  # never inside a word
 
 
 def test_decoder_only_variant_trains(tmp_path):

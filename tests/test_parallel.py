@@ -45,7 +45,7 @@ def _assert_same_run(workdir, reference, name):
     records, ref_records = math_records(workdir), math_records(reference)
     assert [r["step"] for r in records] == [r["step"] for r in ref_records]
     for r, ref in zip(records, ref_records):
-        for key in ("train/loss", "test/loss", "test/accuracy"):
+        for key in ("train/loss", "eval_test/loss", "eval_test/accuracy"):
             if key in ref:
                 np.testing.assert_allclose(r[key], ref[key], atol=1e-5, err_msg=f"{name} {key}")
     assert max_abs_diff(final_params(workdir), final_params(reference)) < 1e-5, name
@@ -142,11 +142,11 @@ def test_sharded_params_and_masked_eval_agree_across_devices(tmp_path):
     c = mlm_config("tiny")
     c.optimizer.learning_rate = 1e-30
     mlm_main(c, str(tmp_path / "mlm_one"))
-    pmap_val = [r for r in math_records(str(tmp_path / "mlm_pmap")) if "val/loss" in r]
-    one_val = [r for r in math_records(str(tmp_path / "mlm_one")) if "val/loss" in r]
+    pmap_val = [r for r in math_records(str(tmp_path / "mlm_pmap")) if "eval_val/loss" in r]
+    one_val = [r for r in math_records(str(tmp_path / "mlm_one")) if "eval_val/loss" in r]
     assert pmap_val and len(pmap_val) == len(one_val)
     for r, ref in zip(pmap_val, one_val):
-        for key in ("val/loss", "val/accuracy"):
+        for key in ("eval_val/loss", "eval_val/accuracy"):
             np.testing.assert_allclose(r[key], ref[key], atol=1e-5, err_msg=key)
 
 

@@ -124,3 +124,25 @@ def test_prefetcher_gives_the_base_batches_and_reads_ahead_on_its_thread():
         np.testing.assert_array_equal(ahead.batch(step)["label"], reference.batch(step)["label"])
     assert {name for _, name in base.calls} == {"lab-prefetch_0"}, base.calls
     assert ahead.position(13) == reference.position(13)
+
+
+def test_window_batcher_draws_every_window_including_the_last():
+    """Offsets run over 0 .. len - L - 1: with 12 tokens and L = 8 the windows start at 0..3, and
+    the last one ends at the stream's last token (its target)."""
+    tokens = np.arange(12, dtype=np.int32)
+    b = pipeline.WindowBatcher(tokens, block_size=8, batch_size=16, seed=0)
+    starts = {int(x) for step in range(20) for x in b.batch(step)["inputs"][:, 0]}
+    assert starts == {0, 1, 2, 3}
+    assert max(int(t) for step in range(20) for t in b.batch(step)["targets"][:, -1]) == 11
+    assert pipeline.WindowBatcher(np.arange(9), block_size=8, batch_size=2, seed=0).batch(0)["inputs"].shape == (2, 8)
+
+
+def test_batches_a_user_cannot_have_are_config_errors():
+    from lab.errors import ConfigValueError
+
+    with pytest.raises(ConfigValueError, match="at most 5"):
+        pipeline.EpochBatcher(arrays(5), 10, seed=0)
+    with pytest.raises(ConfigValueError, match="block size of at most 8"):
+        pipeline.WindowBatcher(np.arange(9), block_size=9, batch_size=2, seed=0)
+    with pytest.raises(ConfigValueError, match="multiple of 3"):
+        pipeline.WindowBatcher(np.arange(100), block_size=8, batch_size=4, seed=0, process_count=3)

@@ -42,7 +42,7 @@ def test_read_metrics_still_raises_on_a_bad_line_before_the_last(tmp_path):
 
 
 def test_plot_run_writes_curves_and_one_png_per_confusion_matrix(tmp_path):
-    _write_metrics(tmp_path, [{"step": s, "train/loss": 1 / s, "test/accuracy": s / 10}
+    _write_metrics(tmp_path, [{"step": s, "train/loss": 1 / s, "eval_test/accuracy": s / 10}
                               for s in range(1, 6)], tail='{"ste')
     cm3 = np.diag([5, 6, 7]).tolist()
     results = {"test_confusion_matrix": cm3, "confusion_matrix": cm3,

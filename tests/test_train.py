@@ -38,7 +38,7 @@ def test_end_to_end_writes_every_file(tmp_path):
     assert results["test_accuracy"] == saved["test_accuracy"]
     records = math_records(str(tmp_path))
     assert [r["step"] for r in records if "train/loss" in r] == [5, 10, 15, 20]
-    assert [r["step"] for r in records if "test/accuracy" in r] == [10, 20]
+    assert [r["step"] for r in records if "eval_test/accuracy" in r] == [10, 20]
     # 20 steps of SGD at lr 0.05 must learn something: loss falls, accuracy beats chance.
     losses = [r["train/loss"] for r in records if "train/loss" in r]
     assert losses[-1] < losses[0]
@@ -138,9 +138,11 @@ def test_progress_lines_and_the_closing_summary(tmp_path, capsys):
     main(config, str(tmp_path))
     out = capsys.readouterr().out
     progress = [line for line in out.splitlines() if line.startswith("step ")]
-    assert len(progress) == 4 and progress[0].startswith("step 5/20 | loss ")
-    assert all(line.count("steps/s") == 1 and "grad_norm" not in line for line in progress)
-    assert "ETA" in progress[0] and "elapsed" in progress[-1]
+    # The first call's line (no rate yet), then one per log step.
+    assert len(progress) == 5 and progress[0].startswith("step 1/20 | loss ") and "steps/s" not in progress[0]
+    assert progress[1].startswith("step 5/20 | loss ") and "lr 0.05" in progress[1]
+    assert all(line.count("steps/s") == 1 and "grad_norm" not in line for line in progress[1:])
+    assert "ETA" in progress[1] and "elapsed" in progress[-1]
     assert "eval test at step 10: loss" in out
     summary = out[out.index("done: step 20"):]
     assert "test_accuracy" in summary and "reference: test_accuracy 0.5 from a made-up baseline" in summary

@@ -125,7 +125,7 @@ def test_the_best_evaluation_keeps_its_own_checkpoint_and_a_profile_can_be_trace
     config = small_config(num_train_steps=40, eval_every_steps=5, keep_best="test_loss", keep_best_mode="min",
                           profile_steps="10:20")
     main(config, str(tmp_path))
-    losses = {r["step"]: r["test/loss"] for r in math_records(str(tmp_path)) if "test/loss" in r}
+    losses = {r["step"]: r["eval_test/loss"] for r in math_records(str(tmp_path)) if "eval_test/loss" in r}
     best_step = min(losses, key=losses.get)
     assert os.listdir(tmp_path / "best") == [str(best_step)]
     with open(tmp_path / "best" / str(best_step) / "meta" / "metadata") as f:

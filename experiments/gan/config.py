@@ -2,7 +2,8 @@
 
 What they are for: a GAN trained by lab's loop with two optimizers, its samples scored by FD and
 class coverage through a feature network, the classifier run named by `features_run`. Train that
-one first:
+one first, beside this run's workdir (a run named in a config file is looked for in the folder
+that holds the workdir; one given as --config.features_run=PATH is relative to the current folder):
 
   python -m experiments.mlp_classifier --workdir=runs/cnn_fashion --config=experiments/mlp_classifier/config.py:cnn_fashion
 
@@ -14,9 +15,9 @@ generated from it); each variant names its row, and the closing summary quotes t
              test FD and class entropy of 10,000 samples against the 10,000 test images.
              Row: gan_fashion.
   digits     python -m experiments.gan --workdir=runs/gan_digits --config=experiments/gan/config.py:digits
-             The same on the 8x8 digits (features_run runs/cnn_digits, built by the
-             mlp_classifier's cnn_digits variant): the quick check of the generative family.
-             Row: gan_digits.
+             The same on the 8x8 digits: the quick check of the generative family. Its
+             features_run is cnn_digits beside the workdir (runs/cnn_digits here), built by the
+             mlp_classifier's cnn_digits variant. Row: gan_digits.
 """
 
 import ml_collections
@@ -31,7 +32,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # every random number of the run (init, data order, latent noise) derives from it
     c.dataset = "fashion_mnist"  # fashion_mnist | digits | mnist (28x28 or 8x8 one-channel images)
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
-    c.features_run = "runs/cnn_fashion"  # workdir of the classifier run whose features measure the samples
+    c.features_run = "cnn_fashion"  # the classifier run whose features measure the samples; here: beside the workdir
     c.batch_size = 64  # global batch of real images (and as many generated), split over all devices
     c.eval_batch_size = 1000  # eval: every test image against one generated image per test example
     c.num_train_steps = 9000  # 9.6 epochs of 937 batches
@@ -65,7 +66,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         return c
     if variant == "digits":
         c.dataset = "digits"
-        c.features_run = "runs/cnn_digits"
+        c.features_run = "cnn_digits"
         c.eval_batch_size = 360  # the whole test split in one batch
         c.num_train_steps = 3000  # 134 epochs of 22 batches
         c.log_every_steps = 250

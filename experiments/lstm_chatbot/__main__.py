@@ -3,7 +3,7 @@
 import os
 
 import lab.data
-from lab import configs, train
+from lab import configs, progress, train
 from lab.errors import ConfigValueError
 from lab.models.lstm import ACTIVATIONS
 from lab.tasks import seq2seq
@@ -37,12 +37,15 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """Trains the chatbot of `config` on the dialogue pairs in `workdir`; returns the results."""
     tokenizer, ids, model_cfg = build(config)
     rows = {}
-    for split in ("train", "validation"):
-        pairs = lab.data.load(config.dataset, split, data_dir=config.data_dir)
-        rows[split] = seq2seq.encode_pairs(tokenizer.encode, list(pairs["prompt"]), list(pairs["reply"]),
-                                           config.max_src, config.max_tgt, ids)
-        if split == "validation":
-            prompts = [str(p) for p in pairs["prompt"][:config.sample.num_prompts]]
+    with progress.phase(f"reading the dialogue pairs ({config.dataset} train and validation) and encoding "
+                        f"them as characters", "read and encoded the dialogue pairs") as phase:
+        for split in ("train", "validation"):
+            pairs = lab.data.load(config.dataset, split, data_dir=config.data_dir)
+            rows[split] = seq2seq.encode_pairs(tokenizer.encode, list(pairs["prompt"]), list(pairs["reply"]),
+                                               config.max_src, config.max_tgt, ids)
+            if split == "validation":
+                prompts = [str(p) for p in pairs["prompt"][:config.sample.num_prompts]]
+        phase.note = ", ".join(f"{split} {len(r['src']):,} pairs" for split, r in rows.items())
     s = config.sample
     sample_rows = {k: rows["validation"][k][:s.num_prompts] for k in ("src", "src_len")}
     task = seq2seq.Seq2SeqTask(model_cfg, samples=dict(
@@ -52,17 +55,19 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
-def export_spec(config):
+def export_spec(config, max_new_tokens: int | None = None):
     """The serving function of a run of `config` for `lab.export`: encoded prompts (the last
-    max_src - 1 characters + EOS, padded) -> sample.max_new_tokens reply ids and the reply
-    lengths (tokens before EOS), from a seed, temperature (0: greedy) and top_k."""
+    max_src - 1 characters + EOS, padded) -> max_new_tokens (default sample.max_new_tokens) reply
+    ids and the reply lengths (tokens before EOS), from a seed, temperature (0: greedy) and top_k."""
     import jax
 
     from lab.task import ExportSpec
     from lab.models import lstm
 
     tokenizer, ids, model_cfg = build(config)
-    new_tokens = config.sample.max_new_tokens
+    new_tokens = config.sample.max_new_tokens if max_new_tokens is None else max_new_tokens
+    if new_tokens < 1:
+        raise ConfigValueError(f"--max_new_tokens={new_tokens}: the reply needs at least 1 token")
 
     def reply(params, inputs):
         tokens, lengths, _ = lstm.generate_traced(model_cfg, params, inputs["src"], inputs["src_len"], new_tokens,
@@ -78,6 +83,8 @@ def export_spec(config):
         "task": "chatbot",
         "dataset": config.dataset,
         "max_new_tokens": new_tokens,
+        # A longer prompt is not refused: it keeps its last characters, as in training.
+        "limits": {"max_new_tokens": new_tokens, "prompt_tokens_read": config.max_src - 1},
         "tokenizer": {"type": "characters", "vocab": "".join(tokenizer.vocab), "pad_id": ids.pad,
                       "bos_id": ids.bos, "eos_id": ids.eos, "max_src": config.max_src},
         "preprocessing": (f"src: the prompt's last {config.max_src - 1} characters as ids into tokenizer.vocab, "

@@ -23,9 +23,9 @@ from it); each variant names its row, and the closing summary quotes that row.
                  The seed recipe on MNIST-1D, 4,000 steps; the row also holds the MNIST-1D
                  paper's baselines. Row: mlp_mnist1d.
   cnn_fashion    python -m experiments.mlp_classifier --workdir=runs/cnn_fashion --config=experiments/mlp_classifier/config.py:cnn_fashion
-                 CNN (lab.models.cnn): 3x3 conv 32, 64 (each + 2x2 max pool) -> Dense 128 -> 10, Adam
-                 1e-3 warmup + cosine, batch 128, 5 epochs. The feature network of
-                 experiments.gan and experiments.vae on Fashion-MNIST. Row: cnn_fashion.
+                 The CNN (lab.models.cnn) whose features score experiments.gan and experiments.vae
+                 on Fashion-MNIST: 3x3 conv 32, 64 (each + 2x2 max pool) -> Dense 128 -> 10, Adam
+                 1e-3 warmup + cosine, batch 128, 5 epochs. Row: cnn_fashion.
   cnn_digits     python -m experiments.mlp_classifier --workdir=runs/cnn_digits --config=experiments/mlp_classifier/config.py:cnn_digits
                  CNN 16, 32 -> 64 on digits, 700 steps: the digits feature network. Row: cnn_digits.
 """

@@ -6,7 +6,7 @@ import os
 import numpy as np
 
 import lab.data
-from lab import configs, pipeline, train
+from lab import configs, pipeline, progress, train
 from lab.errors import ConfigValueError
 from lab.models import encoder
 from lab.tasks import language_model
@@ -100,7 +100,12 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     first start only (`config.init_from_params`).
     """
     model, tokenizer, ids, plays_info = build_model(config, run_tokenizer(config, workdir))
-    train_arrays, test_arrays = load_split(config, "train", tokenizer, ids), load_split(config, "test", tokenizer, ids)
+    unit = "BPE tokens" if language_model.tokenizer_name(config) == "bpe" else "characters"
+    with progress.phase(f"reading the speeches ({config.dataset} train and test) and encoding them as {unit}",
+                        "read and encoded the speeches") as p:
+        train_arrays = load_split(config, "train", tokenizer, ids)
+        test_arrays = load_split(config, "test", tokenizer, ids)
+        p.note = f"train {len(train_arrays['inputs']):,}, test {len(test_arrays['inputs']):,} speeches"
     resolve_steps(config, len(train_arrays["play"]))
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
     binary = config.get("task") == "comedy_tragedy"

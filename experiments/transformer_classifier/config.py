@@ -12,18 +12,20 @@ generated from it); each variant names its row, and the closing summary quotes i
               (the default) the encoder from random init. Row: speech_classifier (it also holds
               the TF-IDF + logistic regression baseline on the same characters).
   pretrained  python -m experiments.transformer_classifier --workdir=runs/classifier_pretrained --config=experiments/transformer_classifier/config.py:pretrained
-              the encoder from a masked-LM run (--config.init_from=WORKDIR of transformer_mlm),
-              a new head: what pretraining is worth. No row of its own; its summary quotes the
-              scratch row, speech_classifier.
+              the encoder from a masked-LM run, a new head: what pretraining is worth. The run is
+              transformer_mlm beside the workdir (runs/transformer_mlm here), or
+              --config.init_from=PATH (relative to the current folder). No row of its own; its
+              summary quotes the scratch row, speech_classifier.
   frozen      python -m experiments.transformer_classifier --workdir=runs/classifier_frozen --config=experiments/transformer_classifier/config.py:frozen
               as pretrained, the encoder frozen: only the head trains (optax.multi_transform).
               No row of its own; its summary quotes the scratch row, speech_classifier.
   scratch_bpe, pretrained_bpe, frozen_bpe
               python -m experiments.transformer_classifier --workdir=runs/classifier_pretrained_bpe --config=experiments/transformer_classifier/config.py:pretrained_bpe
-              (and likewise the other two) the same three on 8,192 BPE subwords (the first 128
-              tokens of each speech) with a causal encoder; pretrained_bpe starts from
-              `transformer_mlm:causal_bpe` in runs/pretrain_bpe. No rows of their own; their
-              summaries quote the character-level scratch row, speech_classifier.
+              the same three on 8,192 BPE subwords with a causal encoder. Each reads the first 128
+              tokens of each speech; pretrained_bpe and frozen_bpe start from
+              `transformer_mlm:causal_bpe` in pretrain_bpe beside the workdir (runs/pretrain_bpe
+              here). No rows of their own; their summaries quote the character-level scratch row,
+              speech_classifier.
   binary      python -m experiments.transformer_classifier --workdir=runs/classifier_binary --config=experiments/transformer_classifier/config.py:binary
               the article's binary listing as written: Dense(512, relu) -> Dropout(0.1) -> Dense(1,
               sigmoid), binary cross-entropy, Adam 3e-5 constant, 3 epochs, on comedy vs tragedy
@@ -47,6 +49,7 @@ from lab import reference_table
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    """The speech classifier from scratch (play and genre), or the named variant of it."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dataset = "shakespeare_plays"
@@ -92,7 +95,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     if variant in (None, "", "scratch"):
         return c
     if variant in ("pretrained", "frozen"):
-        c.init_from = "runs/transformer_mlm"
+        c.init_from = "transformer_mlm"  # a run beside the workdir
         if variant == "frozen":
             c.optimizer.frozen = ("encoder",)
         c.reference = reference_table.table_reference(REFERENCE_TABLE, "speech_classifier", "test_play_accuracy",
@@ -106,7 +109,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.tokenizer.vocab_size = 8192
         c.model.causal = True
         if variant != "scratch_bpe":
-            c.init_from = "runs/pretrain_bpe"
+            c.init_from = "pretrain_bpe"  # a run beside the workdir
         if variant == "frozen_bpe":
             c.optimizer.frozen = ("encoder",)
         c.reference = reference_table.table_reference(REFERENCE_TABLE, "speech_classifier", "test_play_accuracy",

@@ -6,7 +6,7 @@ import jax
 
 import lab.data
 from lab import configs, pipeline, train
-from lab.data.subword import encode_text
+from lab.data.subword import encode_splits
 from lab.errors import ConfigValueError
 from lab.tasks.language_model import (CausalLMTask, check_compute_dtype, check_tokenizer, gpt_config, run_tokenizer,
                                       sample_text, tokenizer_name)
@@ -35,7 +35,7 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     chars_per_token = 1.0
     if tokenizer_name(config) == "bpe":
         text = {k: chars.decode(v) for k, v in splits.items()}
-        splits = {k: encode_text(tokenizer, v) for k, v in text.items()}
+        splits = encode_splits(tokenizer, text)
         chars_per_token = len(text["validation"]) / len(splits["validation"])
     gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
     s = config.sample
@@ -58,10 +58,13 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 
 
-def export_spec(config):
+def export_spec(config, max_prompt_tokens: int | None = None, max_new_tokens: int | None = None):
     """The serving function of a run of `config` for `lab.export`: a prompt of p character ids
-    (p <= block_size / 2) -> the prompt and block_size / 2 sampled characters, from a seed,
-    temperature (0: greedy) and top_k (vocab size: no filtering), the decode loop included."""
+    (p <= max_prompt_tokens, padded to one of a few lengths, its true length `prompt_len`) -> the
+    prompt and max_new_tokens sampled characters, from a seed, temperature (0: greedy) and top_k
+    (vocab size: no filtering), the decode loop included. The limits default to half the block
+    size each (`lab.export.generation_limits`)."""
+    from lab.export import generation_limits, length_buckets
     from lab.task import ExportSpec
     from lab.models import decoding
 
@@ -70,11 +73,12 @@ def export_spec(config):
                                "(sample it with python -m experiments.transformer_lm.sample)")
     tokenizer = lab.data.char_tokenizer(config.data_dir)
     gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
-    new_tokens = gpt_cfg.max_len // 2
+    max_prompt, new_tokens = generation_limits(gpt_cfg.max_len, max_prompt_tokens, max_new_tokens)
 
     def sample(params, inputs):
         tokens = decoding.generate_traced(gpt_cfg, params, inputs["prompt"], new_tokens,
-                                          jax.random.key(inputs["seed"]), inputs["temperature"], inputs["top_k"])
+                                          jax.random.key(inputs["seed"]), inputs["temperature"], inputs["top_k"],
+                                          prompt_len=inputs["prompt_len"])
         return {"tokens": tokens}
 
     return ExportSpec(sample, {"prompt": {"shape": ["b", "p"], "dtype": "int32"},
@@ -83,10 +87,12 @@ def export_spec(config):
                                "top_k": {"shape": [], "dtype": "int32"}}, {
         "task": "generator",
         "dataset": config.dataset,
-        "constraints": [f"p <= {gpt_cfg.max_len - new_tokens}"],
+        "constraints": [f"p <= {max_prompt}"],
         "max_new_tokens": new_tokens,
+        "limits": {"max_prompt_tokens": max_prompt, "max_new_tokens": new_tokens},
+        "buckets": {"p": {"sizes": length_buckets(max_prompt), "length_input": "prompt_len"}},
         "tokenizer": {"type": "characters", "vocab": "".join(tokenizer.vocab), "max_len": gpt_cfg.max_len},
-        "preprocessing": (f"a prompt of 1 to {gpt_cfg.max_len - new_tokens} characters as ids into tokenizer.vocab; "
+        "preprocessing": (f"a prompt of 1 to {max_prompt} characters as ids into tokenizer.vocab; "
                           f"the output holds the prompt, then {new_tokens} new ids; temperature >= 0 (0: greedy), "
                           f"top_k in 1..{tokenizer.vocab_size} ({tokenizer.vocab_size}: no filtering)"),
     })

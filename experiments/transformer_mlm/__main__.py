@@ -5,8 +5,8 @@ import os
 import jax
 
 import lab.data
-from lab import configs, pipeline, train
-from lab.data.subword import encode_text
+from lab import configs, pipeline, progress, train
+from lab.data.subword import encode_splits
 from lab.errors import ConfigValueError
 from lab.models import encoder
 from lab.tasks.language_model import EncoderLMTask, check_tokenizer, encoder_config, run_tokenizer
@@ -47,10 +47,13 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     split's text at the first start and kept in the workdir (a classifier starting from this run
     takes it from there).
     """
-    text = {s: pretraining_text(config, s) for s in ("train", "validation")}
+    with progress.phase(f"reading the pretraining text ({config.dataset} train and validation)",
+                        "read the pretraining text") as p:
+        text = {s: pretraining_text(config, s) for s in ("train", "validation")}
+        p.note = ", ".join(f"{s} {len(t):,} characters" for s, t in text.items())
     tokenizer = run_tokenizer(config, workdir, train_text=lambda: text["train"])
     num_chars = tokenizer.vocab_size
-    splits = {s: encode_text(tokenizer, t) for s, t in text.items()}
+    splits = encode_splits(tokenizer, text)
     task = EncoderLMTask(encoder_config(config.model, num_chars), encoder.encoder_token_ids(num_chars),
                         config.mask_rate)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())

@@ -1,8 +1,6 @@
-"""Config of the masked-LM pretraining run whose encoder the transformer classifier loads.
+"""Configs of the masked-LM pretraining run whose encoder the transformer classifier loads. Select a variant with `--config=experiments/transformer_mlm/config.py:NAME`.
 
-    python -m experiments.transformer_mlm --workdir=runs/transformer_mlm
-
-What it is for: pretraining the encoder of `experiments.transformer_classifier` (its
+What they are for: pretraining the encoder of `experiments.transformer_classifier` (its
 `pretrained` and `frozen` variants start from this run's workdir). It pretrains on the LM corpus,
 shakespeare_char (the original recipe). Its train 90% holds most of the classifier's test
 speeches as unlabelled text, and the speaker names; for a pretraining that never sees a
@@ -16,15 +14,15 @@ No variant of this file has a row in experiments/reference_results.json (the tab
 measured numbers; BUILD_NOTES.md has the pretraining experiments), so the closing summary quotes
 no reference.
 
-Variant `causal_bpe`, the subword classifier's pretraining (BUILD_NOTES.md, "Pretraining that
-pays"): next-token prediction by a causal encoder on the classifier's train speeches in 8,192
-BPE tokens, 3,000 steps of 32 x 128 tokens; no row:
-
-    python -m experiments.transformer_mlm --workdir=runs/pretrain_bpe --config=experiments/transformer_mlm/config.py:causal_bpe
-
-Variant `tiny`, a seconds-long run for tests; no row:
-
-    python -m experiments.transformer_mlm --workdir=DIR --config=experiments/transformer_mlm/config.py:tiny
+  (default)   python -m experiments.transformer_mlm --workdir=runs/transformer_mlm
+              BERT-style masked-LM pretraining of the classifier's encoder on shakespeare_char:
+              15% of the characters masked, 6,000 steps of 32 x 128 characters. No row.
+  causal_bpe  python -m experiments.transformer_mlm --workdir=runs/pretrain_bpe --config=experiments/transformer_mlm/config.py:causal_bpe
+              the subword classifier's pretraining (BUILD_NOTES.md, "Pretraining that pays"):
+              next-token prediction by a causal encoder on the classifier's train speeches in
+              8,192 BPE tokens, 3,000 steps of 32 x 128 tokens. No row.
+  tiny        python -m experiments.transformer_mlm --workdir=DIR --config=experiments/transformer_mlm/config.py:tiny
+              a seconds-long run for tests; no row.
 """
 
 import ml_collections
@@ -62,6 +60,7 @@ def tiny_encoder_config() -> ml_collections.ConfigDict:
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    """The masked-LM pretraining on shakespeare_char, or the named variant of it."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     c.dataset = "shakespeare_char"  # the LM corpus; or "shakespeare_plays" (its train speeches only)

@@ -2,7 +2,9 @@
 
 What they are for: a VAE on one-channel images, scored by its test ELBO (nats per image, with
 its reconstruction and KL parts) and by FD and class coverage of its samples through a feature
-network, the classifier run named by `features_run`. Train that one first:
+network, the classifier run named by `features_run`. Train that one first, beside this run's
+workdir (a run named in a config file is looked for in the folder that holds the workdir; one
+given as --config.features_run=PATH is relative to the current folder):
 
   python -m experiments.mlp_classifier --workdir=runs/cnn_fashion --config=experiments/mlp_classifier/config.py:cnn_fashion
 
@@ -16,8 +18,8 @@ generated from it); each variant names its row, and the closing summary quotes t
              The same with an MLP encoder and decoder (Dense 512): what the convolutions are
              worth. No row of its own; its summary quotes the convolutional row, vae_fashion.
   digits     python -m experiments.vae --workdir=runs/vae_digits --config=experiments/vae/config.py:digits
-             The 8x8 digits (features_run runs/cnn_digits), 8 latents, 3,000 steps: the quick
-             check of the generative family. Row: vae_digits.
+             The 8x8 digits, 8 latents, 3,000 steps: the quick check of the generative family.
+             Its features_run is cnn_digits beside the workdir (runs/cnn_digits here). Row: vae_digits.
 """
 
 import ml_collections
@@ -32,7 +34,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.seed = 0  # every random number of the run (init, data order, latent noise) derives from it
     c.dataset = "fashion_mnist"  # fashion_mnist | digits | mnist
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
-    c.features_run = "runs/cnn_fashion"  # workdir of the classifier run whose features measure the samples
+    c.features_run = "cnn_fashion"  # the classifier run whose features measure the samples; here: beside the workdir
     c.batch_size = 64
     c.eval_batch_size = 1000  # test ELBO over every test image; one prior sample per test example
     c.num_train_steps = 12000  # 12.8 epochs of 937 batches
@@ -70,7 +72,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         return c
     if variant == "digits":
         c.dataset = "digits"
-        c.features_run = "runs/cnn_digits"
+        c.features_run = "cnn_digits"
         c.eval_batch_size = 360
         c.num_train_steps = 3000
         c.log_every_steps = 250

@@ -35,10 +35,14 @@ from array_record.python import array_record_data_source
 from etils import epath
 from tensorflow_datasets.core.utils import py_utils, tqdm_utils
 
+from lab import progress
 from lab.data.errors import DataError
 
 DATA_DIR_ENV = "LAB_DATA_DIR"
 _CACHE_VERSION = 1
+# The first read of a split of this many examples or more (decoded record by record, then cached)
+# prints a progress line before and after it; smaller ones are read without a word.
+_ANNOUNCE_EXAMPLES = 10_000
 
 
 def one_line(error: BaseException, limit: int = 200) -> str:
@@ -315,9 +319,15 @@ def read_split(
             fingerprint = _fingerprint(builder, split)
             arrays = _load_cache(path, fingerprint)
         if arrays is None:
-            arrays = _stack(_read_records(builder.as_data_source(split=split)))
-            if path is not None:
-                _write_cache(path, fingerprint, arrays)
+            count = builder.info.splits[split].num_examples if path is not None else 0
+            announce = progress.phase(
+                f"reading {dataset} {split} ({count:,} examples) from its TFDS files, once: later reads "
+                f"use a numpy cache", f"read {dataset} {split}") \
+                if count >= _ANNOUNCE_EXAMPLES else contextlib.nullcontext()
+            with announce:
+                arrays = _stack(_read_records(builder.as_data_source(split=split)))
+                if path is not None:
+                    _write_cache(path, fingerprint, arrays)
     except DataError:
         raise
     except (OSError, ValueError, RuntimeError, KeyError) as e:

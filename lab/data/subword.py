@@ -20,10 +20,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from lab import progress
 from lab.data.errors import DataError
 
 FILENAME = "tokenizer.json"  # the name a run's workdir keeps its tokenizer under
@@ -129,3 +130,17 @@ def encode_text(tokenizer, text: str) -> np.ndarray:
     pieces = text.split("\n\n")
     pieces = [p + "\n\n" for p in pieces[:-1]] + ([pieces[-1]] if pieces[-1] else [])
     return np.concatenate(tokenizer.encode_batch(pieces)) if pieces else np.zeros(0, np.int32)
+
+
+def encode_splits(tokenizer, texts: Mapping[str, str]) -> dict[str, np.ndarray]:
+    """`encode_text` of each split's text (split name -> text), in order. A subword tokenizer
+    (seconds for a corpus) prints a progress line before and one with the time and each split's
+    token count after (`lab.progress.phase`); characters encode at once, without a word."""
+    if not isinstance(tokenizer, SubwordTokenizer):
+        return {name: encode_text(tokenizer, text) for name, text in texts.items()}
+    names = list(texts)
+    which = " and ".join([", ".join(names[:-1]), names[-1]] if len(names) > 1 else names)
+    with progress.phase(f"encoding the {which} text as BPE tokens", "encoded the text") as p:
+        out = {name: encode_text(tokenizer, text) for name, text in texts.items()}
+        p.note = ", ".join(f"{name} {len(ids):,} tokens" for name, ids in out.items())
+    return out

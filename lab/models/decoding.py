@@ -38,37 +38,54 @@ def init_cache(config: TransformerConfig, batch_size: int) -> dict:
 
 @functools.partial(jax.jit, static_argnums=(0, 3))
 def _generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
-              rng: Array, temperature: Array, top_k: Array) -> Array:
+              rng: Array, temperature: Array, top_k: Array, prompt_len: Array | None = None) -> Array:
     model = GPT(config)
     keys = jax.random.split(rng, max_new_tokens)
 
-    def last_logits(cache, tokens_BxL):
+    def logits_and_cache(cache, tokens_BxL):
         logits_BxLxV, variables = model.apply(
             {"params": params, "cache": cache}, tokens_BxL, train=False, decode=True,
             mutable=["cache"])
-        return logits_BxLxV[:, -1], variables["cache"]
+        return logits_BxLxV, variables["cache"]
 
     # Prefill: the whole prompt in one call, which also gives the first new token.
-    logits_BxV, cache = last_logits(init_cache(config, prompt_BxP.shape[0]), prompt_BxP)
+    logits_BxPxV, cache = logits_and_cache(init_cache(config, prompt_BxP.shape[0]), prompt_BxP)
+    if prompt_len is None:
+        logits_BxV = logits_BxPxV[:, -1]
+    else:
+        # A padded prompt: its tokens are [0, prompt_len). The pads' cache rows stay hidden (a
+        # query sees the rows up to its own position) and each is overwritten before its
+        # position's query, since decoding resumes at row prompt_len.
+        logits_BxV = lax.dynamic_index_in_dim(logits_BxPxV, prompt_len - 1, axis=1, keepdims=False)
+        cache = {**cache, "index": jnp.asarray(prompt_len, jnp.int32)}
     first_B = layers.sample_logits(logits_BxV, keys[0], temperature, top_k)
 
     def step(carry, key):
         cache, token_B = carry
-        logits_BxV, cache = last_logits(cache, token_B[:, None])
-        token_B = layers.sample_logits(logits_BxV, key, temperature, top_k)
+        logits_Bx1xV, cache = logits_and_cache(cache, token_B[:, None])
+        token_B = layers.sample_logits(logits_Bx1xV[:, -1], key, temperature, top_k)
         return (cache, token_B), token_B
 
     _, rest_NxB = lax.scan(step, (cache, first_B), keys[1:])
-    return jnp.concatenate([prompt_BxP, first_B[:, None], rest_NxB.T], axis=1)
+    new_BxN = jnp.concatenate([first_B[:, None], rest_NxB.T], axis=1)
+    if prompt_len is None:
+        return jnp.concatenate([prompt_BxP, new_BxN], axis=1)
+    tokens_BxPN = jnp.concatenate([prompt_BxP, jnp.zeros_like(new_BxN)], axis=1)  # PN: P + N
+    return lax.dynamic_update_slice(tokens_BxPN, new_BxN, (0, prompt_len))
 
 
 def generate_traced(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,
-                    rng: Array, temperature: Array, top_k: Array) -> Array:
+                    rng: Array, temperature: Array, top_k: Array, prompt_len: Array | None = None) -> Array:
     """`generate` with temperature (float32 scalar) and top_k (int32 scalar in [1, V]) as arrays
     and without its Python checks: the function `lab.export` lowers, the prompt length symbolic.
-    The caller keeps P + max_new_tokens <= config.max_len (the export states it as a constraint).
-    Returns int32 tokens_Bx(P+N), the same tokens `generate` gives for the same arguments."""
-    return _generate(config, params, prompt_BxP, max_new_tokens, rng, temperature, top_k)
+
+    prompt_len (int32 scalar, optional): the prompt is padded and its tokens are the first
+    prompt_len of each row (1 <= prompt_len <= P); the new tokens then follow them, at
+    [prompt_len, prompt_len + N), so the first prompt_len + N tokens of a row are what `generate`
+    gives for the unpadded prompt (a server pads prompts to a few lengths, each compiled once).
+    The caller keeps prompt_len + max_new_tokens <= config.max_len and P <= config.max_len (the
+    export states it as a constraint). Returns int32 tokens_Bx(P+N)."""
+    return _generate(config, params, prompt_BxP, max_new_tokens, rng, temperature, top_k, prompt_len)
 
 
 def generate(config: TransformerConfig, params, prompt_BxP: Array, max_new_tokens: int,

@@ -165,6 +165,15 @@ def make_optimizers(config: Any, num_train_steps: int):
     return make_optimizer(config.optimizer, num_train_steps)
 
 
+def learning_rate_schedules(config: Any, num_train_steps: int) -> dict[str, optax.Schedule]:
+    """The schedule of every optimizer, by name: `{'': schedule}` for the single `optimizer`,
+    `{name: schedule}` for named ones. The update at 0-based step s used `schedule(s)` (optax's
+    count of updates), so the host can say what rate a step used without touching the state."""
+    if "optimizers" in config:
+        return {name: make_schedule(block, num_train_steps) for name, block in config.optimizers.items()}
+    return {"": make_schedule(config.optimizer, num_train_steps)}
+
+
 def optimizer_blocks(config: Any) -> dict[str, Any]:
     """`{'optimizer': block}` or `{'optimizers.<name>': block, ...}`: every block, by its key."""
     if "optimizers" in config:

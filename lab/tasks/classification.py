@@ -181,6 +181,8 @@ class ClassificationTask(Task):
         self.label_keys = tuple(label_keys)
         self.extra_input_keys = tuple(extra_input_keys)
         self._carried = None
+        if len(self.label_keys) > 1:  # each head's accuracy (`<head>_accuracy`) in a panel of its own
+            self.curves = ("loss",) + tuple(f"{head}_accuracy" for head in self.label_keys)
 
     def _example_args(self) -> tuple:
         x = self.example_inputs

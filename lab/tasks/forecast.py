@@ -145,8 +145,11 @@ class ForecastTask(Task):
         change from it (prediction = last + network(window - last)), not the level itself: a
         series that leaves the train part's range (co2's trend) then looks like the train part.
       plot_split: host-side (eval arrays, times (N,) of the whole series) drawn by `on_eval` into
-        `workdir/forecast.png`; None: no plot.
+        `workdir/forecast.png` (and TensorBoard's image 'forecast'); None: no plot.
     """
+
+    # The headline errors: the network's RMSE with each baseline's in one panel.
+    curves = ("loss", ("rmse",) + tuple(f"rmse_{name}" for name in BASELINES))
 
     def __init__(self, model, timesteps: int, scaler: Scaler, *, predict_change: bool = False,
                  plot_split: tuple[dict, np.ndarray] | None = None, title: str = ""):
@@ -206,7 +209,7 @@ class ForecastTask(Task):
         figure = forecast_figure(times[arrays["index"]], arrays["truth"], pred,
                                  {name: arrays[name] for name in BASELINES},
                                  title=f"{self.title} (step {step})")
-        report.save_figure(figure, os.path.join(workdir, "forecast.png"))
+        report.save_figure(figure, os.path.join(workdir, "forecast.png"), tag="forecast")
 
 
 def forecast_figure(times_M: np.ndarray, truth_M: np.ndarray, pred_M: np.ndarray,

@@ -38,6 +38,8 @@ from lab.task import Task
 # Eval latent streams (`lab.pipeline.fixed_latents`).
 PRIOR_STREAM, POSTERIOR_STREAM = 0, 1
 GRID_SIZE = 64  # the sample grid: the first 64 test examples' latents, the same at every eval
+GRID_IMAGE_PX = 128  # each image of a grid is enlarged (nearest) to at least this many pixels a side
+GRID_PAD = 2  # pixels between a grid's images
 
 
 class FeatureNetwork:
@@ -108,14 +110,23 @@ def _has_quality(sums: dict) -> bool:
     return "fake_class_counts" in sums
 
 
-def _save_grid(workdir: str, name: str, step: int, grid: np.ndarray) -> None:
-    """`workdir/NAME.png` (the latest) and `workdir/samples/NAME_STEP.png` (the history)."""
-    report.save_image(os.path.join(workdir, "samples", f"{name}_{step:07d}.png"), grid)
-    report.save_image(os.path.join(workdir, f"{name}.png"), grid)
+def _save_grid(workdir: str, name: str, step: int, images: np.ndarray, cols: int,
+               keys: tuple[str, ...] = (), row_labels: tuple[str, ...] = ()) -> None:
+    """Tiles `images` (N, H, W, C) in [0, 1], `cols` a row, each enlarged to at least
+    GRID_IMAGE_PX a side, into `workdir/NAME.png` (the latest; TensorBoard's image NAME at the
+    eval's step) and `workdir/samples/NAME_STEP.png` (the history), captioned with the run, the
+    step, the eval metrics `keys` and NAME; `row_labels` name the grid's rows."""
+    images = np.asarray(images)
+    grid = report.image_grid(images, cols=cols, pad=GRID_PAD, upscale=grid_upscale(images.shape[1]))
+    caption = f"{report.caption(workdir, step, keys)} | {name}"
+    report.save_image(os.path.join(workdir, "samples", f"{name}_{step:07d}.png"), grid, caption, row_labels)
+    report.save_image(os.path.join(workdir, f"{name}.png"), grid, caption, row_labels, tag=name)
 
 
-def _upscale(image_shape) -> int:
-    return max(1, 28 // int(image_shape[0]))
+def grid_upscale(height: int) -> int:
+    """The nearest-neighbour enlargement of images `height` pixels high in a grid: at least 4,
+    and enough for GRID_IMAGE_PX (8 -> 16, 28 -> 5)."""
+    return max(4, -(-GRID_IMAGE_PX // int(height)))
 
 
 class GANTask(Task):
@@ -178,11 +189,12 @@ class GANTask(Task):
     def update(self, state, batch, rng, tools):
         """The discriminator's step, then the generator's (see the class docstring); sums of both
         losses, the discriminator's mean outputs on real and generated images, the grad norms."""
+        d_rng, g_rng = jax.random.split(rng)  # each step its own key (the losses draw none today)
         d_grads, d_sums = tools.mean_grads(self.d_loss(state.params["generator"]),
-                                           state.params["discriminator"], batch, rng)
+                                           state.params["discriminator"], batch, d_rng)
         state = tools.apply_gradients(state, d_grads, "discriminator")
         g_grads, g_sums = tools.mean_grads(self.g_loss(state.params["discriminator"]),
-                                           state.params["generator"], batch, rng)
+                                           state.params["generator"], batch, g_rng)
         state = tools.apply_gradients(state, g_grads, "generator")
         return state, {"count": d_sums["count"], "d_loss": d_sums["loss"], "g_loss": g_sums["loss"],
                        "d_real": d_sums["d_real"], "d_fake": d_sums["d_fake"],
@@ -214,8 +226,7 @@ class GANTask(Task):
     def on_eval(self, variables, step: int, workdir: str, rng: jax.Array) -> None:
         """`samples.png`: the generator's images of the same 64 latents at every eval."""
         images = gan.to_unit(self._fake(variables["params"]["generator"], jnp.asarray(self.grid_noise)))
-        _save_grid(workdir, "samples", step,
-                   report.image_grid(np.asarray(images), cols=8, upscale=_upscale(self.image_shape)))
+        _save_grid(workdir, "samples", step, np.asarray(images), cols=8, keys=("fd", "class_entropy"))
 
 
 class VAETask(Task):
@@ -230,7 +241,7 @@ class VAETask(Task):
       shown_images: (16, H, W, C) test images for the reconstruction grid and the interpolation.
     """
 
-    curves = ("loss", "kl", "fd", "class_entropy")
+    curves = ("elbo", "kl", "fd", "class_entropy")
 
     def __init__(self, model: vae.VAE, features: FeatureNetwork | None, grid_noise: np.ndarray,
                  shown_images: np.ndarray):
@@ -274,22 +285,22 @@ class VAETask(Task):
 
     def on_eval(self, variables, step: int, workdir: str, rng: jax.Array) -> None:
         """`samples.png` (decoded prior latents, the same at every eval), `reconstructions.png`
-        (test images, each above its reconstruction from the posterior mean) and
+        (test images, each above its reconstruction from the posterior mean, rows labelled) and
         `interpolation.png` (decoded points on the line between the posterior means of pairs of
         test images, one pair per row)."""
         params = variables["params"]
         apply = lambda *a, **k: self.model.apply({"params": params}, *a, **k)
-        up = _upscale(self.model.image_shape)
         samples = apply(jnp.asarray(self.grid_noise), method=vae.VAE.decode_mean)
-        _save_grid(workdir, "samples", step, report.image_grid(np.asarray(samples), cols=8, upscale=up))
+        _save_grid(workdir, "samples", step, np.asarray(samples), cols=8, keys=("fd", "class_entropy"))
         shown = jnp.asarray(self.shown_images)
         mean, _ = apply(shown, method=vae.VAE.encode)
         recon = apply(mean, method=vae.VAE.decode_mean)
         pairs = np.concatenate([np.asarray(shown[:8]), np.asarray(recon[:8]),
                                 np.asarray(shown[8:16]), np.asarray(recon[8:16])])
-        _save_grid(workdir, "reconstructions", step, report.image_grid(pairs, cols=8, upscale=up))
+        _save_grid(workdir, "reconstructions", step, pairs, cols=8, keys=("elbo",),
+                   row_labels=("input", "reconstruction") * 2)
         t = jnp.linspace(0.0, 1.0, 10)[None, :, None]
         ends = mean[:8].reshape(4, 2, -1)
         path = ends[:, :1] * (1 - t) + ends[:, 1:] * t  # (4 pairs, 10 points, Z)
         strip = apply(path.reshape(40, -1), method=vae.VAE.decode_mean)
-        _save_grid(workdir, "interpolation", step, report.image_grid(np.asarray(strip), cols=10, upscale=up))
+        _save_grid(workdir, "interpolation", step, np.asarray(strip), cols=10, keys=("elbo",))

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab import metrics, report
+from lab import metrics, progress, report
 from lab.errors import ConfigValueError
 from lab.models import decoding, encoder, transformer
 from lab.task import Task
@@ -100,7 +100,12 @@ def run_tokenizer(config, workdir: str | None, train_text: Callable[[], str] | N
         source = os.path.join(source_workdir, subword.FILENAME)
         tokenizer = checked(subword.SubwordTokenizer.load(source), source)
     elif train_text is not None:
-        tokenizer = subword.SubwordTokenizer.train(train_text(), block["vocab_size"])
+        text = train_text()
+        with progress.phase(f"training a byte-level BPE tokenizer of {block['vocab_size']:,} tokens on the train "
+                            f"text ({len(text):,} characters)", "trained the BPE tokenizer") as p:
+            tokenizer = subword.SubwordTokenizer.train(text, block["vocab_size"])
+            if path:
+                p.note = f"kept in {path}: later starts read it"
     else:  # nothing to take it from: say where it should have been
         return subword.SubwordTokenizer.load(path or "")
     if path and jax.process_index() == 0:
@@ -151,7 +156,7 @@ class CausalLMTask(Task):
     Args:
       config: the GPT's TransformerConfig.
       sample: optional `(params, step, rng) -> str` writer of text samples at each eval; the
-        text goes to `workdir/samples/step_<N>.txt`.
+        text goes to `workdir/samples/step_<N>.txt` and TensorBoard's text 'samples'.
       chars_per_token: characters of text per token (1 for characters; for subwords, the
         validation split's ratio), so that the summary's `bits_per_char` compares tokenizers.
     """
@@ -193,7 +198,7 @@ class CausalLMTask(Task):
         if self._sample is None:
             return
         text = self._sample(variables["params"], step, rng)
-        report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), text)
+        report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), text, tag="samples")
 
 
 class EncoderLMTask(Task):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import unicodedata
 from collections.abc import Sequence
 
@@ -126,6 +127,33 @@ def decode_reply(tokenizer, tokens_N: np.ndarray, length: int) -> str:
     return tokenizer.decode(ids[ids < tokenizer.vocab_size])
 
 
+# A sentence's end: . ! or ?, then any closing quotes or brackets, then a space or the text's end.
+_SENTENCE_END = re.compile(r"""[.!?]["')\]]*(?=\s|$)""")
+CUT_MARK = "..."  # ends a reply that `trim_reply` cut at a word boundary
+
+
+def trim_reply(text: str, complete: bool) -> str:
+    """A generated reply for people to read: `text` itself when the model ended it (`complete`:
+    it emitted EOS before the length limit), else `text` cut where the limit left it mid-word.
+
+    A reply the limit stopped ends at its last sentence end (. ! ? and closing quotes) when that
+    keeps at least half of it; otherwise at its last word boundary (whitespace), with the
+    punctuation before the cut dropped and `CUT_MARK` appended. A reply without whitespace (one
+    unbroken word) is kept whole, also marked. Nothing is ever cut inside a word.
+    """
+    if complete or not text.strip():
+        return text
+    ends = [m.end() for m in _SENTENCE_END.finditer(text)]
+    if ends and ends[-1] * 2 >= len(text.rstrip()):
+        return text[:ends[-1]]
+    if text[-1].isspace():  # the limit fell between two words: the last one is whole
+        kept = text
+    else:
+        boundary = max(text.rfind(c) for c in " \n\t")
+        kept = text[:boundary] if boundary > 0 and text[:boundary].strip() else text
+    return kept.rstrip().rstrip(",;:-") + CUT_MARK
+
+
 class Seq2SeqTask(Task):
     """`lab.task.Task` for `lstm.Seq2Seq` on batches of `encode_pairs` rows.
 
@@ -137,10 +165,11 @@ class Seq2SeqTask(Task):
       samples: optional host-side (tokenizer, encoded rows of a few fixed prompts, their texts,
         max_new_tokens, temperature) for `on_eval`: greedy and sampled replies to
         `workdir/samples/step_<N>.txt`, and, with attention, `workdir/attention.png` for the
-        first prompt.
+        first prompt (both also to TensorBoard: text 'replies', image 'attention').
     """
 
     count_unit = "tokens"
+    curves = ("loss", "perplexity", "accuracy")
 
     def __init__(self, config: lstm.Seq2SeqConfig, samples: dict | None = None):
         self.config = config
@@ -192,7 +221,7 @@ class Seq2SeqTask(Task):
             lines += [f"PROMPT: {prompt}",
                       f"GREEDY: {decode_reply(tokenizer, greedy[i], int(greedy_len[i]))}",
                       f"T={s['temperature']}: {decode_reply(tokenizer, sampled[i], int(sampled_len[i]))}", ""]
-        report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), "\n".join(lines))
+        report.save_text(os.path.join(workdir, "samples", f"step_{step}.txt"), "\n".join(lines), tag="replies")
         if self.config.attention != "none" and self.config.use_encoder:
             n_src = int(rows["src_len"][0])
             n_out = max(1, min(int(greedy_len[0]) + 1, attention.shape[1]))
@@ -201,7 +230,7 @@ class Seq2SeqTask(Task):
             out_chars += ["<eos>"] * (n_out - len(out_chars))
             figure = attention_figure(attention[0, :n_out, :n_src], src_chars, out_chars,
                                       title=f"{self.config.attention} attention, step {step}")
-            report.save_figure(figure, os.path.join(workdir, "attention.png"))
+            report.save_figure(figure, os.path.join(workdir, "attention.png"), tag="attention")
 
 
 def attention_figure(weights_TxS: np.ndarray, src_chars: Sequence[str], out_chars: Sequence[str],

@@ -1,0 +1,41 @@
+"""benchmarks/accelerator_check.py, the script a lent GPU runs, works here on the CPU."""
+
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_accelerator_check_runs_on_the_cpu_and_writes_one_json(tmp_path):
+    out = tmp_path / "check.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_check", "--platform=cpu", "--quick",
+                           "--parts=gpt_wide,torch,gpt125m", f"--out={out}"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["platform"] == "cpu" and result["bf16_matmul_tflops"] > 0 and "model_name" in result["cpu"]
+    parts = result["parts"]
+    assert set(parts) == {"gpt_wide", "torch", "gpt125m"}
+    for dtype in ("float32", "bfloat16"):
+        row = parts["gpt_wide"][dtype]
+        assert row["median_step_ms"] > 0 and 0 < row["mfu"] and row["params"] > 0
+    run = parts["gpt_wide"]["run"]
+    assert run["exit"] == 0 and run["steps"] == 4 and 0 < run["val_loss"] < 10, run
+    assert parts["torch"] == {"skipped": "no --torch_python", "wall_s": parts["torch"]["wall_s"]}
+    assert parts["gpt125m"]["tokens_per_sec"] > 0
+    # A CPU run is the reference a GPU run's loss is compared with.
+    again = tmp_path / "again.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_check", "--platform=cpu", "--quick",
+                           "--parts=gpt_wide", f"--cpu_reference={out}", f"--out={again}"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = json.loads(again.read_text())["parts"]["gpt_wide"]["run"]
+    assert run["minus_cpu"] == 0.0  # the same steps on the same machine: the same loss
+
+
+def test_accelerator_check_refuses_an_unknown_part():
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_check", "--parts=gpt_huge"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "unknown parts" in proc.stderr
