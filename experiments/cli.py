@@ -184,7 +184,9 @@ def _usage_error(e: Exception) -> None:
     _fail(f"{text} (--help lists the variants, config keys and flags)", EXIT_USAGE)
 
 
-def _parse_flags(argv: list[str]) -> list[str]:
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, with every usage error as lab's one `error:` line and exit 2 (for
+    `app.run(main, flags_parser=parse_flags)` in every command of `experiments`)."""
     try:
         return flags.FLAGS(argv)
     except _USAGE_ERRORS as e:
@@ -363,4 +365,4 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
             traceback.print_exc()
             _fail(f"process {__import__('jax').process_index()} stopped on the error above", EXIT_FAILURE)
 
-    app.run(_main, flags_parser=_parse_flags)
+    app.run(_main, flags_parser=parse_flags)

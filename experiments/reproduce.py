@@ -227,4 +227,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments.cli import parse_flags  # the one way every command answers a bad flag
+
+    app.run(main, flags_parser=parse_flags)

@@ -53,6 +53,7 @@ ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": Fa
                       "keep_best_mode": "max", "profile_steps": ""}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
+PRUNE_HORIZON_SUFFIX = ".prune.end_step"  # likewise the pruning ramp's end (None: num_train_steps // 2)
 # Keys that name a folder: where datasets are built, and other runs' workdirs a run reads. The
 # experiments' command line makes them absolute before a run starts, so config.json says which
 # folder; a saved relative one was relative to the folder its run started in, so a resume
@@ -252,7 +253,7 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
         diff = sorted(k for k in set(old) | set(flat)
                       if old.get(k, ADDED_KEY_DEFAULTS.get(k)) != flat.get(k, ADDED_KEY_DEFAULTS.get(k))
                       and k not in RUN_CONTROL_KEYS
-                      and not k.startswith(RUN_CONTROL_PREFIXES) and not k.endswith(HORIZON_SUFFIX))
+                      and not k.startswith(RUN_CONTROL_PREFIXES) and not k.endswith((HORIZON_SUFFIX, PRUNE_HORIZON_SUFFIX)))
         if diff:
             shown = ", ".join(f"{k}: {old.get(k)!r} -> {flat.get(k)!r}" for k in diff[:4])
             raise WorkdirConfigError(
@@ -270,6 +271,13 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
                     f"workdir {workdir} was trained with its {where} schedule shaped over {was} steps; "
                     f"this run's is over {now} steps, which would reshape it: to extend the run, keep its schedule "
                     f"with --config.{where}.decay_steps={was}, or use a new --workdir")
+            was = (optim.prune_settings(old_block, old_config.get("num_train_steps")) or {}).get("end_step")
+            now = (optim.prune_settings(block, config.num_train_steps) or {}).get("end_step")
+            if was != now and was is not None:
+                raise WorkdirConfigError(
+                    f"workdir {workdir} was pruned along a ramp ending at step {was}; this run's ends at {now}, "
+                    f"which would revive pruned weights: to extend the run, keep it with "
+                    f"--config.{where}.prune.end_step={was}, or use a new --workdir")
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:  # whole or not at all: a kill mid-write keeps the old file
         json.dump(new, f, indent=2, sort_keys=True)

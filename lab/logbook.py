@@ -13,7 +13,9 @@ logged step: `{"step": s, "<tag>": value, ...}`, with one tag scheme (TensorBoar
 
 (`results.json` keeps its `<split>_<metric>` names.) On resume from step k, records past k
 are dropped first: they were written after the checkpoint and will be written again, so a resumed
-run's file equals an uninterrupted run's. A torn last line (a kill or a full disk mid-write) is
+run's file equals an uninterrupted run's, except the first train record after a resume from a
+checkpoint between log steps: its running mean covers the steps since the checkpoint only, and
+its `train/window_steps` (every train record has it) says how many. A torn last line (a kill or a full disk mid-write) is
 dropped too, and a record the file already holds at step k is not written twice.
 
 TensorBoard also gets the config (a text summary and the hparams plugin's session start), the
@@ -79,6 +81,7 @@ def window_metrics(summarize: Callable[[dict], dict], sums: dict, seconds: float
     norms = {TRAIN + k: float(sums.pop(k)) / steps for k in list(sums) if k.endswith(PER_STEP_SUFFIX)}
     out = {TRAIN + k: v for k, v in scalars(summarize(sums)).items()}
     out.update(norms)
+    out[TRAIN + "window_steps"] = steps  # a resumed run's first window may be shorter: it says so
     if seconds > 0:
         out["steps_per_sec"] = steps / seconds
         out[f"{count_unit}_per_sec"] = float(sums["count"]) / seconds
@@ -90,7 +93,7 @@ def headline(metrics: dict) -> dict[str, float]:
     the learning rate as `lr`."""
     out = {}
     for k, v in metrics.items():
-        if k.startswith(TRAIN) and not k.endswith(PER_STEP_SUFFIX):
+        if k.startswith(TRAIN) and not k.endswith((PER_STEP_SUFFIX, "window_steps")):
             name = k[len(TRAIN):]
             out[name.replace("learning_rate", "lr", 1) if name.startswith("learning_rate") else name] = v
     return out

@@ -22,6 +22,8 @@ import subprocess
 
 import jax
 
+from lab.errors import WorkdirConfigError
+
 FILENAME = "environment.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -71,10 +73,8 @@ def versions() -> dict:
 def environment(config, step: int = 0) -> dict:
     """This process's entry for a run of `config` starting at `step` (see the module docstring).
     The dataset's sha256 is `lab.data.checksum` of `config.dataset` (None: not a lab dataset)."""
-    import lab.data
-
     name = config.get("dataset")
-    checksum = lab.data.checksum(name, data_dir=config.get("data_dir")) if name in lab.data.DATASETS else None
+    checksum = dataset_checksum(config)
     devices = jax.devices()
     return {
         "step": int(step),
@@ -89,6 +89,36 @@ def environment(config, step: int = 0) -> dict:
         "seed": config.get("seed"),
         "dataset": {"name": name, "sha256": checksum},
     }
+
+
+def dataset_checksum(config) -> str | None:
+    """`lab.data.checksum` of `config.dataset` (None: not a lab dataset)."""
+    import lab.data
+
+    name = config.get("dataset")
+    return lab.data.checksum(name, data_dir=config.get("data_dir")) if name in lab.data.DATASETS else None
+
+
+def check_dataset(workdir: str, config, allow_config_change: bool = False) -> None:
+    """Refuses to resume a run whose dataset's content differs from the one its first start
+    recorded in `environment.json` (the same name, another sha256: a rebuilt or changed dataset).
+
+    Raises:
+      WorkdirConfigError: naming the dataset and `--allow_config_change`, the way to go on anyway.
+    """
+    try:
+        with open(os.path.join(workdir, FILENAME)) as f:
+            first = json.load(f)["starts"][0]["dataset"]
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return  # nothing recorded (a run older than the record): nothing to compare
+    if allow_config_change or first.get("name") != config.get("dataset") or not first.get("sha256"):
+        return
+    now = dataset_checksum(config)
+    if now is not None and now != first["sha256"]:
+        raise WorkdirConfigError(
+            f"the dataset {first['name']} changed since this run started (sha256 {first['sha256'][:12]}... -> "
+            f"{now[:12]}...): resuming would train on other data; use a new --workdir, or pass "
+            f"--allow_config_change to resume on the new data anyway")
 
 
 def record(workdir: str, entry: dict) -> None:

@@ -100,9 +100,9 @@ def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str
 def make_train_step(task: Task, tools: StepTools, train_key: jax.Array, ema_decay: float = 0.0) -> Callable:
     """The data-parallel train step `(state, batch) -> (state, metrics)`, before packing.
 
-    `metrics` holds the update's global sums, `steps` (1) and `param_norm`: the norm of the
-    parameters *after* the update, so a step that makes them non-finite is caught before any
-    checkpoint holds them. With `ema_decay` > 0, `extra['ema']` follows the new parameters
+    `metrics` holds the update's global sums, `steps` (1), `param_norm` and `state_norm`: the
+    norms of the parameters and of the rest of the state (optimizer moments, `extra`) *after* the
+    update, so a step that makes any of it non-finite is caught before any checkpoint holds it. With `ema_decay` > 0, `extra['ema']` follows the new parameters
     (`TrainState.eval_variables` debiases it).
     """
 
@@ -115,7 +115,9 @@ def make_train_step(task: Task, tools: StepTools, train_key: jax.Array, ema_deca
         if ema_decay:
             ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.extra[EMA], new_state.params)
             new_state = new_state.replace(extra={**new_state.extra, EMA: ema})
-        metrics = dict(sums, steps=jnp.ones((), jnp.float32), param_norm=optax.tree.norm(new_state.params))
+        rest = [x for x in jax.tree.leaves((new_state.opt_state, new_state.extra)) if jnp.issubdtype(x.dtype, jnp.inexact)]
+        metrics = dict(sums, steps=jnp.ones((), jnp.float32), param_norm=optax.tree.norm(new_state.params),
+                       state_norm=optax.tree.norm(rest))
         return new_state, metrics
 
     return step_fn
@@ -237,6 +239,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         state, init_source = _warm_start(config, state, shardings)
         start_step = 0
     else:
+        # The data is part of the run too: a rebuilt or changed dataset never resumes silently.
+        distributed.agree("the dataset check", lambda: provenance.check_dataset(workdir, config, allow_config_change))
         finished = _finished_results(workdir, start_step, total_steps, data.evals)
         if finished is not None:
             checkpointer.close()
@@ -298,11 +302,20 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         results = {}
         for split, batches in data.evals.items():
             total = None
-            for batch in batches():  # sums go to the host per batch: no device-side add to compile
-                sums = strategy.metrics_to_host(eval_step(variables, strategy.global_batch(batch), eval_rng))
+            for index, batch in enumerate(batches()):  # sums to the host per batch: no device-side add
+                # Each batch its own key (the same at every eval): a masked LM masks other cells in each.
+                batch_rng = jax.random.fold_in(eval_rng, index)
+                sums = strategy.metrics_to_host(eval_step(variables, strategy.global_batch(batch), batch_rng))
                 total = sums if total is None else jax.tree.map(np.add, total, sums)
             results[split] = task.summarize(jax.tree.map(np.asarray, total))
             logger.log_eval(step, split, results[split])  # `eval_<split>/...` records
+            bad = sorted(k for k, v in logbook.scalars(results[split]).items() if k.endswith("loss") and not np.isfinite(v))
+            if bad:  # finite parameters whose evaluation overflows: not a model to checkpoint
+                raise NonFiniteLossError(f"non-finite eval_{split}/{', '.join(bad)} at step {step}; the last good "
+                                         f"checkpoint is kept in {checkpointer.directory}; lower "
+                                         "optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun")
+        if type(task).on_eval is Task.on_eval:  # the task draws nothing: nothing to gather
+            return results
         # Every process runs the hook (its sampling is jitted): on host-local copies of the
         # variables when they span processes, so no process computes with the others' devices.
         local = variables if jax.process_count() == 1 else multihost_utils.process_allgather(variables, tiled=True)

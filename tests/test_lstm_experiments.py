@@ -135,3 +135,17 @@ def test_cli_bad_model_key_is_one_line_before_any_data(run_cli, tmp_path):
                    "--config.model.activation=sigmoid", env={"LAB_DATA_DIR": str(data_dir)})
     assert proc.returncode == 2 and "config.model.activation" in proc.stderr
     assert "Traceback" not in proc.stderr and not data_dir.exists() and not os.path.exists(tmp_path / "run")
+
+
+def test_chat_and_sample_bound_what_they_generate_and_read(tmp_path, run_cli):
+    """A reply longer than 4 x the run's max_tgt, a NaN temperature, a huge sample: one line each;
+    a 1 MB input line is read in pieces (its last characters kept) and answered."""
+    chatbot.main(chatbot_config("tiny"), str(tmp_path))
+    proc = run_cli("experiments.lstm_chatbot.chat", f"--workdir={tmp_path}", "--max_new_tokens=100000000", input="hi\n")
+    assert proc.returncode == 1 and "use at most" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("experiments.lstm_chatbot.chat", f"--workdir={tmp_path}", "--temperature=nan", input="hi\n")
+    assert proc.returncode == 1 and "finite number" in proc.stderr
+    proc = run_cli("experiments.lstm_chatbot.chat", f"--workdir={tmp_path}", input="a" * 1_000_000 + "\nhello\n")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 2, proc.stderr[-2000:]
+    proc = run_cli("experiments.transformer_lm.sample", f"--workdir={tmp_path}", "--num_tokens=100000000")
+    assert proc.returncode == 1 and "--num_tokens must be in 1..100,000" in proc.stderr

@@ -22,6 +22,7 @@ no chatbot run end with one `error:` line on stderr and exit status 1.
 
 import importlib
 import json
+import math
 import os
 import sys
 
@@ -34,6 +35,9 @@ from lab.errors import LabError
 from lab.tasks import seq2seq
 
 flags.DEFINE_string("workdir", None, "The run's --workdir (an lstm_chatbot run).")
+MAX_LINE_CHARS = 10_000  # an input line's characters kept (its last ones)
+MAX_REPLY_FACTOR = 4  # --max_new_tokens at most this many times the run's max_tgt
+
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
 flags.DEFINE_integer("top_k", 0, "Sample among the k likeliest characters; 0 = all.")
 flags.DEFINE_integer("max_new_tokens", 0, "Reply length limit in characters; 0 = the run's config.max_tgt.")
@@ -95,9 +99,18 @@ def banner(workdir: str, config, params, where: str, max_new: int, temperature: 
 
 def _lines(interactive: bool):
     """The input lines, without their line ends: `input(YOU)` at a terminal (line editing and
-    history), else stdin as it comes."""
+    history), else stdin as it comes, each line read in pieces of MAX_LINE_CHARS and only its
+    last piece kept (the encoder reads a prompt's last characters), so a huge line costs no memory."""
     if not interactive:
-        for line in sys.stdin:
+        while True:
+            line = sys.stdin.readline(MAX_LINE_CHARS)
+            if not line:
+                return
+            while not line.endswith("\n"):
+                more = sys.stdin.readline(MAX_LINE_CHARS)
+                if not more:
+                    break
+                line = (line + more)[-MAX_LINE_CHARS:]
             yield line.rstrip("\n")
         return
     try:
@@ -117,9 +130,14 @@ def main(argv):
     del argv
     logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores: noise between replies
     try:
-        if FLAGS.temperature < 0 or FLAGS.top_k < 0 or FLAGS.max_new_tokens < 0:
-            raise LabError("--temperature, --top_k and --max_new_tokens must be >= 0")
+        if not (math.isfinite(FLAGS.temperature) and FLAGS.temperature >= 0) or FLAGS.top_k < 0 \
+                or FLAGS.max_new_tokens < 0:
+            raise LabError("--temperature must be a finite number >= 0, --top_k and --max_new_tokens >= 0")
         config, tokenizer, ids, task, params, where = _load(FLAGS.workdir)
+        if FLAGS.max_new_tokens > MAX_REPLY_FACTOR * config.max_tgt:
+            raise LabError(f"--max_new_tokens={FLAGS.max_new_tokens} is more than {MAX_REPLY_FACTOR} x the run's "
+                           f"max_tgt ({config.max_tgt}), the reply length its decoder learned: use at most "
+                           f"{MAX_REPLY_FACTOR * config.max_tgt}")
     except LabError as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         sys.exit(1)
@@ -146,4 +164,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments.cli import parse_flags  # the one way every command answers a bad flag
+
+    app.run(main, flags_parser=parse_flags)

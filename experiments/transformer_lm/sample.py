@@ -5,6 +5,7 @@
 """
 
 import json
+import math
 import os
 import sys
 
@@ -19,6 +20,8 @@ from lab.tasks.language_model import gpt_config, run_tokenizer, sample_text
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
 flags.DEFINE_string("prompt", "ROMEO:\n", "Text to continue.")
 flags.DEFINE_integer("num_tokens", 500, "Tokens to sample (characters, or subwords for a bpe run).")
+MAX_TOKENS = 100_000  # a stated bound on one sample's length (the decode runs a window at a time)
+
 flags.DEFINE_float("temperature", 0.8, "Softmax temperature; 0 = greedy.")
 flags.DEFINE_integer("top_k", 20, "Sample among the k likeliest characters; 0 = all.")
 flags.DEFINE_integer("seed", 0, "Sampling seed.")
@@ -28,13 +31,18 @@ FLAGS = flags.FLAGS
 def main(argv):
     logging.set_verbosity(logging.ERROR)  # Orbax warns about read-only restores: noise before the text
     try:
+        try:
+            FLAGS.prompt.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (surrogate escapes)
+            raise LabError("--prompt is not UTF-8 text: pass the prompt in UTF-8") from None
         if not FLAGS.workdir:
             raise LabError("--workdir is required: the directory of a transformer_lm run")
         path = os.path.join(FLAGS.workdir, "config.json")
         if not os.path.exists(path):
             raise LabError(f"{path} not found: --workdir must be a transformer_lm run")
-        if FLAGS.num_tokens < 1 or FLAGS.temperature < 0 or FLAGS.top_k < 0:
-            raise LabError("--num_tokens must be >= 1, --temperature and --top_k >= 0")
+        if not 1 <= FLAGS.num_tokens <= MAX_TOKENS or not (math.isfinite(FLAGS.temperature) and FLAGS.temperature >= 0) \
+                or FLAGS.top_k < 0:
+            raise LabError(f"--num_tokens must be in 1..{MAX_TOKENS:,}, --temperature a finite number >= 0, --top_k >= 0")
         try:
             with open(path) as f:
                 config = ml_collections.ConfigDict(json.load(f))
@@ -52,4 +60,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    from experiments.cli import parse_flags  # the one way every command answers a bad flag
+
+    app.run(main, flags_parser=parse_flags)
