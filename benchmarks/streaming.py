@@ -195,8 +195,6 @@ def end_to_end(dataset: str, steps: int) -> dict:
 
 def main() -> None:
     """Parses the flags, measures the batchers and the end-to-end runs, prints and saves JSON."""
-    _grain()  # before any work
-    ensure_malloc_env()  # measure the process the experiments run in
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="fashion_mnist", help="falls back to digits if it cannot be built")
     parser.add_argument("--batch_sizes", default="128,1024")
@@ -204,7 +202,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--train_steps", type=int, default=600, help="end-to-end run length; 0 skips it")
     common.add_out_flag(parser, "streaming.json")
-    args = parser.parse_args()
+    args = parser.parse_args()  # --help needs no grain
+    _grain()  # before any work
+    ensure_malloc_env()  # measure the process the experiments run in
     out = common.out_path(args.out, "streaming.json")
     common.print_header("streaming", out)
 
