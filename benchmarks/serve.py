@@ -39,6 +39,21 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def post(conn, port: int, route: str, body: str, timeout: float):
+    """One timed JSON POST on a keep-alive connection: (answered 200, seconds, the connection to
+    use next: a new one after a connection error)."""
+    start = time.perf_counter()
+    try:
+        conn.request("POST", route, body, {"Content-Type": "application/json"})
+        response = conn.getresponse()
+        response.read()
+        ok = response.status == 200
+    except OSError:
+        ok = False
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    return ok, time.perf_counter() - start, conn
+
+
 def ensure_model(path: str | None) -> str:
     if path:
         return path
@@ -84,17 +99,9 @@ def drive(port: int, body: bytes, clients: int, seconds: float, max_requests: in
                 if sent[0] >= max_requests:
                     return
                 sent[0] += 1
-            start = time.perf_counter()
-            try:
-                conn.request("POST", "/predict", body, {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
-            except OSError:
-                ok = False
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            ok, seconds, conn = post(conn, port, "/predict", body, timeout=30)
             with lock:
-                latencies.append(time.perf_counter() - start)
+                latencies.append(seconds)
                 errors[0] += not ok
 
     start = time.perf_counter()
@@ -130,17 +137,9 @@ def drive_mixed(port: int, route: str, bodies: dict[int, bytes], clients: int, s
                     return
                 first = shape not in seen
                 seen.add(shape)
-            start = time.perf_counter()
-            try:
-                conn.request("POST", route, bodies[shape], {"Content-Type": "application/json"})
-                response = conn.getresponse()
-                response.read()
-                ok = response.status == 200
-            except OSError:
-                ok = False
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            ok, seconds, conn = post(conn, port, route, bodies[shape], timeout=120)
             with lock:
-                latencies.append((time.perf_counter() - start, first))
+                latencies.append((seconds, first))
                 errors[0] += not ok
 
     gc.freeze()  # the clients' process holds jax too: its full collections would stall every client at once

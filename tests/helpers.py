@@ -3,6 +3,8 @@
 import contextlib
 import json
 import os
+import urllib.error
+import urllib.request
 
 import jax
 import numpy as np
@@ -77,3 +79,12 @@ def serving(model_path, *flags, root=None, timeout=30.0):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+def post_json(url: str, body: bytes, timeout: float = 60):
+    """POST `body` to `url`: (HTTP status, the JSON answer), for error statuses too."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=timeout) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())

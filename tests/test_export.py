@@ -15,7 +15,7 @@ import pytest
 import lab.data
 from lab import artifact, checkpoint
 from lab.export import export_run
-from tests.helpers import serving
+from tests.helpers import post_json as _post, serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -165,14 +165,6 @@ def test_export_never_deletes_what_is_not_an_export(mlp_export, tmp_path, run_cl
     (tmp_path / "empty" / "mine.txt").write_text("x")
     with pytest.raises(ConfigValueError, match="is not a lab export"):
         export_run(run, str(tmp_path / "empty"))
-
-
-def _post(url, body: bytes):
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=30) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
 
 
 def test_the_server_answers_with_the_artifacts_predictions_and_survives_bad_requests(mlp_export):

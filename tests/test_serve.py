@@ -15,15 +15,7 @@ import numpy as np
 import pytest
 
 from lab import artifact
-from tests.helpers import serving
-
-
-def _post(url, body: bytes):
-    try:
-        with urllib.request.urlopen(urllib.request.Request(url, data=body), timeout=60) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, json.loads(e.read())
+from tests.helpers import post_json as _post, serving
 
 
 def _get(url):
