@@ -232,14 +232,22 @@ def resolve_config_flag(argv: list[str], own_config: str) -> tuple[str, str]:
     return path, variant
 
 
-def print_help(path: str, variant: str, own_config: str) -> None:
-    """Prints the experiment's help (`catalog.experiment_help`) for the config file `path` and its
-    `variant`; a variant its `get_config` refuses is one `error:` line and EXIT_USAGE."""
+def load_chosen_config(path: str, variant: str):
+    """The config `--config` chose, loaded once before absl reads the overrides, so that what a
+    config file's `get_config` raises is told apart from a bad override: a ValueError (a variant it
+    refuses) is one `error:` line and EXIT_USAGE; any other exception is a bug in the file and keeps
+    its traceback."""
     try:
-        config = catalog.load_config(path, variant)
+        return catalog.load_config(path, variant)
     except ValueError as e:
         experiment = os.path.basename(os.path.dirname(path))
         _fail(f"{_first_line(e)} (python -m experiments.{experiment} --help lists its variants)", EXIT_USAGE)
+
+
+def print_help(path: str, variant: str, own_config: str) -> None:
+    """Prints the experiment's help (`catalog.experiment_help`) for the config file `path` and its
+    `variant`; a variant its `get_config` refuses is one `error:` line and EXIT_USAGE."""
+    config = load_chosen_config(path, variant)
     flag_lines = []
     for name in RUN_FLAGS:
         flag = flags.FLAGS[name]
@@ -282,6 +290,22 @@ def _validate_config(config, workdir: str, validate: Callable | None) -> None:
         validate(config)
 
 
+def check_experiment(workdir: str, experiment: str, allow_config_change: bool) -> None:
+    """Refuses a workdir whose `run.json` says another experiment trained it (resuming it would
+    mix two runs), unless `--allow_config_change`.
+
+    Raises:
+      ConfigValueError: naming both experiments and what to do.
+    """
+    from lab.errors import ConfigValueError
+    from lab.provenance import read_run_record
+
+    trained_by = read_run_record(workdir).get("experiment")
+    if trained_by and trained_by != experiment and not allow_config_change:
+        raise ConfigValueError(f"workdir {workdir} holds a run of {trained_by}, not of {experiment}: use a new "
+                               f"--workdir, or pass --allow_config_change to resume it anyway")
+
+
 def run(default_config: str, main: Callable, *, validate: Callable | None = None,
         malloc_tuning: bool = False, export_spec: Callable | None = None) -> None:
     """Defines the flags, parses them, validates the config and calls
@@ -296,6 +320,7 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         in the run's `run.json`, where `lab.export` finds it.
     """
     own_config = os.path.abspath(default_config)
+    experiment = os.path.basename(os.path.dirname(own_config))
     config_path, variant = resolve_config_flag(sys.argv, own_config)
     flags.DEFINE_string("workdir", None, "Directory of the run: config, metrics, checkpoints, results.")
     flags.DEFINE_bool("allow_config_change", False,
@@ -312,6 +337,7 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         sys.exit(0)
     if malloc_tuning:
         ensure_malloc_env()
+    load_chosen_config(config_path, variant)  # a bug in get_config() keeps its traceback
     try:  # config_flags already reads --config.* overrides from sys.argv here
         config_flags.DEFINE_config_file(
             "config", own_config, "Config: NAME:VARIANT, :VARIANT, or a file's path[:VARIANT].", lock_config=True)
@@ -325,7 +351,7 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
         if not flags.FLAGS.workdir:
             _fail("--workdir is required: the directory that receives the run", EXIT_USAGE)
         enable_compilation_cache()  # before anything compiles
-        from lab import distributed
+        from lab import distributed, provenance
         from lab.errors import ConfigValueError, Interrupted, LabError
 
         f = flags.FLAGS
@@ -333,15 +359,17 @@ def run(default_config: str, main: Callable, *, validate: Callable | None = None
             distributed.initialize(f.coordinator_address, f.num_processes, f.process_id, f.distributed_timeout)
             absolute_paths(f.config, f.workdir, set(f["config"].override_values))
             _validate_config(f.config, f.workdir, validate)
+            check_experiment(f.workdir, experiment, f.allow_config_change)
         except ConfigValueError as e:
             if os.environ.get("LAB_DEBUG"):
                 raise
             _fail(" ".join(str(e).split()), EXIT_USAGE)
         try:
+            os.makedirs(f.workdir, exist_ok=True)
+            # Which experiment trains the run (what sample, chat and lab.export check), from the first start.
+            provenance.write_run_record(os.path.abspath(f.workdir), experiment,
+                                        _qualified_name(export_spec) if export_spec is not None else None)
             main(f.config, f.workdir, f.allow_config_change)
-            from lab.export import write_run_record  # which experiment trained it: what lab.export reads
-            write_run_record(os.path.abspath(f.workdir), os.path.basename(os.path.dirname(os.path.abspath(default_config))),
-                             _qualified_name(export_spec) if export_spec is not None else None)
         except OSError as e:
             if os.environ.get("LAB_DEBUG") or e.errno not in _USER_OS_ERRNOS:
                 raise

@@ -30,6 +30,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tempfile
 import time
 
 from absl import app, flags
@@ -60,12 +61,16 @@ def _read_json(path: str, default):
         return default
 
 
-def _write_json(path: str, obj) -> None:
+def _write_text(path: str, text: str) -> None:
+    """Writes `text` to `path` whole (temp file + rename): a kill never leaves a torn file."""
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
+        f.write(text)
     os.replace(tmp, path)
+
+
+def _write_json(path: str, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _error_line(log_path: str, returncode: int) -> str:
@@ -128,7 +133,11 @@ def main(argv):
 
     budget, seeds = FLAGS.budget, list(range(FLAGS.seeds))
     root = os.path.abspath(FLAGS.workdir)
-    os.makedirs(root, exist_ok=True)
+    try:  # a workdir that cannot hold the runs is one line before any run starts
+        os.makedirs(root, exist_ok=True)
+        tempfile.TemporaryFile(dir=root).close()
+    except OSError as e:
+        exit_with_error(f"--workdir={root}: {e.strerror or e}: give a folder you can write to", EXIT_USAGE)
     ledger_path = os.path.join(root, LEDGER)
     ledger = _read_json(ledger_path, {})
     done = ledger.setdefault(budget, {})
@@ -191,8 +200,7 @@ def main(argv):
             if reference_env else []})
 
     command = shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
-    with open(os.path.join(root, "RESULTS.md"), "w") as f:
-        f.write(reproduce.results_markdown(budget, outcomes, command))
+    _write_text(os.path.join(root, "RESULTS.md"), reproduce.results_markdown(budget, outcomes, command))
     _write_json(os.path.join(root, "results.json"), {
         "budget": budget, "seeds": seeds, "command": command, "holds": ok,
         "rows": [{"name": o["row"]["name"], "experiment": o["row"]["experiment"], "variant": o["row"].get("variant"),

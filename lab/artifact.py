@@ -172,7 +172,7 @@ class Artifact:
                                 f"export the run again")
         if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
             raise ArtifactError(f"{sidecar} is not a lab export of format {FORMAT} v{FORMAT_VERSION} "
-                                f"(found {meta.get('format')} v{meta.get('format_version')}): export again")
+                                f"(found {meta.get('format')} v{meta.get('format_version')}): export the run again")
         version = meta.get("serialization_version")
         low, high = (jax_export.minimum_supported_calling_convention_version,
                      jax_export.maximum_supported_calling_convention_version)

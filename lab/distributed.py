@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import sys
 import threading
 from dataclasses import dataclass
@@ -76,6 +77,19 @@ def check_flags(coordinator_address: str | None, num_processes: int | None, proc
     return True
 
 
+def port_is_free(port: int, host: str = "") -> bool:
+    """True if a TCP listener could bind `host`:`port` now ('': every interface, as jax's
+    coordinator binds). SO_REUSEADDR, as servers set it: a port with closed connections lingering
+    in TIME_WAIT counts as free."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
 def initialize(coordinator_address: str | None, num_processes: int | None = None,
                process_id: int | None = None, timeout_s: float = DEFAULT_TIMEOUT_S) -> None:
     """Joins a multi-process run (a no-op for a one-process run); call before any device use.
@@ -93,6 +107,11 @@ def initialize(coordinator_address: str | None, num_processes: int | None = None
     if not check_flags(coordinator_address, num_processes, process_id):
         return
     _RUNTIME.timeout_s = float(timeout_s)
+    port = coordinator_address.rpartition(":")[2] if coordinator_address != "auto" else ""
+    if process_id == 0 and port.isdigit() and not port_is_free(int(port)):
+        # Process 0 hosts the coordinator; one that cannot bind crashes inside jax (a segfault).
+        raise ConfigValueError(f"--coordinator_address={coordinator_address}: port {port} is in use on this "
+                               f"machine: give every process another port")
     who = "this process" if process_id is None else f"process {process_id}"
     expected = "every process" if num_processes is None else f"all {num_processes} processes"
 

@@ -50,36 +50,12 @@ import numpy as np
 from jax import export as jax_export
 
 from lab import artifact, checkpoint, configs
+from lab.provenance import RUN_RECORD, read_run_config, read_run_record
 from lab.compress.quantize import dequantize, quantize as quantize_params
 from lab.errors import ConfigValueError, LabError, exit_with_error
 from lab.task import ExportSpec
 
 PLATFORMS = ("cpu", "cuda")
-RUN_RECORD = "run.json"
-
-
-def read_run_record(workdir: str) -> dict:
-    """`workdir/run.json` ({'experiment': NAME, 'export_spec': 'MODULE:FUNCTION'}), or {}."""
-    try:
-        with open(os.path.join(workdir, RUN_RECORD)) as f:
-            record = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def write_run_record(workdir: str, experiment: str, export_spec: str | None = None) -> None:
-    """`workdir/run.json`: which experiment trained the run and, where it can export, the
-    `MODULE:FUNCTION` that builds its `ExportSpec` from the config (process 0; written whole)."""
-    if jax.process_index() != 0 or not os.path.isdir(workdir):
-        return
-    record = {"experiment": experiment, **({"export_spec": export_spec} if export_spec else {})}
-    path = os.path.join(workdir, RUN_RECORD)
-    with open(path + ".tmp", "w") as f:
-        json.dump(record, f)
-    os.replace(path + ".tmp", path)
-
-
 def load_spec_builder(name: str):
     """The function `MODULE:FUNCTION` names (config -> ExportSpec).
 
@@ -256,9 +232,7 @@ def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec
       for an export that takes none or limits it cannot fit.
     """
     workdir = os.path.abspath(workdir)
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.isfile(config_path):
-        raise ConfigValueError(f"{workdir} holds no run (no config.json): give the --workdir of a trained run")
+    raw = read_run_config(workdir)  # one line for no run or a damaged config, before anything is written
     check_out(out, workdir)
     if quantize not in QUANTIZATIONS:
         raise ConfigValueError(f"--quantize={quantize!r}: use one of {', '.join(QUANTIZATIONS)}")
@@ -269,13 +243,6 @@ def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec
             trained_by = f" (trained by {record['experiment']}, which has no export)" if record.get("experiment") else ""
             raise ConfigValueError(f"{workdir}/{RUN_RECORD} names no export{trained_by}: pass --spec=MODULE:FUNCTION, "
                                    f"a function from the run's config to its lab.task.ExportSpec")
-    try:
-        with open(config_path) as f:
-            raw = json.load(f)
-    except (OSError, ValueError) as e:
-        raise ConfigValueError(f"{config_path} is unreadable ({type(e).__name__}): the run's config is damaged") from e
-    if not isinstance(raw, dict):
-        raise ConfigValueError(f"{config_path} is not a config (a JSON object): the run's config is damaged")
     name = spec if isinstance(spec, str) else None
     limits = {key: value for key, value in (limits or {}).items() if value is not None}
     if name is None and limits:

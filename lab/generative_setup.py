@@ -7,7 +7,6 @@ families: a task (`lab.tasks.generative`) is handed the feature network, it neve
 
 from __future__ import annotations
 
-import json
 import os
 
 import jax
@@ -16,6 +15,7 @@ import ml_collections
 import lab.data
 from lab import checkpoint, pipeline, train
 from lab.errors import ConfigValueError
+from lab.provenance import read_run_config
 from lab.tasks.classification import image_classifier
 from lab.tasks.generative import FeatureNetwork
 
@@ -34,17 +34,13 @@ def check_features_run(workdir: str, dataset: str) -> None:
     if not workdir:
         raise ConfigValueError(f"config.features_run is empty: sample quality (FD, class coverage) needs a "
                                f"classifier run on {dataset}; {hint.replace(' --workdir=', ' --workdir=DIR')}")
-    config_path = os.path.join(workdir, "config.json")
-    if not os.path.exists(config_path) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not os.path.exists(os.path.join(workdir, "config.json")) or not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise ConfigValueError(f"config.features_run={workdir!r} holds no trained classifier; {hint}")
     try:
-        with open(config_path) as f:
-            run_config = json.load(f)
-        trained_on, model = run_config["dataset"], run_config["model"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise ConfigValueError(f"config.features_run={workdir!r}: its config.json is unreadable "
-                               f"({type(e).__name__}); retrain it: "
-                               f"{features_run_command(dataset, workdir)}") from e
+        run_config = read_run_config(workdir, "mlp_classifier", needs=("dataset", "model"), what="config.features_run")
+    except ConfigValueError as e:
+        raise ConfigValueError(f"{e}; {hint}") from None
+    trained_on, model = run_config["dataset"], run_config["model"]
     if trained_on != dataset:
         raise ConfigValueError(f"config.features_run={workdir!r} was trained on {trained_on}, this run's "
                                f"dataset is {dataset}: name a {dataset} classifier run ({hint})")
@@ -60,8 +56,7 @@ def load_feature_network(workdir: str, dataset: str, data_dir: str | None = None
         command that builds it.
     """
     check_features_run(workdir, dataset)
-    with open(os.path.join(workdir, "config.json")) as f:
-        run_config = json.load(f)
+    run_config = read_run_config(workdir, "mlp_classifier")
     num_classes = lab.data.info(dataset, data_dir=data_dir)["num_classes"]
     model = image_classifier(ml_collections.ConfigDict(run_config["model"]), num_classes)
     params, source = checkpoint.load_params(workdir)

@@ -32,7 +32,8 @@ import sys
 import threading
 import time
 
-from lab.errors import EXIT_USAGE, exit_with_error  # lab.errors imports nothing heavy (no jax)
+from lab.distributed import port_is_free
+from lab.errors import EXIT_USAGE, exit_with_error
 GRACE_SECONDS = 5.0  # after SIGTERM, before SIGKILL
 SETTLE_SECONDS = 1.0  # after the first failure, how long to wait for the others' to tell the cause
 
@@ -77,6 +78,10 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         _usage(f"--devices_per_process={options.devices_per_process} is invalid: use a positive integer")
     if options.port is not None and not 0 < options.port < 65536:
         _usage(f"--port={options.port} is invalid")
+    if options.port is not None and not port_is_free(options.port):
+        # Checked here: a coordinator that cannot bind crashes process 0 (a segfault in jax's
+        # client) under pages of the other processes' connection errors.
+        _usage(f"--port={options.port} is in use on 127.0.0.1: give another port, or leave --port out for a free one")
     return options, command
 
 

@@ -8,7 +8,8 @@ The train loop appends one entry per start of a run (a resume may run on another
       "avx512_bf16", "amx_bf16"}, "xla_flags", "prng_impl", "seed", "dataset": {"name", "sha256"}},
       ...]}
 
-The resolved config itself is `config.json`.
+The resolved config itself is `config.json`; `run.json` names the experiment that trained the run
+and the function that exports it. `read_run_config` is the one way a command opens another run.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ import subprocess
 
 import jax
 
-from lab.errors import WorkdirConfigError
+from lab.errors import ConfigValueError, WorkdirConfigError
 
 FILENAME = "environment.json"
+RUN_RECORD = "run.json"
+CONFIG_FILE = "config.json"
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -137,3 +140,62 @@ def record(workdir: str, entry: dict) -> None:
         json.dump({"starts": starts}, f, indent=2)
     os.replace(tmp, path)
 
+
+
+def read_run_record(workdir: str) -> dict:
+    """`workdir/run.json` ({'experiment': NAME, 'export_spec': 'MODULE:FUNCTION'}), or {}."""
+    try:
+        with open(os.path.join(workdir, RUN_RECORD)) as f:
+            found = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def write_run_record(workdir: str, experiment: str, export_spec: str | None = None) -> None:
+    """`workdir/run.json`: which experiment trained the run and, where it can export, the
+    `MODULE:FUNCTION` that builds its `ExportSpec` from the config (process 0; written whole)."""
+    if jax.process_index() != 0 or not os.path.isdir(workdir):
+        return
+    found = {"experiment": experiment, **({"export_spec": export_spec} if export_spec else {})}
+    path = os.path.join(workdir, RUN_RECORD)
+    with open(path + ".tmp", "w") as f:
+        json.dump(found, f)
+    os.replace(path + ".tmp", path)
+
+
+def read_run_config(workdir: str, experiment: str | None = None, *, needs: tuple[str, ...] = (),
+                    what: str = "--workdir") -> dict:
+    """The resolved config (a plain dict) of the run in `workdir`, checked to be `experiment`'s.
+
+    Args:
+      workdir: a run's directory.
+      experiment: the experiment the caller needs (None: any). A run whose `run.json` names
+        another is refused; a run without one (trained before it existed) must have `needs`.
+      needs: dotted config keys the caller reads ('model.num_layers').
+      what: how the message names the directory (the flag or config key that gave it).
+    Raises:
+      ConfigValueError: one line: no run there, a damaged config, another experiment's run.
+    """
+    kind = f"a run of {experiment}" if experiment else "a lab run"
+    want = f"{what} must be {kind}"
+    path = os.path.join(workdir or "", CONFIG_FILE)
+    if not workdir or not os.path.isfile(path):
+        raise ConfigValueError(f"{what}={workdir!r} holds no run (no {CONFIG_FILE}): {want}")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ConfigValueError(f"{path} is damaged ({type(e).__name__}): {want}") from None
+    if not isinstance(config, dict):
+        raise ConfigValueError(f"{path} is not a config (a JSON object): {want}")
+    trained_by = read_run_record(workdir).get("experiment")
+    if experiment and trained_by and trained_by != experiment:
+        raise ConfigValueError(f"{workdir} is a run of {trained_by}, not of {experiment}: {want}")
+    for key in needs:
+        node = config
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            raise ConfigValueError(f"{workdir} is not {kind} (its config has no {key}): {want}")
+    return config

@@ -30,11 +30,15 @@ def load_table(path: str) -> dict:
         raise ReproduceError(f"cannot read the reference table {path}: {e.strerror}") from None
     except json.JSONDecodeError as e:
         raise ReproduceError(f"the reference table {path} is not JSON ({e}): restore it from git") from None
-    rows = table.get("rows")
+    except UnicodeDecodeError:
+        raise ReproduceError(f"the reference table {path} is not text: restore it from git") from None
+    rows = table.get("rows") if isinstance(table, dict) else None
     if not isinstance(rows, list) or not rows:
-        raise ReproduceError(f"the reference table {path} has no 'rows' list")
+        raise ReproduceError(f"the reference table {path} has no 'rows' list: restore it from git")
     seen = set()
     for row in rows:
+        if not isinstance(row, dict):
+            raise ReproduceError(f"the reference table {path} has a row that is not an object: {row!r}")
         name = row.get("name")
         for key in ("name", "experiment", "metrics", "budgets"):
             if not row.get(key):

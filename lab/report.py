@@ -324,8 +324,9 @@ def save_text(path: str, text: str, tag: str | None = None) -> None:
     """Writes `text` to `path` (process 0 only; its folder is made if needed); with `tag`,
     inside the loop's evaluation, also to TensorBoard's text tab at the eval's step."""
     if _writes(path):
-        with open(path, "w") as f:
+        with open(path + ".tmp", "w") as f:  # written whole: a kill leaves the old file or the new one
             f.write(text)
+        os.replace(path + ".tmp", path)
         sink, step = _sink()
         if sink is not None and tag:
             sink.add_text(tag, text, step)

@@ -44,7 +44,8 @@ def run_cli():
 def mlp_export(tmp_path_factory):
     """A 20-step digits MLP run (with its run record, as the CLI writes it) and its export."""
     from experiments.mlp_classifier.__main__ import main
-    from lab.export import export_run, write_run_record
+    from lab.export import export_run
+    from lab.provenance import write_run_record
     from tests.test_train import small_config
 
     root = tmp_path_factory.mktemp("export")

@@ -275,6 +275,28 @@ def test_launcher_usage_errors(argv, message):
     assert message in line
 
 
+def test_a_busy_coordinator_port_is_one_line_before_any_worker_starts(tmp_path):
+    import socket
+
+    marker = tmp_path / "started"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        proc = subprocess.run([sys.executable, "-m", "lab.launch", "--num_processes=2", f"--port={port}", "--",
+                               "touch", str(marker)], cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2 and not marker.exists()
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert f"--port={port} is in use" in line
+        # The same port given by hand to process 0 of a run: one line, no crash inside jax.
+        proc = subprocess.run([sys.executable, "-m", "experiments.mlp_classifier", f"--workdir={tmp_path / 'run'}",
+                               f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", "--process_id=0"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        (line,) = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
+        assert f"port {port} is in use" in line
+
+
 def test_mesh_flags_and_pmap_with_processes_are_checked_up_front():
     from lab import configs, sharding
     from jax.sharding import PartitionSpec as P

@@ -4,8 +4,11 @@ the start-up with one error line."""
 
 import contextlib
 import json
+import os
 import shutil
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -178,7 +181,12 @@ def test_a_sidecar_that_is_not_the_programs_stops_the_start_up(mlp_export, tmp_p
         meta["buckets"] = {"b": {"sizes": [1, 2], "length_input": "n"}}
         return meta
 
+    def version_1(meta):  # an export from before buckets and limits: the server would misuse it
+        meta["format_version"] = 1
+        return meta
+
     cases = {"list": (lambda meta: [meta], False, "is a JSON list"),
+             "v1": (version_1, False, "not a lab export of format lab-export v2 (found lab-export v1)"),
              "no_inputs": (lambda meta: {k: v for k, v in meta.items() if k != "inputs"}, False, "no 'inputs'"),
              "edited": (spec, False, "changed after export"),
              "spec": (spec, True, "input 'inputs' is (b, 64) float32 in the sidecar, (b, 8, 8, 1) float32 in the"),
@@ -197,6 +205,37 @@ def test_a_sidecar_that_is_not_the_programs_stops_the_start_up(mlp_export, tmp_p
         lines = [line for line in proc.stderr.splitlines() if line.strip()]
         assert proc.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), proc.stderr[-2000:]
         assert cases[name][2] in lines[0] and "serving" not in proc.stdout
+
+
+def test_a_model_that_fails_its_warm_up_is_reported_and_the_server_stops(mlp_export, monkeypatch):
+    """In process: /healthz says 'failed' with the error, /predict answers 503, the callback hears
+    it. As a command: one error line, exit 1, after the 'serving' line."""
+    from lab import serve
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("no kernel for this machine")
+    monkeypatch.setattr(artifact.Artifact, "warm_up", broken)
+    heard = []
+    with _in_thread(serve.build_app(mlp_export[1], on_warm_up_failure=heard.append)) as base:
+        deadline = time.monotonic() + 30
+        while not heard:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        status, text = _get(base + "/healthz")
+        health = json.loads(text)
+        assert status == 503 and (health["status"], health["error"]) == ("failed", "RuntimeError: no kernel for this machine")
+        status, answer = _post(base + "/predict", json.dumps({"inputs": [[0.5] * 64]}).encode())
+        assert status == 503 and "the model failed to start" in answer["error"]
+    from lab.launch import free_port
+    script = ("import sys; from lab import artifact, serve\n"
+              "def broken(self, *a, **k): raise RuntimeError('no kernel for this machine')\n"
+              "artifact.Artifact.warm_up = broken\n"
+              f"serve.main(['--model={mlp_export[1]}', '--port={free_port()}'])")
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr[-2000:]
+    assert "failed on its start-up call (RuntimeError: no kernel for this machine)" in errors[0]
 
 
 def test_a_busy_port_is_one_error_line_before_serving(mlp_export, run_cli):

@@ -32,6 +32,7 @@ from absl import app, flags, logging
 
 from lab import checkpoint
 from lab.errors import LabError
+from lab.provenance import read_run_config
 from lab.tasks import seq2seq
 
 flags.DEFINE_string("workdir", None, "The run's --workdir (an lstm_chatbot run).")
@@ -51,18 +52,10 @@ YOU, BOT = "you> ", "bot> "
 
 
 def _load(workdir: str):
-    if not workdir:
-        raise LabError("--workdir is required: the directory of an lstm_chatbot run")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
-        raise LabError(f"{path} not found: --workdir must be an lstm_chatbot run")
-    try:
-        with open(path) as f:
-            config = ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-        raise LabError(f"{path} is corrupt ({e}): --workdir must be an lstm_chatbot run") from e
-    if config.get("dataset") != "shakespeare_dialogue" or "attention" not in config.get("model", {}):
-        raise LabError(f"{workdir} is not an lstm_chatbot run (its config has no dialogue model)")
+    config = ml_collections.ConfigDict(read_run_config(workdir, "lstm_chatbot", needs=("model.attention", "max_tgt")))
+    if config.get("dataset") != "shakespeare_dialogue":
+        raise LabError(f"{workdir} is not an lstm_chatbot run (its dataset is {config.get('dataset')!r}, "
+                       f"not shakespeare_dialogue): --workdir must be an lstm_chatbot run")
     from experiments.lstm_chatbot.__main__ import build
     tokenizer, ids, model_cfg = build(config)
     params, where = checkpoint.load_params(workdir)

@@ -1,6 +1,5 @@
 """python -m experiments.transformer_classifier --workdir=DIR [--config=...:variant] [--config.key=value]"""
 
-import json
 import os
 
 import numpy as np
@@ -8,6 +7,7 @@ import numpy as np
 import lab.data
 from lab import configs, pipeline, progress, train
 from lab.errors import ConfigValueError
+from lab.provenance import read_run_config
 from lab.models import encoder
 from lab.tasks import language_model
 from lab.tasks.classification import BinaryClassificationTask, ClassificationTask
@@ -39,8 +39,7 @@ def check_pretraining_run(config) -> None:
     path = os.path.join(config.get("init_from") or "", "config.json")
     if not config.get("init_from") or not os.path.isfile(path):
         return  # no pretraining, or no run there: lab.configs.validate names the missing run
-    with open(path) as f:
-        theirs = json.load(f).get("model", {})
+    theirs = read_run_config(config.init_from, needs=("model",), what="config.init_from")["model"]
     for key in ENCODER_KEYS:
         ours, pretrained = config.model.get(key, False), theirs.get(key, False)
         if ours != pretrained:

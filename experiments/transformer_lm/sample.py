@@ -4,9 +4,7 @@
         [--temperature=0.8] [--top_k=20] [--seed=0]
 """
 
-import json
 import math
-import os
 import sys
 
 import jax
@@ -15,6 +13,7 @@ import ml_collections
 
 from lab import checkpoint
 from lab.errors import LabError
+from lab.provenance import read_run_config
 from lab.tasks.language_model import gpt_config, run_tokenizer, sample_text
 
 flags.DEFINE_string("workdir", None, "The run's --workdir.")
@@ -35,19 +34,11 @@ def main(argv):
             FLAGS.prompt.encode("utf-8")
         except UnicodeEncodeError:  # bytes the shell passed that are not UTF-8 (surrogate escapes)
             raise LabError("--prompt is not UTF-8 text: pass the prompt in UTF-8") from None
-        if not FLAGS.workdir:
-            raise LabError("--workdir is required: the directory of a transformer_lm run")
-        path = os.path.join(FLAGS.workdir, "config.json")
-        if not os.path.exists(path):
-            raise LabError(f"{path} not found: --workdir must be a transformer_lm run")
         if not 1 <= FLAGS.num_tokens <= MAX_TOKENS or not (math.isfinite(FLAGS.temperature) and FLAGS.temperature >= 0) \
                 or FLAGS.top_k < 0:
             raise LabError(f"--num_tokens must be in 1..{MAX_TOKENS:,}, --temperature a finite number >= 0, --top_k >= 0")
-        try:
-            with open(path) as f:
-                config = ml_collections.ConfigDict(json.load(f))
-        except json.JSONDecodeError as e:
-            raise LabError(f"{path} is corrupt ({e}): --workdir must be a transformer_lm run") from e
+        config = ml_collections.ConfigDict(read_run_config(
+            FLAGS.workdir, "transformer_lm", needs=("model.num_layers", "model.block_size", "dataset")))
         tokenizer = run_tokenizer(config, FLAGS.workdir)  # characters, or the run's subwords
         gpt_cfg = gpt_config(config.model, tokenizer.vocab_size)
         params, where = checkpoint.load_params(FLAGS.workdir)
