@@ -207,7 +207,7 @@ def part_gpt125m(args, left: float, peak_tflops: float) -> dict:
 def part_mlp(args, left: float) -> dict:
     """The MLP recipe to its end, against its reference row."""
     from experiments import REFERENCE_TABLE
-    from lab import reference_table
+    from lab import reference_table, reproduce
 
     with tempfile.TemporaryDirectory() as workdir:
         flags = ["--config.num_train_steps=20", "--config.eval_every_steps=20"] if args.quick else []
@@ -217,9 +217,10 @@ def part_mlp(args, left: float) -> dict:
         acc = json.load(open(results)).get("test_accuracy") if code == 0 and os.path.exists(results) else None
     row = next(r for r in reference_table.load_table(REFERENCE_TABLE)["rows"] if r["name"] == "mlp_digits_tuned")
     ref = row["measured"]["full"]["metrics"]["test_accuracy"]
+    line = reproduce.compare(row, "full", {0: {"test_accuracy": acc}})[0] if acc is not None else {}
     return {"exit": code, "seconds": secs, "test_accuracy": acc, "reference_mean": ref["mean"],
-            "reference_tolerance": ref["tolerance"], "comparable": not args.quick,  # --quick: 20 steps
-            "holds": None if args.quick or acc is None else abs(acc - ref["mean"]) <= ref["tolerance"],
+            "reference_band": line.get("band"), "comparable": not args.quick,  # --quick: 20 steps
+            "holds": None if args.quick else line.get("holds"),
             "tail": None if code == 0 else tail.splitlines()[-5:]}
 
 

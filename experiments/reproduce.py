@@ -7,20 +7,22 @@ point (`python -m experiments.<name> --workdir=DIR/<budget>/<row>/seed_<s> --con
 0 .. N-1), so a reproduction runs exactly what a researcher runs. Then:
 
 - `DIR/RESULTS.md` and `DIR/results.json`: per row and headline metric the value (mean ± std
-  over the seeds when N > 1), the reference (mean ± std over its seeds), the tolerance, whether
-  it holds, how many seeds gave the reference's value to the bit, and the wall time; and per
-  row where the recorded environment (CPU, versions, XLA_FLAGS, PRNG, dataset checksum) differs
-  from the reference's.
-- Exit status 1 if any value falls outside its tolerance or any run failed; 2 on bad flags.
-- A repeated command with the same DIR skips the runs that finished and resumes an interrupted
-  one from its last checkpoint (the train loop's own resume; its wall time is then that of the
-  resumed part only).
+  over the seeds when N > 1), the reference (mean ± std over its seeds), the band it must fall in
+  and the shift the gate detects (`lab.reproduce`: a two-sample t test on both sides' seeds), the
+  tier it was judged by (bit: on the reference's machine class every seed must equal the
+  reference's to the bit; band: elsewhere), whether it holds, and the wall time; and per row
+  where the recorded environment (CPU, versions, XLA_FLAGS, PRNG, dataset checksum) differs.
+- Exit status 1 if any metric fails its gate or any run failed; 2 on bad flags.
+- A repeated command with the same DIR skips a run that finished with the same flags on the
+  same code (revision, and the uncommitted diff if any), reruns one whose flags or code changed,
+  and resumes an interrupted one from its last checkpoint (the train loop's own resume; its wall
+  time is then that of the resumed part only).
 
 Budgets: `quick` (shrunken configs with their own references; minutes, what CI runs) and
-`full` (the published configs). `--write_reference` stores this run's values as the table's
-reference for the budget (run it with `--seeds=3` or more: the tolerance comes from the
-seed-to-seed spread, `lab.reproduce.tolerance`). `--readme` prints README's results table,
-generated from the reference table, and exits.
+`full` (the published configs); a row whose quick run would be its full run has one reference.
+`--write_reference` stores this run's values as the table's reference for the budget, from a
+committed tree only (run it with `--seeds=5` or more for rows under two minutes a seed).
+`--readme` prints README's results table, generated from the reference table, and exits.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,7 +39,7 @@ import time
 from absl import app, flags
 
 from experiments import REFERENCE_TABLE
-from lab import reference_table, reproduce
+from lab import provenance, reference_table, reproduce
 from lab.errors import EXIT_FAILURE, EXIT_USAGE, exit_with_error
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -49,6 +52,8 @@ flags.DEFINE_integer("seeds", 1, "Seeds 0 .. N-1 per row.")
 flags.DEFINE_list("only", [], "Rows to run (and the rows they need); default: every row of the budget.")
 flags.DEFINE_string("reference", REFERENCE_TABLE, "The reference table.")
 flags.DEFINE_bool("write_reference", False, "Store this run's values as the reference of --budget (all runs must succeed).")
+flags.DEFINE_bool("allow_dirty_tree", False, "With --write_reference: write although the tree has uncommitted "
+                  "changes (for tests; a published reference comes from a committed tree).")
 flags.DEFINE_bool("readme", False, "Print README's results table from the reference table and exit.")
 FLAGS = flags.FLAGS
 
@@ -130,6 +135,11 @@ def main(argv):
         rows = reproduce.select(table, FLAGS.budget, FLAGS.only)
     except reference_table.ReproduceError as e:
         exit_with_error(str(e), EXIT_USAGE)
+    git = provenance.git_state()
+    code = {"revision": git["revision"], "diff_sha256": git.get("diff_sha256")}  # what a finished run ran
+    if FLAGS.write_reference and git["dirty"] and not FLAGS.allow_dirty_tree:
+        exit_with_error("--write_reference: the tree has uncommitted changes; a reference comes from a committed "
+                        "tree: commit, then run it again", EXIT_USAGE)
 
     budget, seeds = FLAGS.budget, list(range(FLAGS.seeds))
     root = os.path.abspath(FLAGS.workdir)
@@ -143,7 +153,7 @@ def main(argv):
     done = ledger.setdefault(budget, {})
 
     def expected_wall(row):
-        return row.get("measured", {}).get(budget, {}).get("wall_s") or _DEFAULT_WALL_S
+        return row.get("measured", {}).get(reproduce.budget_of(row, budget), {}).get("wall_s") or _DEFAULT_WALL_S
 
     todo = [(row, s) for row in rows for s in seeds]
     remaining_expected = sum(expected_wall(row) for row, _ in todo)
@@ -158,14 +168,21 @@ def main(argv):
             entry = done.get(name, {}).get(str(seed))
             blocked = [dep for dep in row.get("needs", {}).values() if dep in failed]
             remaining_expected -= expected_wall(row)
+            needs = {dep: os.path.join(root, budget, dep, f"seed_{seed}") for dep in row.get("needs", {}).values()}
+            run_flags = reproduce.config_flags(row, budget, seed, needs)
             if entry and os.path.exists(os.path.join(workdir, "results.json")):
-                print(f"[{i}/{len(todo)}] {name} seed {seed}: finished earlier, skipped", flush=True)
-                continue
+                if entry.get("flags") == run_flags and entry.get("code") == code:
+                    print(f"[{i}/{len(todo)}] {name} seed {seed}: finished earlier, skipped", flush=True)
+                    continue
+                changed = "flags" if entry.get("flags") != run_flags else "code"
+                print(f"[{i}/{len(todo)}] {name} seed {seed}: its {changed} changed since it ran: run again "
+                      f"(the earlier run moved to {workdir}.stale)", flush=True)
+                shutil.rmtree(workdir + ".stale", ignore_errors=True)
+                os.replace(workdir, workdir + ".stale")
             if blocked:
                 failed[name] = f"needs {', '.join(blocked)}, which failed"
                 print(f"[{i}/{len(todo)}] {name} seed {seed}: not run: {failed[name]}", flush=True)
                 continue
-            needs = {dep: os.path.join(root, budget, dep, f"seed_{seed}") for dep in row.get("needs", {}).values()}
             results, wall, error = _run_one(row, budget, seed, workdir, needs)
             spent += wall
             spent_expected += expected_wall(row)
@@ -175,7 +192,7 @@ def main(argv):
                 continue
             done.setdefault(name, {})[str(seed)] = {
                 "metrics": {m: results[m] for m in row["metrics"]},
-                "wall_s": wall, "environment": _environment(workdir)}
+                "wall_s": wall, "environment": _environment(workdir), "flags": run_flags, "code": code}
             _write_json(ledger_path, ledger)
             values = ", ".join(f"{m} {reference_table.fmt(results[m])}" for m in row["metrics"])
             eta = remaining_expected * (spent / spent_expected if spent_expected else 1.0)
@@ -190,9 +207,9 @@ def main(argv):
         if name in failed or len(runs) < len(seeds):
             outcomes.append({"row": row, "lines": [], "wall_s": 0.0, "error": failed.get(name, "not run")})
             continue
-        lines = reproduce.compare(row, budget, {s: r["metrics"] for s, r in runs.items()})
+        lines = reproduce.compare(row, budget, {s: r["metrics"] for s, r in runs.items()}, runs[seeds[0]]["environment"])
         ok &= all(line["holds"] is not False for line in lines)
-        reference_env = row.get("measured", {}).get(budget, {}).get("environment")
+        reference_env = row.get("measured", {}).get(reproduce.budget_of(row, budget), {}).get("environment")
         outcomes.append({
             "row": row, "lines": lines, "error": None,
             "wall_s": sum(r["wall_s"] for r in runs.values()) / len(runs),
@@ -209,8 +226,12 @@ def main(argv):
     for o in outcomes:
         for line in o["lines"]:
             if line["holds"] is False:
+                why = ("not bit-identical on the reference's machine class" if line["tier"] == "bit"
+                       and (line["band"] is None or abs(line["mean"] - line["reference"]) <= line["band"])
+                       else f"outside the band ± {reference_table.fmt(line['band'], 2)}")
                 print(f"FAILS: {o['row']['name']} {line['metric']} = {reference_table.fmt(line['mean'])}, reference "
-                      f"{reference_table.fmt(line['reference'])} ± {reference_table.fmt(line['tolerance'], 2)}", flush=True)
+                      f"{reference_table.fmt(line['reference'])}: {why} ({line['exact']} seeds equal to the bit)",
+                      flush=True)
         if o.get("differences"):
             print(f"warning: {o['row']['name']}: the environment differs from the reference's: "
                   + "; ".join(o["differences"]), flush=True)
@@ -224,7 +245,7 @@ def main(argv):
             exit_with_error(f"--write_reference: not written, {len(failed)} row(s) failed: {', '.join(failed)}", EXIT_FAILURE)
         for row in rows:  # the rows of the file itself, so the hand-written fields stay as they are
             runs = {s: done[row["name"]][str(s)] for s in seeds}
-            row.setdefault("measured", {})[budget] = reproduce.measured_entry(
+            row.setdefault("measured", {})[reproduce.budget_of(row, budget)] = reproduce.measured_entry(
                 {s: r["metrics"] for s, r in runs.items()}, row["metrics"],
                 {s: r["wall_s"] for s, r in runs.items()}, runs[0]["environment"])
         _write_json(FLAGS.reference, table)

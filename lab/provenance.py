@@ -2,10 +2,10 @@
 
 The train loop appends one entry per start of a run (a resume may run on another machine):
 
-    {"starts": [{"step": 0, "time_utc": ..., "git": {"revision", "dirty"}, "versions": {python, jax,
+    {"starts": [{"step": 0, "time_utc": ..., "git": {"revision", "dirty"[, "diff_sha256"]}, "versions": {python, jax,
       jaxlib, flax, optax, orbax-checkpoint, tensorflow-datasets, numpy}, "devices": {"platform",
       "kind", "count", "process_count"}, "cpu": {"model_name", "family_model", "avx2", "avx512f",
-      "avx512_bf16", "amx_bf16"}, "xla_flags", "prng_impl", "seed", "dataset": {"name", "sha256"}},
+      "avx512_bf16", "amx_bf16", "count"}, "xla_flags", "prng_impl", "seed", "dataset": {"name", "sha256"}},
       ...]}
 
 The resolved config itself is `config.json`; `run.json` names the experiment that trained the run
@@ -15,6 +15,7 @@ and the function that exports it. `read_run_config` is the one way a command ope
 from __future__ import annotations
 
 import datetime
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -28,6 +29,7 @@ from lab.errors import ConfigValueError, WorkdirConfigError
 FILENAME = "environment.json"
 RUN_RECORD = "run.json"
 CONFIG_FILE = "config.json"
+CODE_PATHS = ("lab", "experiments", "pyproject.toml")  # what a run's numbers can depend on
 PACKAGES = ("jax", "jaxlib", "flax", "optax", "orbax-checkpoint", "tensorflow-datasets", "numpy")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,11 +47,22 @@ def cpu_info() -> dict:
     flags = fields.get("flags", "").split()
     return {"model_name": fields.get("model name", platform.processor()),
             "family_model": f"{fields.get('cpu family', '?')}/{fields.get('model', '?')}",
-            **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")}}
+            **{flag: flag in flags for flag in ("avx2", "avx512f", "avx512_bf16", "amx_bf16")},
+            "count": len(os.sched_getaffinity(0))}
+
+
+def isa_level(cpu: dict) -> str | None:
+    """The highest of AMX, AVX512_BF16, AVX-512, AVX2 that `cpu_info` found (None: none known):
+    the vector instructions XLA:CPU's kernels are chosen by."""
+    for flag, level in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512_BF16"), ("avx512f", "AVX-512"), ("avx2", "AVX2")):
+        if cpu.get(flag):
+            return level
+    return None
 
 
 def git_state(repo: str = _REPO) -> dict:
-    """{'revision': HEAD's sha (None outside a git checkout), 'dirty': tracked files changed}."""
+    """{'revision': HEAD's sha (None outside a git checkout), 'dirty': tracked files changed,
+    and when dirty 'diff_sha256': the sha256 of `git diff HEAD` over CODE_PATHS}."""
     def git(*args):
         return subprocess.run(["git", "-C", repo, *args], capture_output=True, text=True, timeout=30)
     try:
@@ -57,7 +70,11 @@ def git_state(repo: str = _REPO) -> dict:
         if head.returncode != 0:
             return {"revision": None, "dirty": None}
         status = git("status", "--porcelain", "--untracked-files=no")
-        return {"revision": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+        state = {"revision": head.stdout.strip(), "dirty": bool(status.stdout.strip())}
+        if state["dirty"]:  # which uncommitted change to the code: a rerun can tell one edit from another
+            diff = git("diff", "HEAD", "--", *CODE_PATHS).stdout
+            state["diff_sha256"] = hashlib.sha256(diff.encode()).hexdigest()
+        return state
     except (OSError, subprocess.SubprocessError):
         return {"revision": None, "dirty": None}
 

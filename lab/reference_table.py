@@ -48,6 +48,10 @@ def load_table(path: str) -> dict:
         unknown = set(row["budgets"]) - set(BUDGETS)
         if unknown:
             raise ReproduceError(f"row {name!r} of {path}: unknown budget {sorted(unknown)}; use {', '.join(BUDGETS)}")
+        for budget, spec in row["budgets"].items():
+            if isinstance(spec, str) and not isinstance(row["budgets"].get(spec), dict):
+                raise ReproduceError(f"row {name!r} of {path}: budget {budget!r} runs as {spec!r}, which the row "
+                                     f"does not define")
         for dep in row.get("needs", {}).values():
             if dep not in seen:
                 raise ReproduceError(f"row {name!r} of {path} needs {dep!r}, which is not a row above it")

@@ -7,14 +7,30 @@
      "needs": {"features_run": "cnn_digits"},       # config key -> the row whose workdir it names
      "budgets": {"quick": {"flags": {"num_train_steps": 300}}, "full": {"flags": {}}},
      "outside": [{"metric": "val_loss", "value": ..., "source": "nanoGPT's README, CPU recipe"}],
-     "measured": {"quick": {"seeds": [0, 1, 2], "wall_s": ..., "environment": {...},
-                            "metrics": {"val_loss": {"values": [...], "mean": ..., "std": ...,
-                                                     "tolerance": ...}}}, "full": {...}}}
+     "weak": {"val_loss": "why this metric cannot detect a 5% shift"},   # optional
+     "measured": {"quick": {"seeds": [0, 1, 2, 3, 4], "wall_s": ..., "environment": {...},
+                            "metrics": {"val_loss": {"values": [...], "mean": ..., "std": ...}}},
+                  "full": {...}}}
 
 `budgets` says how each budget runs the row (config overrides on top of the variant; `full` is
-the published config); `measured` is written by `reproduce --write_reference` from a run with
-several seeds, never by hand. `experiments/reproduce.py` is the command; this module is its
-arithmetic: which rows, the tolerance rule, the comparison and the tables.
+the published config). A budget given as the name of another (`"quick": "full"`) runs as that one
+and is judged by its reference: a row whose quick run would be its full run is measured once.
+`measured` is written by `reproduce --write_reference` from a committed tree, never by hand.
+
+The gate, for each metric of a row (`compare`):
+- **band**: the seeds of the reference (M) and of the reproduction (N) come from one recipe, so
+  one seed-to-seed variance is pooled from both; a two-sample t test at FALSE_ALARM (two-sided)
+  flags |mean - reference mean| > t(1 - FALSE_ALARM/2, M+N-2) * s * sqrt(1/M + 1/N) + floor,
+  where the floor (FLOOR_RELATIVE of the value) admits float reassociation on another machine
+  for metrics whose seeds agree to the bit. `detectable_shift` is the shift this test catches
+  with probability POWER (from the noncentral t); a metric whose shift at one reproduction seed is over WEAK_RELATIVE of
+  its value (WEAK_ACCURACY for accuracies) is weak, and the row must say why (`weak`).
+- **bit**: on the reference's machine class (`machine_class`: the CPU's ISA level and core count,
+  the device platform and count, the numeric libraries' versions, XLA_FLAGS, the PRNG and the
+  dataset's checksum) every seed both ran must also equal the reference's to the bit, unless the
+  row says why it cannot (`nondeterministic`).
+
+`experiments/reproduce.py` is the command; this module is its arithmetic.
 """
 
 from __future__ import annotations
@@ -22,15 +38,21 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
-from lab import configs
+from scipy import optimize, stats
+
+from lab import configs, provenance
 from lab.reference_table import ReproduceError, fmt
 
-# Three seed-to-seed standard deviations of the reference, and never less than a fraction of its
-# value: a one-seed or bit-identical reference still admits float reassociation on another CPU kind.
-TOLERANCE_STDS = 3.0
-TOLERANCE_FLOOR = 0.01  # relative to |mean|
+FALSE_ALARM = 0.01  # per metric: the chance that a correct reproduction fails it
+POWER = 0.8  # the chance that a shift of `detectable_shift` fails it
+FLOOR_RELATIVE = 1e-3  # of the value: float reassociation on another machine class
+WEAK_RELATIVE = 0.05  # a metric whose one-seed detectable shift is larger is weak ...
+WEAK_ACCURACY = 0.01  # ... or, for an accuracy, larger than one point
 # What a run records that is not about the machine or the stack (each run has its own).
-_NOT_COMPARED = ("step", "time_utc", "seed", "git.revision", "git.dirty")
+_NOT_COMPARED = ("step", "time_utc", "seed", "git.revision", "git.dirty", "git.diff_sha256")
+# The recorded keys that decide whether two runs of one seed may differ in their bits.
+_CLASS_KEYS = ("devices.platform", "devices.count", "versions.jax", "versions.jaxlib", "versions.numpy",
+               "versions.flax", "versions.optax", "xla_flags", "prng_impl", "dataset.sha256")
 
 
 def select(table: dict, budget: str, only: Sequence[str] = ()) -> list[dict]:
@@ -66,7 +88,7 @@ def config_flags(row: dict, budget: str, seed: int, needs_workdirs: Mapping[str,
     and the workdirs of the rows it needs (`needs_workdirs`: row name -> workdir)."""
     path = f"experiments/{row['experiment']}/config.py"
     out = [f"--config={path}:{row['variant']}" if row.get("variant") else f"--config={path}"]
-    for key, value in row["budgets"][budget].get("flags", {}).items():
+    for key, value in row["budgets"][budget_of(row, budget)].get("flags", {}).items():
         out.append(f"--config.{key}={value}")
     for key, dep in row.get("needs", {}).items():
         out.append(f"--config.{key}={needs_workdirs[dep]}")
@@ -83,34 +105,103 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
     return mean, std
 
 
-def tolerance(mean: float, std: float) -> float:
-    """The band a reproduction's mean must fall in around the reference mean (see TOLERANCE_*)."""
-    return max(TOLERANCE_STDS * std, TOLERANCE_FLOOR * abs(mean))
+def pooled_std(reference: Sequence[float], reproduction: Sequence[float]) -> tuple[float, int]:
+    """(s, degrees of freedom): the seed-to-seed standard deviation pooled from both samples."""
+    m, n = len(reference), len(reproduction)
+    df = m + n - 2
+    if df < 1:
+        return 0.0, 0
+    squares = sum((len(x) - 1) * mean_std(x)[1] ** 2 for x in (reference, reproduction) if len(x) > 1)
+    return math.sqrt(squares / df), df
+
+
+def band(reference: Sequence[float], reproduction: Sequence[float]) -> float | None:
+    """The largest |mean(reproduction) - mean(reference)| the gate lets pass (see the module
+    docstring); None when the two samples hold one seed in all (no spread to judge by)."""
+    s, df = pooled_std(reference, reproduction)
+    if df < 1:
+        return None
+    m, n = len(reference), len(reproduction)
+    return stats.t.ppf(1 - FALSE_ALARM / 2, df) * s * math.sqrt(1 / m + 1 / n) + _floor(reference)
+
+
+def detectable_shift(reference: Sequence[float], n: int) -> float | None:
+    """The shift of the true mean that a reproduction of `n` seeds fails with probability POWER,
+    taking the reference's spread for both samples (the t statistic's noncentral distribution,
+    not the normal approximation, which overstates the power of a few seeds); None where fewer
+    than two degrees of freedom leave the spread unknown."""
+    m = len(reference)
+    df = m + n - 2
+    if m < 2 or df < 2:
+        return None
+    critical = stats.t.ppf(1 - FALSE_ALARM / 2, df)
+    noncentrality = optimize.brentq(lambda d: stats.nct.sf(critical, df, d) - POWER, 0.0, 10 * critical)
+    return noncentrality * mean_std(reference)[1] * math.sqrt(1 / m + 1 / n) + _floor(reference)
+
+
+def _floor(reference: Sequence[float]) -> float:
+    return FLOOR_RELATIVE * abs(mean_std(reference)[0])
+
+
+def is_weak(metric: str, value: float, shift: float | None) -> bool:
+    """True if `shift` (the one-seed detectable shift) is over WEAK_ACCURACY for an accuracy, or
+    over WEAK_RELATIVE of |value| for any other metric."""
+    if shift is None:
+        return True
+    return shift > (WEAK_ACCURACY if "accuracy" in metric else WEAK_RELATIVE * abs(value))
+
+
+def machine_class(environment: Mapping) -> dict:
+    """What decides a run's bits besides its seed: the CPU's ISA level and core count and the
+    `_CLASS_KEYS` of a recorded environment (an `environment.json` start)."""
+    flat = configs.flatten(dict(environment))
+    cpu = environment.get("cpu", {})
+    return {"cpu": provenance.isa_level(cpu), "cpus": cpu.get("count"), **{k: flat.get(k) for k in _CLASS_KEYS}}
+
+
+def class_label(environment: Mapping) -> str:
+    """A machine class in a few words: 'AMX, 2 CPUs, jax 0.10.2'."""
+    c = machine_class(environment)
+    return ", ".join(x for x in (c["cpu"] or "unknown ISA", f"{c['cpus']} CPUs" if c["cpus"] else "",
+                                  f"jax {c['versions.jax']}" if c["versions.jax"] else "") if x)
+
+
+def budget_of(row: dict, budget: str) -> str:
+    """The budget whose flags and reference `budget` uses: itself, or the one it names."""
+    spec = row["budgets"][budget]
+    return spec if isinstance(spec, str) else budget
 
 
 def measured_entry(metrics_by_seed: Mapping[int, Mapping[str, float]], metrics: Iterable[str],
                    wall_by_seed: Mapping[int, float], environment: dict) -> dict:
     """A row's `measured[budget]` entry from its runs: per metric the values in seed order,
-    their mean, std and tolerance; the mean wall time per seed; seed 0's environment."""
+    their mean and std; the mean wall time per seed; seed 0's environment."""
     seeds = sorted(metrics_by_seed)
     entry = {"seeds": seeds, "wall_s": round(sum(wall_by_seed[s] for s in seeds) / len(seeds), 1),
              "environment": environment, "metrics": {}}
     for metric in metrics:
         values = [float(metrics_by_seed[s][metric]) for s in seeds]
         mean, std = mean_std(values)
-        entry["metrics"][metric] = {"values": values, "mean": mean, "std": std, "tolerance": tolerance(mean, std)}
+        entry["metrics"][metric] = {"values": values, "mean": mean, "std": std}
     return entry
 
 
-def compare(row: dict, budget: str, metrics_by_seed: Mapping[int, Mapping[str, float]]) -> list[dict]:
+def compare(row: dict, budget: str, metrics_by_seed: Mapping[int, Mapping[str, float]],
+            environment: Mapping | None = None) -> list[dict]:
     """One line per metric of `row`: this reproduction's mean (and std) against the reference.
 
-    Each line: metric, mean, std, seeds, and where the table has a reference for this budget:
-    reference, reference_std, reference_seeds, tolerance, holds (|mean - reference| <=
-    tolerance), exact (how many of the seeds both ran gave the reference's value to the bit).
-    Without a reference, holds is None.
+    Args:
+      row, budget: the table's row and the budget that ran.
+      metrics_by_seed: seed -> the run's results.
+      environment: the reproduction's recorded environment (seed 0's start); with it, a run on
+        the reference's machine class is judged by the bit tier too.
+    Returns:
+      Per metric: metric, mean, std, seeds, holds (None: no reference for this budget), and with
+      a reference: reference, reference_std, reference_seeds, band, detectable (this many seeds),
+      tier ('bit' or 'band'), exact ('k/n' of the seeds both ran equal to the bit).
     """
-    ref = row.get("measured", {}).get(budget)
+    ref = row.get("measured", {}).get(budget_of(row, budget))
+    same_class = bool(ref and environment is not None and machine_class(environment) == machine_class(ref["environment"]))
     seeds = sorted(metrics_by_seed)
     lines = []
     for metric in row["metrics"]:
@@ -121,9 +212,15 @@ def compare(row: dict, budget: str, metrics_by_seed: Mapping[int, Mapping[str, f
             r = ref["metrics"][metric]
             ref_by_seed = dict(zip(ref["seeds"], r["values"]))
             shared = [s for s in seeds if s in ref_by_seed]
+            exact = sum(float(metrics_by_seed[s][metric]) == ref_by_seed[s] for s in shared)
+            half = band(r["values"], values)
+            tier = "bit" if same_class and shared and not row.get("nondeterministic") else "band"
+            in_band = half is None or abs(mean - r["mean"]) <= half
             line.update(reference=r["mean"], reference_std=r["std"], reference_seeds=len(ref["seeds"]),
-                        tolerance=r["tolerance"], holds=bool(abs(mean - r["mean"]) <= r["tolerance"]),
-                        exact=f"{sum(float(metrics_by_seed[s][metric]) == ref_by_seed[s] for s in shared)}/{len(shared)}")
+                        band=half, detectable=detectable_shift(r["values"], len(values)), tier=tier,
+                        exact=f"{exact}/{len(shared)}")
+            if half is not None or tier == "bit":
+                line["holds"] = bool(in_band and (tier == "band" or exact == len(shared)))
         lines.append(line)
     return lines
 
@@ -150,9 +247,15 @@ def _row_label(row: dict) -> str:
     return f"`{row['experiment']}`" + (f" `{row['variant']}`" if row.get("variant") else "")
 
 
+GATE_TEXT = (f"Band: a two-sample t test on the seeds of both sides, false-alarm rate {FALSE_ALARM:.0%} per metric; "
+             f"detectable shift: the shift it catches with {POWER:.0%} power. Tier bit: on the reference's "
+             f"machine class every seed must also equal the reference's to the bit.")
+
+
 def results_markdown(budget: str, outcomes: Sequence[dict], command: str) -> str:
-    """`RESULTS.md`: one table (row, experiment, dataset, metric, value, reference, tolerance,
-    holds, wall time), then the environment differences per row and the outside references.
+    """`RESULTS.md`: one table (row, experiment, dataset, metric, value, reference, band,
+    detectable shift, tier, holds, bit-identical seeds, wall time), then the environment
+    differences per row and the outside references.
 
     Args:
       budget: the budget that ran.
@@ -160,25 +263,27 @@ def results_markdown(budget: str, outcomes: Sequence[dict], command: str) -> str
         "error": message or None, "differences": environment_differences(...)}.
       command: the command that produced it.
     """
-    out = [f"# Reproduction, budget `{budget}`", "", f"`{command}`", "",
-           "| row | experiment | dataset | metric | value | reference | tolerance | holds | bit-identical seeds | wall s / seed |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = [f"# Reproduction, budget `{budget}`", "", f"`{command}`", "", GATE_TEXT, "",
+           "| row | experiment | dataset | metric | value | reference | band | detectable shift | tier | holds "
+           "| bit-identical seeds | wall s / seed |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for o in outcomes:
         row = o["row"]
         if o.get("error"):
-            out.append(f"| {row['name']} | {_row_label(row)} | {row.get('dataset', '')} | | | | | **error**: "
+            out.append(f"| {row['name']} | {_row_label(row)} | {row.get('dataset', '')} | | | | | | | **error**: "
                        f"{o['error']} | | |")
             continue
         for line in o["lines"]:
             if "reference" in line:
                 ref = _value_cell(line["reference"], line["reference_std"], line["reference_seeds"])
-                holds = "yes" if line["holds"] else "**NO**"
-                tol, exact = f"± {fmt(line['tolerance'], 2)}", line["exact"]
+                holds = "" if line["holds"] is None else "yes" if line["holds"] else "**NO**"
+                cells = [ref, _plus_minus(line["band"]), _plus_minus(line["detectable"]), line["tier"], holds,
+                         line["exact"]]
             else:
-                ref, holds, tol, exact = "(none for this budget)", "", "", ""
+                cells = ["(none for this budget)", "", "", "", "", ""]
             out.append(f"| {row['name']} | {_row_label(row)} | {row.get('dataset', '')} | {line['metric']} | "
-                       f"{_value_cell(line['mean'], line['std'], len(line['seeds']))} | {ref} | {tol} | {holds} | "
-                       f"{exact} | {o['wall_s']:.0f} |")
+                       f"{_value_cell(line['mean'], line['std'], len(line['seeds']))} | {' | '.join(cells)} | "
+                       f"{o['wall_s']:.0f} |")
     differing = [o for o in outcomes if o.get("differences")]
     if differing:
         out += ["", "## Where this run's environment differs from the reference's", ""]
@@ -191,24 +296,64 @@ def results_markdown(budget: str, outcomes: Sequence[dict], command: str) -> str
     return "\n".join(out) + "\n"
 
 
+def _plus_minus(x: float | None) -> str:
+    return "n/a" if x is None else f"± {fmt(x, 2)}"
+
+
+def gate_reference(row: dict) -> tuple[str, dict | None]:
+    """(budget, its measured entry) that CI's gate uses for `row`: the quick budget's reference
+    where the row has a quick budget, else the full one's."""
+    budget = budget_of(row, "quick") if "quick" in row["budgets"] else "full"
+    return budget, row.get("measured", {}).get(budget)
+
+
+def weak_lines(row: dict) -> list[tuple[str, float | None]]:
+    """(metric, one-seed detectable shift) of each metric of `row` that is weak under its gate."""
+    _, ref = gate_reference(row)
+    out = []
+    for metric in row["metrics"]:
+        if ref and metric in ref["metrics"]:
+            r = ref["metrics"][metric]
+            shift = detectable_shift(r["values"], 1)
+            if is_weak(metric, r["mean"], shift):
+                out.append((metric, shift))
+    return out
+
+
 def reference_markdown(table: dict) -> str:
     """README's results table, generated from the reference table: per row and metric the
-    measured value of each budget (mean ± std over its seeds) and the outside references."""
-    out = ["| row | experiment | dataset | metric | full budget | quick budget | outside reference |",
-           "|---|---|---|---|---|---|---|"]
+    measured value of each budget (mean ± std over its seeds), the shift the gate detects at one
+    and at five reproduction seeds, the machine class on which reproductions must match to the
+    bit, and the outside references."""
+    out = [GATE_TEXT, "",
+           "| row | experiment | dataset | metric | full budget | quick budget | detectable shift, 1 seed / 5 seeds "
+           "| bit-identical on | outside reference |",
+           "|---|---|---|---|---|---|---|---|---|"]
     for row in table["rows"]:
+        gate_budget, gate = gate_reference(row)
+        weak = dict(weak_lines(row))
         for metric in row["metrics"]:
             cells = []
             for budget in ("full", "quick"):
                 m = row.get("measured", {}).get(budget)
-                if m and metric in m["metrics"]:
+                if budget in row["budgets"] and budget_of(row, budget) != budget:
+                    cells.append(f"as the {budget_of(row, budget)} budget")
+                elif m and metric in m["metrics"]:
                     r = m["metrics"][metric]
                     cells.append(f"{_value_cell(r['mean'], r['std'], len(m['seeds']))} ({len(m['seeds'])} seeds, "
                                  f"{m['wall_s']:.0f} s)")
                 else:
                     cells.append("not measured yet" if budget in row["budgets"] else "")
+            shift, machine = "", ""
+            if gate and metric in gate["metrics"]:
+                values = gate["metrics"][metric]["values"]
+                shift = f"{_plus_minus(detectable_shift(values, 1))} / {_plus_minus(detectable_shift(values, 5))}"
+                if metric in weak:
+                    shift += f" (**weak**: {row.get('weak', {}).get(metric, 'no reason given')})"
+                machine = (f"not deterministic: {row['nondeterministic']}" if row.get("nondeterministic")
+                           else class_label(gate["environment"]))
             outside = "; ".join(f"{fmt(r['value'])}: {r['source']}" for r in row.get("outside", [])
                                 if r["metric"] == metric)
             out.append(f"| {row['name']} | {_row_label(row)} | {row.get('dataset', '')} | {metric} | {cells[0]} | "
-                       f"{cells[1]} | {outside} |")
+                       f"{cells[1]} | {shift} | {machine} | {outside} |")
     return "\n".join(out) + "\n"
