@@ -270,14 +270,16 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
                 raise WorkdirConfigError(
                     f"workdir {workdir} was trained with its {where} schedule shaped over {was} steps; "
                     f"this run's is over {now} steps, which would reshape it: to extend the run, keep its schedule "
-                    f"with --config.{where}.decay_steps={was}, or use a new --workdir")
+                    f"with --config.{where}.decay_steps={was}, use a new --workdir, or pass --allow_config_change "
+                    f"to reshape it anyway")
             was = (optim.prune_settings(old_block, old_config.get("num_train_steps")) or {}).get("end_step")
             now = (optim.prune_settings(block, config.num_train_steps) or {}).get("end_step")
             if was != now and was is not None:
                 raise WorkdirConfigError(
                     f"workdir {workdir} was pruned along a ramp ending at step {was}; this run's ends at {now}, "
                     f"which would revive pruned weights: to extend the run, keep it with "
-                    f"--config.{where}.prune.end_step={was}, or use a new --workdir")
+                    f"--config.{where}.prune.end_step={was}, use a new --workdir, or pass --allow_config_change "
+                    f"to reshape it anyway")
     os.makedirs(workdir, exist_ok=True)
     with open(path + ".tmp", "w") as f:  # whole or not at all: a kill mid-write keeps the old file
         json.dump(new, f, indent=2, sort_keys=True)

@@ -45,6 +45,7 @@ import shutil
 import tempfile
 from typing import Any
 
+import flax
 import jax
 import numpy as np
 from jax import export as jax_export
@@ -84,6 +85,8 @@ def generation_limits(max_len: int, max_prompt_tokens: int | None = None,
     Raises:
       ConfigValueError: a limit < 1, or a sum over max_len (no sliding window in an export).
     """
+    given = [f"--{name}={value}" for name, value in (("max_prompt_tokens", max_prompt_tokens),
+                                                     ("max_new_tokens", max_new_tokens)) if value is not None]
     if max_prompt_tokens is None and max_new_tokens is None:
         max_new_tokens = max_len // 2
     if max_prompt_tokens is None:
@@ -91,9 +94,8 @@ def generation_limits(max_len: int, max_prompt_tokens: int | None = None,
     if max_new_tokens is None:
         max_new_tokens = max_len - max_prompt_tokens
     if max_prompt_tokens < 1 or max_new_tokens < 1 or max_prompt_tokens + max_new_tokens > max_len:
-        raise ConfigValueError(f"--max_prompt_tokens={max_prompt_tokens} and --max_new_tokens={max_new_tokens}: "
-                               f"each must be >= 1 and together at most the model's {max_len} positions "
-                               f"(its block size)")
+        raise ConfigValueError(f"{' and '.join(given)}: a prompt and its new tokens must each be >= 1 and "
+                               f"together at most the model's {max_len} positions (its block size)")
     return max_prompt_tokens, max_new_tokens
 
 
@@ -141,8 +143,11 @@ def check_out(out: str, workdir: str | None = None) -> None:
     if not os.path.isdir(out) or os.path.islink(out):
         raise ConfigValueError(f"--out={out} exists and is not a folder: give a new path for the export")
     if os.listdir(out) and not artifact.is_export(out):
-        raise ConfigValueError(f"--out={out} exists and is not a lab export (no {artifact.SIDECAR} of format "
-                               f"{artifact.FORMAT!r}); lab replaces only an earlier export: give a new path")
+        extra = sorted(set(os.listdir(out)) - {artifact.SIDECAR, artifact.PROGRAM, artifact.PARAMS})
+        what = (f"holds files a lab export does not ({', '.join(extra[:3])})" if os.path.isfile(
+            os.path.join(out, artifact.SIDECAR)) and extra else
+                f"is not a lab export (no {artifact.SIDECAR} of format {artifact.FORMAT!r})")
+        raise ConfigValueError(f"--out={out} exists and {what}; lab replaces only an earlier export: give a new path")
 
 
 def export(spec: ExportSpec, params, out: str, source: dict) -> dict:
@@ -248,6 +253,11 @@ def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec
     if name is None and limits:
         raise ConfigValueError(f"--{next(iter(limits))}: limits apply to an export named MODULE:FUNCTION "
                                f"(a text generator's), not to a given ExportSpec")
+    module = (name or "").partition(":")[0].split(".")
+    trained_by = record.get("experiment")
+    if trained_by and len(module) > 1 and module[0] == "experiments" and module[1] != trained_by:
+        raise ConfigValueError(f"--spec={name} exports {module[1]} runs; {workdir} is a run of {trained_by}"
+                               + (f" (its export: {record['export_spec']}, the default)" if record.get("export_spec") else ""))
     if name is not None:
         builder = load_spec_builder(name)
         takes = inspect.signature(builder).parameters
@@ -264,7 +274,13 @@ def export_run(workdir: str, out: str, step: int | None = None, spec: ExportSpec
     source = {"workdir": workdir, "step": saved_step, "experiment": record.get("experiment"), "config": raw}
     if name is not None:
         source["export_spec"] = name
-    return export(spec, params, out, source)
+    try:
+        return export(spec, params, out, source)
+    except (flax.errors.ScopeParamShapeError, flax.errors.ScopeParamNotFoundError) as e:
+        # The checkpoint's parameters are not the model's that config.json describes (an edited
+        # config, or a spec for another model): flax names the first parameter that differs.
+        raise ConfigValueError(f"the checkpoint {where} does not fit the model its config describes "
+                               f"({str(e).splitlines()[0]}): export with the config the run was trained with") from None
 
 
 def main(argv: list[str] | None = None) -> None:

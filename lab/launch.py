@@ -85,8 +85,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     return options, command
 
 
-def _stream(pipe, prefix: str, lock: threading.Lock) -> None:
+def _stream(pipe, prefix: str, lock: threading.Lock, quiet: threading.Event) -> None:
+    """Relays a worker's lines with its prefix; once `quiet` is set (the launcher is stopping
+    the run) only its `error:` lines: the rest is the runtime's dump as its peers vanish."""
     for line in iter(pipe.readline, ""):
+        if quiet.is_set() and not line.startswith("error:"):
+            continue
         with lock:
             sys.stdout.write(prefix + line)
             sys.stdout.flush()
@@ -166,12 +170,14 @@ def launch(num_processes: int, command: list[str], devices_per_process: int | No
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
     procs: list[subprocess.Popen] = []
+    quiet = threading.Event()
     previous = {sig: signal.signal(sig, _raise_signalled) for sig in FORWARDED_SIGNALS}
     try:
-        return _run(procs, num_processes, command, address, env)
+        return _run(procs, num_processes, command, address, env, quiet)
     except _Signalled as e:
         for sig in FORWARDED_SIGNALS:  # a second Ctrl-C must not cut the stopping short
             signal.signal(sig, signal.SIG_IGN)
+        quiet.set()
         _stop(procs)
         name = signal.Signals(e.signum).name
         print(f"error: the launcher received {name}; stopped every process. Committed checkpoints are kept: "
@@ -183,7 +189,8 @@ def launch(num_processes: int, command: list[str], devices_per_process: int | No
             signal.signal(sig, handler)
 
 
-def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], address: str, env: dict) -> int:
+def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], address: str, env: dict,
+         quiet: threading.Event) -> int:
     """`launch` once its signal handlers are set: starts the processes into `procs` and waits."""
     for i in range(num_processes):
         args = command + [f"--coordinator_address={address}", f"--num_processes={num_processes}",
@@ -198,7 +205,7 @@ def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], 
             return EXIT_USAGE
         procs.append(proc)
     lock = threading.Lock()
-    threads = [threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock), daemon=True)
+    threads = [threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock, quiet), daemon=True)
                for i, proc in enumerate(procs)]
     for thread in threads:  # after every fork: preexec_fn runs while no other thread exists
         thread.start()

@@ -25,8 +25,8 @@ The gate, for each metric of a row (`compare`):
   for metrics whose seeds agree to the bit. `detectable_shift` is the shift this test catches
   with probability POWER (from the noncentral t); a metric whose shift at one reproduction seed is over WEAK_RELATIVE of
   its value (WEAK_ACCURACY for accuracies) is weak, and the row must say why (`weak`).
-- **bit**: on the reference's machine class (`machine_class`: the CPU's ISA level and core count,
-  the device platform and count, the numeric libraries' versions, XLA_FLAGS, the PRNG and the
+- **bit**: on the reference's machine class (`machine_class`: the CPU's ISA level, model and
+  core count, the device platform and count, the numeric libraries' versions, XLA_FLAGS, the PRNG and the
   dataset's checksum) every seed both ran must also equal the reference's to the bit, unless the
   row says why it cannot (`nondeterministic`).
 
@@ -51,7 +51,9 @@ WEAK_ACCURACY = 0.01  # ... or, for an accuracy, larger than one point
 # What a run records that is not about the machine or the stack (each run has its own).
 _NOT_COMPARED = ("step", "time_utc", "seed", "git.revision", "git.dirty", "git.diff_sha256")
 # The recorded keys that decide whether two runs of one seed may differ in their bits.
-_CLASS_KEYS = ("devices.platform", "devices.count", "versions.jax", "versions.jaxlib", "versions.numpy",
+# The CPU model is one of them, not only its ISA level: LLVM tunes XLA:CPU's code for the model
+# (vector width, unrolling), which can reorder a sum.
+_CLASS_KEYS = ("cpu.family_model", "devices.platform", "devices.count", "versions.jax", "versions.jaxlib", "versions.numpy",
                "versions.flax", "versions.optax", "xla_flags", "prng_impl", "dataset.sha256")
 
 
@@ -153,16 +155,18 @@ def is_weak(metric: str, value: float, shift: float | None) -> bool:
 
 def machine_class(environment: Mapping) -> dict:
     """What decides a run's bits besides its seed: the CPU's ISA level and core count and the
-    `_CLASS_KEYS` of a recorded environment (an `environment.json` start)."""
+    `_CLASS_KEYS` (the CPU model among them) of a recorded environment (an `environment.json`
+    start)."""
     flat = configs.flatten(dict(environment))
     cpu = environment.get("cpu", {})
     return {"cpu": provenance.isa_level(cpu), "cpus": cpu.get("count"), **{k: flat.get(k) for k in _CLASS_KEYS}}
 
 
 def class_label(environment: Mapping) -> str:
-    """A machine class in a few words: 'AMX, 2 CPUs, jax 0.10.2'."""
+    """A machine class in a few words: 'AMX (family/model 6/143), 2 CPUs, jax 0.10.2'."""
     c = machine_class(environment)
-    return ", ".join(x for x in (c["cpu"] or "unknown ISA", f"{c['cpus']} CPUs" if c["cpus"] else "",
+    return ", ".join(x for x in (f"{c['cpu'] or 'unknown ISA'} (family/model {c['cpu.family_model']})",
+                                  f"{c['cpus']} CPUs" if c["cpus"] else "",
                                   f"jax {c['versions.jax']}" if c["versions.jax"] else "") if x)
 
 

@@ -292,6 +292,10 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     window: dict[str, np.ndarray] = {}
     window_start, window_seconds = time.perf_counter(), 0.0
     last_good_checkpoint = checkpointer.latest_step()
+
+    def kept() -> str:  # what a stop on a non-finite number leaves behind
+        return (f"the last good checkpoint (step {last_good_checkpoint}) is kept in {checkpointer.directory}"
+                if last_good_checkpoint is not None else "no checkpoint was written yet")
     best = ckpt_lib.BestCheckpointer(os.path.join(workdir, "best"), config.keep_best, config.get("keep_best_mode", "max")) \
         if config.get("keep_best") else None
     profiler = logbook.Profiler(config.get("profile_steps", "") if jax.process_index() == 0 else "", workdir)
@@ -309,10 +313,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                 total = sums if total is None else jax.tree.map(np.add, total, sums)
             results[split] = task.summarize(jax.tree.map(np.asarray, total))
             logger.log_eval(step, split, results[split])  # `eval_<split>/...` records
-            bad = sorted(k for k, v in logbook.scalars(results[split]).items() if k.endswith("loss") and not np.isfinite(v))
+            bad = sorted(k for k, v in logbook.scalars(results[split]).items() if not np.isfinite(v))
             if bad:  # finite parameters whose evaluation overflows: not a model to checkpoint
-                raise NonFiniteLossError(f"non-finite eval_{split}/{', '.join(bad)} at step {step}; the last good "
-                                         f"checkpoint is kept in {checkpointer.directory}; lower "
+                raise NonFiniteLossError(f"non-finite eval_{split}/{', '.join(bad)} at step {step}; {kept()}; lower "
                                          "optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun")
         if type(task).on_eval is Task.on_eval:  # the task draws nothing: nothing to gather
             return results
@@ -365,11 +368,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
             bad = sorted(k for k, v in host.items() if not np.all(np.isfinite(v)))
             if bad:
                 raise NonFiniteLossError(
-                    f"non-finite {', '.join(bad)} between steps {sync_from} and {step}; "
-                    + (f"the last good checkpoint (step {last_good_checkpoint}) is kept in "
-                       f"{checkpointer.directory}" if last_good_checkpoint is not None else
-                       "no checkpoint was written yet")
-                    + "; lower optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun")
+                    f"non-finite {', '.join(bad)} between steps {sync_from} and {step}; {kept()}; lower "
+                    "optimizer.learning_rate or set optimizer.grad_clip_norm, then rerun")
             sync_from = step
             window = host if not window else {k: window[k] + host[k] for k in window}
             if is_log or is_last:

@@ -104,6 +104,18 @@ def test_a_non_finite_optimizer_state_or_extra_stops_the_run_before_a_checkpoint
         train.train_and_evaluate(config, str(tmp_path), Regression(), train.epoch_data(arrays, {"test": arrays}, config))
     assert sorted(os.listdir(tmp_path / "checkpoints")) == ["2"]
 
+    class NanAccuracy(Regression):  # every metric of an eval is checked, not only its losses
+        def update(self, state, batch, rng, tools):
+            return Task.update(self, state, batch, rng, tools)
+
+        def summarize(self, sums):
+            return {"loss": 0.0, "accuracy": float("nan")}
+
+    with pytest.raises(NonFiniteLossError, match=r"non-finite eval_test/accuracy at step 6; the last good checkpoint \(step 4\)"):
+        train.train_and_evaluate(config, str(tmp_path / "nan_accuracy"), NanAccuracy(),
+                                 train.epoch_data(arrays, {"test": arrays}, config))
+    assert "6" not in os.listdir(tmp_path / "nan_accuracy" / "checkpoints")
+
 
 def test_extending_a_pruning_run_keeps_its_ramp(tmp_path):
     """`prune.end_step=None` resolves to num_train_steps // 2: extending the run would move the
@@ -121,7 +133,7 @@ def test_extending_a_pruning_run_keeps_its_ramp(tmp_path):
         return c
 
     configs.check_workdir(str(tmp_path), config(1000))
-    with pytest.raises(WorkdirConfigError, match="prune.end_step=500"):
+    with pytest.raises(WorkdirConfigError, match="prune.end_step=500.*--allow_config_change"):
         configs.check_workdir(str(tmp_path), config(4000))
     configs.check_workdir(str(tmp_path), config(4000, end_step=500))  # the same ramp, stated: resumes
 

@@ -221,7 +221,16 @@ def test_timeouts_name_the_process_that_did_not_arrive(tmp_path):
     assert not os.path.exists(tmp_path / "alone")
 
 
-_SLEEPER = "import os, sys, time; open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close(); time.sleep(600)"
+# A worker that says it started, sleeps, and on SIGTERM prints a runtime-style dump and its error line.
+_SLEEPER = ("import os, signal, sys, time\n"
+            "def stop(*_):\n"
+            "    print('F0000 coordination_service.cc] Terminating process because a peer died', flush=True)\n"
+            "    print('error: interrupted', flush=True)\n"
+            "    sys.exit(1)\n"
+            "signal.signal(signal.SIGTERM, stop)\n"
+            "print('started', flush=True)\n"
+            "open(os.path.join(sys.argv[1], str(os.getpid())), 'w').close()\n"
+            "time.sleep(600)\n")
 
 
 def _alive(pid: int) -> bool:
@@ -245,7 +254,7 @@ def test_workers_never_outlive_the_launcher(tmp_path, sig):
             time.sleep(0.05)
         workers = [int(name) for name in os.listdir(tmp_path)]
         launcher.send_signal(sig)
-        _, stderr = launcher.communicate(timeout=30)
+        stdout, stderr = launcher.communicate(timeout=30)
         deadline = time.monotonic() + 10
         while any(_alive(pid) for pid in workers) and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -260,6 +269,9 @@ def test_workers_never_outlive_the_launcher(tmp_path, sig):
     if sig == signal.SIGTERM:  # SIGKILL leaves the launcher no word to say; the kernel stops the workers
         (line,) = [x for x in stderr.splitlines() if x.startswith("error:")]
         assert "received SIGTERM; stopped every process" in line and launcher.returncode == 128 + signal.SIGTERM
+        # While stopping, the workers' dumps are dropped; their own error lines still come through.
+        assert "Terminating process" not in stdout and stdout.count("error: interrupted") == 2, stdout
+        assert stdout.count("started") == 2
 
 
 @pytest.mark.parametrize("argv, message", [

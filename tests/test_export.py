@@ -3,6 +3,7 @@ alone, and every unusable artifact or input is one clear error."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import urllib.error
@@ -114,8 +115,11 @@ def test_unusable_artifacts_are_one_clear_error(mlp_export, tmp_path):
 
 def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
     cases = [([f"--workdir={tmp_path}", f"--out={tmp_path}/m"], 1, "holds no run"),
-             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--spec=experiments.gan.__main__:export_spec"],
-              1, "has no function 'export_spec'"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--spec=lab.export:no_such_builder"],
+              1, "has no function 'no_such_builder'"),
+             ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m",
+               "--spec=experiments.transformer_lm.__main__:export_spec"],
+              1, "exports transformer_lm runs; " + os.path.abspath(mlp_export[0]) + " is a run of mlp_classifier"),
              ([f"--workdir={mlp_export[0]}", f"--out={tmp_path}/m", "--spec=nowhere"], 1, "MODULE:FUNCTION"),
              ([f"--workdir={mlp_export[0]}"], 2, "--out")]
     from lab.errors import CheckpointError, ConfigValueError
@@ -131,6 +135,12 @@ def test_export_cli_errors_are_one_line(mlp_export, tmp_path, run_cli):
     (old / "run.json").write_text('{"experiment": "gan"}')
     with pytest.raises(ConfigValueError, match="names no export .trained by gan.*--spec="):
         export_run(str(old), str(tmp_path / "m"))
+    edited = tmp_path / "edited_run"  # the run with its config's layer widths changed by hand
+    shutil.copytree(mlp_export[0], edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["model"]["features"] = [32]
+    (edited / "config.json").write_text(json.dumps(config))
+    cases.append(([f"--workdir={edited}", f"--out={tmp_path}/m"], 1, "does not fit the model its config describes"))
     for args, code, message in cases:
         proc = run_cli("lab.export", *args)
         lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
@@ -163,7 +173,7 @@ def test_export_never_deletes_what_is_not_an_export(mlp_export, tmp_path, run_cl
     assert artifact.is_export(str(tmp_path / "empty"))
     export_run(run, str(tmp_path / "empty"))
     (tmp_path / "empty" / "mine.txt").write_text("x")
-    with pytest.raises(ConfigValueError, match="is not a lab export"):
+    with pytest.raises(ConfigValueError, match=r"holds files a lab export does not \(mine.txt\)"):
         export_run(run, str(tmp_path / "empty"))
 
 
