@@ -1,4 +1,4 @@
-"""The forecasting task's data side: windows, train-only scaling, the three baselines."""
+"""The forecasting task's data side: windows, train-only scaling, the five baselines."""
 
 import numpy as np
 import pytest
@@ -47,3 +47,24 @@ def test_summary_reports_every_baseline_in_series_units():
     task = forecast.ForecastTask(None, 3, forecast.Scaler(0.0, 1.0))
     out = task.summarize(sums)
     assert out == {"loss": 0.5, "rmse": 2.0, "mae": 2.0, "rmse_last_value": 1.0, "mae_last_value": 1.0}
+
+
+def test_sarima_and_holt_winters_fit_on_train_and_never_see_what_they_predict():
+    """On a trend plus a season plus noise: both track the series on the held-out part far
+    better than the seasonal swing; changing the values after index k changes no prediction
+    up to k (each uses only earlier values, and the parameters come from the train part alone:
+    a fit that read the changed values would move every prediction)."""
+    rng = np.random.default_rng(0)
+    t = np.arange(120, dtype=np.float64)
+    values = 300 + 0.1 * t + 3 * np.sin(2 * np.pi * t / 12) + 0.2 * rng.standard_normal(120)
+    preds = forecast.statistical_predictions(values, (0, 84), 12)
+    for name, pred in preds.items():
+        assert pred.shape == (120,)
+        rmse = np.sqrt(np.mean((pred[84:] - values[84:]) ** 2))
+        assert rmse < 0.5, (name, rmse)  # the season alone swings +-3
+    changed = values.copy()
+    changed[100:] += 50.0
+    again = forecast.statistical_predictions(changed, (0, 84), 12)
+    for name in preds:
+        np.testing.assert_array_equal(again[name][:101], preds[name][:101])
+        assert np.all(np.abs(again[name][101:] - preds[name][101:]) > 0)

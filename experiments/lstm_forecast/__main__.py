@@ -38,7 +38,8 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
             f"{config.batch_size} train windows of {config.dataset} ({train_stop - train_start} values): "
             "use a shorter window or a smaller batch")
     splits, scaler = forecast.forecast_splits(series["value"], series["bounds"], config.timesteps,
-                                              series["season"], config.scaling)
+                                              series["season"], config.scaling,
+                                              forecast.SARIMA_ORDERS.get(config.dataset, forecast.AIRLINE))
     if config.num_epochs:
         with config.unlocked():
             config.num_train_steps = config.num_epochs * (len(splits["train"]["target"]) // config.batch_size)

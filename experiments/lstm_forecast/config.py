@@ -1,8 +1,9 @@
 """Configs of the LSTM forecaster. Select a variant with `--config=experiments/lstm_forecast/config.py:NAME`.
 
 What they are for: one-step forecasts of a time series by an LSTM, scored by test RMSE in the
-series' units beside three baselines the same run computes (last value, seasonal naive, a linear
-AR over the same window). The measured numbers live in experiments/reference_results.json
+series' units beside five baselines the same run computes (last value, seasonal naive, a linear
+AR over the same window, and the statistical anchors SARIMA and Holt-Winters, fitted on the train
+part only: lab.tasks.forecast). The measured numbers live in experiments/reference_results.json
 (README's results table is generated from it); each variant names its row, and the closing
 summary quotes that row.
 
@@ -16,7 +17,7 @@ summary quotes that row.
              sunspot numbers; no row (its summary still quotes the co2 row).
   tuned      python -m experiments.lstm_forecast --workdir=runs/forecast_co2_tuned --config=experiments/lstm_forecast/config.py:tuned
              24-month windows, z-scored, LSTM(64, tanh), Adam 3e-3 with warmup + cosine, 200
-             epochs (2,200 steps): the recipe tuned to beat the three baselines on co2.
+             epochs (2,200 steps): the recipe tuned to beat the naive and AR baselines on co2.
              Row: forecast_co2_tuned.
   tiny       python -m experiments.lstm_forecast --workdir=DIR --config=experiments/lstm_forecast/config.py:tiny
              a seconds-long run for tests; no row, no reference in its summary.

@@ -2,12 +2,19 @@
 
 The data side (`forecast_splits`) turns a whole series into windows per chronological split,
 scaled by a `Scaler` fitted on the train part only, and attaches to every eval window the
-predictions of three classical baselines computed from the same series:
+predictions of five classical baselines computed from the same series:
 
   * last value      y_t = y_{t-1}
   * seasonal naive  y_t = y_{t-season} (co2: 12 months; sunspots: the ~11-year cycle)
   * linear AR       y_t = [y_{t-T}, ..., y_{t-1}, 1] . w, w fitted by least squares on the train
                     windows (the same window length T as the network's)
+  * SARIMA          statsmodels' SARIMAX of the series' orders (`SARIMA_ORDERS`), fitted on the
+                    train part; its one-step-ahead predictions with those parameters fixed
+  * Holt-Winters    additive level, trend and season (statsmodels' ExponentialSmoothing), fitted
+                    on the train part, run on with its fitted parameters and initial states
+
+The last two are the statistical anchors for such series; every baseline sees only values
+before the one it predicts, as the network does.
 
 `ForecastTask.evaluate` scores the network and the baselines with the same sums, so every RMSE
 and MAE in `results.json` (in the series' original units) comes out of one piece of code.
@@ -28,7 +35,41 @@ from lab import report
 from lab.data import timeseries
 from lab.task import Task
 
-BASELINES = ("last_value", "seasonal_naive", "linear_ar")
+BASELINES = ("last_value", "seasonal_naive", "linear_ar", "sarima", "holt_winters")
+# SARIMA (p, d, q) x (P, D, Q) at the series' season: Box and Jenkins' "airline" model, the
+# classic for a trending seasonal series such as co2; for sunspots Yule's AR(2) with a seasonal
+# AR term at the ~11-year cycle (not a fixed season: differencing at it would hurt).
+SARIMA_ORDERS = {"co2": ((1, 1, 1), (0, 1, 1)), "sunspots": ((2, 0, 0), (1, 0, 0))}
+AIRLINE = ((1, 1, 1), (0, 1, 1))  # any other series
+
+
+def statistical_predictions(values: np.ndarray, train: tuple[int, int], season: int,
+                            orders: tuple[tuple, tuple] = AIRLINE) -> dict[str, np.ndarray]:
+    """One-step-ahead predictions of SARIMA and Holt-Winters for every value of the series, both
+    fitted on values[train[0]:train[1]] only and then run over the whole series with their
+    parameters fixed (each prediction uses only the values before it).
+
+    Returns:
+      {'sarima', 'holt_winters'} -> float64 (N,), N = len(values).
+    """
+    import warnings
+
+    from statsmodels.tsa.holtwinters import ExponentialSmoothing
+    from statsmodels.tsa.statespace.sarimax import SARIMAX
+
+    values = np.asarray(values, np.float64)
+    part = values[train[0]:train[1]]
+    with warnings.catch_warnings():  # convergence notes of a fit: the predictions are what is scored
+        warnings.simplefilter("ignore")
+        fitted = SARIMAX(part, order=orders[0], seasonal_order=(*orders[1], season)).fit(disp=False)
+        sarima = fitted.apply(values).get_prediction(start=0, end=len(values) - 1).predicted_mean
+        p = ExponentialSmoothing(part, trend="add", seasonal="add", seasonal_periods=season).fit().params
+        holt_winters = ExponentialSmoothing(
+            values, trend="add", seasonal="add", seasonal_periods=season, initialization_method="known",
+            initial_level=p["initial_level"], initial_trend=p["initial_trend"], initial_seasonal=p["initial_seasons"],
+        ).fit(smoothing_level=p["smoothing_level"], smoothing_trend=p["smoothing_trend"],
+              smoothing_seasonal=p["smoothing_seasonal"], optimized=False).fittedvalues
+    return {"sarima": np.asarray(sarima, np.float64), "holt_winters": np.asarray(holt_winters, np.float64)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,8 +114,10 @@ def fit_linear_ar(values: np.ndarray, timesteps: int, start: int, stop: int) -> 
 
 
 def baseline_predictions(values: np.ndarray, timesteps: int, season: int, start: int, stop: int,
-                         ar_weights: np.ndarray) -> dict[str, np.ndarray]:
-    """The three baselines' predictions for the targets values[start:stop].
+                         ar_weights: np.ndarray, statistical: dict[str, np.ndarray] | None = None,
+                         ) -> dict[str, np.ndarray]:
+    """The baselines' predictions for the targets values[start:stop] (`statistical`: the whole
+    series' `statistical_predictions`).
 
     Returns:
       name -> float64 (stop - start,) in the series' units, for each name in `BASELINES`.
@@ -88,11 +131,13 @@ def baseline_predictions(values: np.ndarray, timesteps: int, season: int, start:
         "last_value": values[t - 1],
         "seasonal_naive": values[t - season],
         "linear_ar": x @ ar_weights[:timesteps] + ar_weights[timesteps],
+        **{name: pred[start:stop] for name, pred in (statistical or {}).items()},
     }
 
 
 def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], timesteps: int,
-                    season: int, scaling: str) -> tuple[dict[str, dict[str, np.ndarray]], Scaler]:
+                    season: int, scaling: str, sarima_orders: tuple[tuple, tuple] = AIRLINE,
+                    ) -> tuple[dict[str, dict[str, np.ndarray]], Scaler]:
     """Windows of each chronological split, scaled on train, with baselines on eval splits.
 
     Args:
@@ -103,6 +148,7 @@ def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], time
       timesteps: window length T.
       season: the seasonal-naive lag.
       scaling: 'minmax' or 'standard', fitted on values[train] only.
+      sarima_orders: the SARIMA baseline's ((p, d, q), (P, D, Q)) (`SARIMA_ORDERS`).
 
     Returns:
       ({split: arrays}, scaler). Every split has `inputs` float32 (M, T, 1) and `target` float32
@@ -113,6 +159,7 @@ def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], time
     train_start, train_stop = bounds["train"]
     scaler = Scaler.fit(values[train_start:train_stop], scaling)
     ar_weights = fit_linear_ar(values, timesteps, train_start + timesteps, train_stop)
+    statistical = statistical_predictions(values, (train_start, train_stop), season, sarima_orders)
     scaled = scaler.transform(values)
     out = {}
     for split, (start, stop) in bounds.items():
@@ -123,7 +170,7 @@ def forecast_splits(values: np.ndarray, bounds: dict[str, tuple[int, int]], time
             arrays["truth"] = values[first:stop].astype(np.float32)
             arrays["index"] = np.arange(first, stop, dtype=np.int32)
             for name, pred in baseline_predictions(values, timesteps, season, first, stop,
-                                                   ar_weights).items():
+                                                   ar_weights, statistical).items():
                 arrays[name] = pred.astype(np.float32)
         out[split] = arrays
     return out, scaler
@@ -224,9 +271,11 @@ def forecast_figure(times_M: np.ndarray, truth_M: np.ndarray, pred_M: np.ndarray
     ax.plot(times_M, truth_M, color="black", linewidth=2, label="truth")
     ax.plot(times_M, pred_M, color="tab:red", linewidth=1.5,
             label=f"LSTM (RMSE {_rmse(pred_M, truth_M):.3g})")
-    styles = {"last_value": ":", "seasonal_naive": "--", "linear_ar": "-."}
+    styles = {"last_value": (":", "tab:blue"), "seasonal_naive": ("--", "tab:orange"), "linear_ar": ("-.", "tab:green"),
+              "sarima": ((0, (5, 1)), "tab:purple"), "holt_winters": ((0, (3, 1, 1, 1)), "tab:brown")}
     for name, pred in baselines.items():
-        ax.plot(times_M, pred, linestyle=styles.get(name, ":"), linewidth=1,
+        linestyle, color = styles.get(name, (":", "tab:gray"))
+        ax.plot(times_M, pred, linestyle=linestyle, color=color, linewidth=1,
                 label=f"{name.replace('_', ' ')} (RMSE {_rmse(pred, truth_M):.3g})")
     ax.set_xlabel("time")
     ax.set_title(title)
