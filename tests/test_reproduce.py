@@ -176,6 +176,21 @@ def test_every_quick_row_has_a_reference_and_the_readme_shows_the_table():
     assert readme.split(begin)[1].split(end)[0] == reproduce.reference_markdown(table)
 
 
+def test_references_are_committed_measurements_with_enough_seeds_and_every_weak_metric_says_why():
+    """Every reference comes from a committed tree; one a seed runs under two minutes has five
+    seeds or more; a metric the one-seed gate cannot hold to a 5% shift (a point of accuracy)
+    names its reason in the row, and README shows it."""
+    table = reference_table.load_table(os.path.join(ROOT, "experiments", "reference_results.json"))
+    for row in table["rows"]:
+        for budget, entry in row.get("measured", {}).items():
+            assert entry["environment"]["git"]["dirty"] is False, (row["name"], budget)
+            if entry["wall_s"] < 120:
+                assert len(entry["seeds"]) >= 5, (row["name"], budget)
+        for metric, _ in reproduce.weak_lines(row):
+            assert row.get("weak", {}).get(metric), (row["name"], metric)
+    assert "no reason given" not in reproduce.reference_markdown(table)
+
+
 def test_seeds_that_agree_to_the_bit_have_their_value_as_mean_and_no_spread():
     """A deterministic baseline's seeds: mean = the value, std exactly 0 (not a rounding residue)."""
     for value in (1.7950863838195801, 0.1, 0.98611):
