@@ -13,6 +13,8 @@ point (`python -m experiments.<name> --workdir=DIR/<budget>/<row>/seed_<s> --con
   reference's to the bit; band: elsewhere), whether it holds, and the wall time; and per row
   where the recorded environment (CPU, versions, XLA_FLAGS, PRNG, dataset checksum) differs.
 - Exit status 1 if any metric fails its gate or any run failed; 2 on bad flags.
+- A row that another needs (a GAN's classifier) measures every seed of it with its own seed 0,
+  as a fixed instrument; brought in by `--only` for another row's sake, it runs seed 0 alone.
 - A repeated command with the same DIR skips a run that finished with the same flags on the
   same code (revision, and the uncommitted diff if any), reruns one whose flags or code changed,
   and resumes an interrupted one from its last checkpoint (the train loop's own resume; its wall
@@ -155,7 +157,11 @@ def main(argv):
     def expected_wall(row):
         return row.get("measured", {}).get(reproduce.budget_of(row, budget), {}).get("wall_s") or _DEFAULT_WALL_S
 
-    todo = [(row, s) for row in rows for s in seeds]
+    # A row that --only brought in for another's sake (a GAN's classifier) is that row's measuring
+    # instrument: its seed 0 serves every seed of the rows that need it, and only seed 0 runs.
+    asked = set(FLAGS.only) or {row["name"] for row in rows}
+    seeds_of = {row["name"]: seeds if row["name"] in asked else seeds[:1] for row in rows}
+    todo = [(row, s) for row in rows for s in seeds_of[row["name"]]]
     remaining_expected = sum(expected_wall(row) for row, _ in todo)
     spent, spent_expected = 0.0, 0.0
     failed: dict[str, str] = {}
@@ -168,7 +174,7 @@ def main(argv):
             entry = done.get(name, {}).get(str(seed))
             blocked = [dep for dep in row.get("needs", {}).values() if dep in failed]
             remaining_expected -= expected_wall(row)
-            needs = {dep: os.path.join(root, budget, dep, f"seed_{seed}") for dep in row.get("needs", {}).values()}
+            needs = {dep: os.path.join(root, budget, dep, "seed_0") for dep in row.get("needs", {}).values()}
             run_flags = reproduce.config_flags(row, budget, seed, needs)
             if entry and os.path.exists(os.path.join(workdir, "results.json")):
                 if entry.get("flags") == run_flags and entry.get("code") == code:
@@ -203,8 +209,8 @@ def main(argv):
     outcomes, ok = [], not failed
     for row in rows:
         name = row["name"]
-        runs = {s: done[name][str(s)] for s in seeds if str(s) in done.get(name, {})}
-        if name in failed or len(runs) < len(seeds):
+        runs = {s: done[name][str(s)] for s in seeds_of[name] if str(s) in done.get(name, {})}
+        if name in failed or len(runs) < len(seeds_of[name]):
             outcomes.append({"row": row, "lines": [], "wall_s": 0.0, "error": failed.get(name, "not run")})
             continue
         lines = reproduce.compare(row, budget, {s: r["metrics"] for s, r in runs.items()}, runs[seeds[0]]["environment"])
@@ -244,6 +250,8 @@ def main(argv):
         if failed:
             exit_with_error(f"--write_reference: not written, {len(failed)} row(s) failed: {', '.join(failed)}", EXIT_FAILURE)
         for row in rows:  # the rows of the file itself, so the hand-written fields stay as they are
+            if row["name"] not in asked:
+                continue  # run for another row's sake, with one seed: its reference stays
             runs = {s: done[row["name"]][str(s)] for s in seeds}
             row.setdefault("measured", {})[reproduce.budget_of(row, budget)] = reproduce.measured_entry(
                 {s: r["metrics"] for s, r in runs.items()}, row["metrics"],

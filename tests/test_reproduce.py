@@ -238,3 +238,23 @@ def test_a_planted_regression_fails_the_quick_gate(tmp_path):
     (line,) = reproduce.compare(row, "quick", {0: results}, environment)
     assert line["holds"] is False and abs(line["mean"] - line["reference"]) > line["band"], line
     assert line["exact"] == "0/1"
+
+
+def test_a_needed_row_is_a_fixed_instrument_measured_by_its_seed_0(tmp_path):
+    """Every seed of a row measures with seed 0 of the row it needs; a row --only brought in
+    for another's sake runs seed 0 alone and keeps its reference."""
+    needed = {**TINY_ROW, "name": "tiny_a", "metrics": ["test_accuracy"]}
+    # (data_dir stands in for a path key such as features_run: the run's folder, a dataset built into it)
+    needing = {**TINY_ROW, "name": "tiny_b", "metrics": ["test_accuracy"], "needs": {"data_dir": "tiny_a"}}
+    table = tmp_path / "table.json"
+    table.write_text(json.dumps({"rows": [needed, needing]}))
+    run = tmp_path / "run"
+    proc = run_reproduce(f"--workdir={run}", f"--reference={table}", "--seeds=2", "--only=tiny_b",
+                         "--write_reference", "--allow_dirty_tree")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    ledger = json.loads((run / "ledger.json").read_text())["quick"]
+    assert sorted(ledger["tiny_a"]) == ["0"] and sorted(ledger["tiny_b"]) == ["0", "1"]
+    for seed in ("0", "1"):
+        assert f"--config.data_dir={run}/quick/tiny_a/seed_0" in ledger["tiny_b"][seed]["flags"]
+    written = {r["name"]: r for r in json.loads(table.read_text())["rows"]}
+    assert "measured" not in written["tiny_a"] and written["tiny_b"]["measured"]["quick"]["seeds"] == [0, 1]
