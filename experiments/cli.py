@@ -179,8 +179,6 @@ def _usage_error(e: Exception) -> None:
         text = f"unknown config key {suggestion[2]!r}; did you mean {suggestion[1]!r}?"
     elif isinstance(e, (AttributeError, KeyError)):
         text = f"unknown config key {text.strip(chr(39) + chr(34))!r}"
-    elif "Traceback" in text:  # an exception inside get_config(): keep its own last line
-        text = text[text.rindex("Error: ") + len("Error: "):]
     _fail(f"{text} (--help lists the variants, config keys and flags)", EXIT_USAGE)
 
 

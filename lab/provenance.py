@@ -158,7 +158,6 @@ def record(workdir: str, entry: dict) -> None:
     os.replace(tmp, path)
 
 
-
 def read_run_record(workdir: str) -> dict:
     """`workdir/run.json` ({'experiment': NAME, 'export_spec': 'MODULE:FUNCTION'}), or {}."""
     try:
