@@ -150,11 +150,13 @@ class Checkpointer:
 
 class BestCheckpointer:
     """Keeps the checkpoint of the best evaluation so far by one metric (`config.keep_best`), in
-    its own directory (`workdir/best/`, one step kept), apart from the checkpoints a resume uses.
+    its own directory (`workdir/best/`, one step kept), apart from the checkpoints a resume uses,
+    and the results of every eval split at that step: model selection, e.g. on a validation split,
+    with the test numbers of the selected step beside the last step's (`selected()`).
 
     Args:
       directory: where the best checkpoint goes.
-      metric: `<split>_<metric>`, a key of the run's results (e.g. 'test_accuracy', 'val_loss').
+      metric: `<split>_<metric>`, a key of the run's results (e.g. 'validation_loss').
       mode: 'max' or 'min': which way is better.
     """
 
@@ -163,12 +165,17 @@ class BestCheckpointer:
         self.checkpointer = Checkpointer(directory, every_steps=0, max_to_keep=1)
         latest = self.checkpointer.latest_step()
         self.best = None  # the best value so far (from the saved one on resume)
+        self.step, self.results = None, {}  # the best eval's step and scalar results
         if latest is not None:
             with open(os.path.join(directory, str(latest), "meta", "metadata")) as f:
-                self.best = json.load(f).get("best", {}).get("value")
+                saved = json.load(f).get("best", {})
+            self.best, self.step, self.results = saved.get("value"), latest, saved.get("results", {})
 
     def update(self, step: int, results: dict, state: PyTree, meta: dict) -> bool:
         """Saves `state` when `results[metric]` beats the best so far; whether it did.
+
+        Args:
+          results: `{<split>_<metric>: scalar}` of every eval split at `step`.
 
         Raises:
           ConfigValueError: the results have no such metric (the message lists theirs).
@@ -179,9 +186,19 @@ class BestCheckpointer:
         value = float(results[self.metric])
         better = self.best is None or (value > self.best if self.mode == "max" else value < self.best)
         if better:
-            self.best = value
-            self.checkpointer.save(step, state, dict(meta, best={"metric": self.metric, "value": value}))
+            self.best, self.step = value, step
+            self.results = {k: float(v) for k, v in results.items()}
+            self.checkpointer.save(step, state, dict(meta, best={"metric": self.metric, "value": value,
+                                                                 "results": self.results}))
         return better
+
+    def selected(self) -> dict:
+        """`selected_by`, `selected_step` and `selected_<split>_<metric>` for every result of the
+        best eval so far ({} before the first)."""
+        if self.step is None:
+            return {}
+        return {"selected_by": self.metric, "selected_step": self.step,
+                **{f"selected_{k}": v for k, v in self.results.items()}}
 
     def wait(self) -> None:
         self.checkpointer.wait()

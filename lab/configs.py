@@ -48,9 +48,10 @@ RUN_CONTROL_KEYS = frozenset({
     "keep_best", "keep_best_mode", "profile_steps",
 })
 RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the numbers
-# Loop keys added after runs were saved: a saved config without one ran with this value.
+# Keys added after runs were saved: a saved config without one ran with this value.
 ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": False, "keep_best": "",
-                      "keep_best_mode": "max", "profile_steps": ""}
+                      "keep_best_mode": "max", "profile_steps": "",
+                      "label_smoothing": 0.0}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
 PRUNE_HORIZON_SUFFIX = ".prune.end_step"  # likewise the pruning ramp's end (None: num_train_steps // 2)
@@ -89,7 +90,7 @@ def base_config(overrides: Any = None) -> ml_collections.ConfigDict:
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
     c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
-    c.keep_best = ""  # e.g. 'test_accuracy': also keep the best eval's checkpoint, in workdir/best/
+    c.keep_best = ""  # e.g. 'validation_loss': keep the best eval's checkpoint (workdir/best/) and its results (selected_*)
     c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
     c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
     c.optimizer = ml_collections.ConfigDict()

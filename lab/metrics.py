@@ -14,7 +14,7 @@ import optax
 
 
 def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, mask_B: jax.Array | None = None,
-                        *, confusion: bool = False) -> dict[str, jax.Array]:
+                        *, confusion: bool = False, label_smoothing: float = 0.0) -> dict[str, jax.Array]:
     """Cross-entropy loss sum, count, correct count (and the CxC confusion matrix) of a batch.
 
     Args:
@@ -22,10 +22,16 @@ def classification_sums(logits_BxC: jax.Array, labels_B: jax.Array, mask_B: jax.
       labels_B: int class ids.
       mask_B: 1 for real examples, 0 for padding (None: all real).
       confusion: also return `confusion` [true, predicted] counts, float32 (C, C).
+      label_smoothing: > 0: the loss against labels smoothed towards uniform by this much (a
+        train-time regulariser; evaluation keeps the plain cross-entropy).
     """
     num_classes = logits_BxC.shape[-1]
     w_B = jnp.ones(labels_B.shape, jnp.float32) if mask_B is None else mask_B.astype(jnp.float32)
-    ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32), labels_B)
+    if label_smoothing:
+        targets_BxC = optax.smooth_labels(jax.nn.one_hot(labels_B, num_classes), label_smoothing)
+        ce_B = optax.softmax_cross_entropy(logits_BxC.astype(jnp.float32), targets_BxC)
+    else:
+        ce_B = optax.softmax_cross_entropy_with_integer_labels(logits_BxC.astype(jnp.float32), labels_B)
     pred_B = jnp.argmax(logits_BxC, axis=-1)
     sums = {
         "loss": jnp.sum(ce_B * w_B),

@@ -412,6 +412,8 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                "steps_per_sec": (step - start_step) / seconds if seconds > 0 and step > start_step else None}
     if init_source:
         results["init_from"] = init_source
+    if best is not None:  # the eval that config.keep_best selected, beside the last one
+        results.update(best.selected())
     for split, metrics in eval_results.items():
         results.update({f"{split}_{k}": _jsonable(v) for k, v in metrics.items()})
     if eval_results:  # the first eval split is the headline one: its metrics also unprefixed

@@ -84,3 +84,17 @@ def test_binary_sums_give_sklearns_f1_and_roc_auc_over_padded_batches():
     assert summary["accuracy"] == pytest.approx(np.mean((logits > 0) == labels))
     assert summary["f1"] == pytest.approx(f1_score(labels, logits > 0))
     assert summary["roc_auc"] == pytest.approx(roc_auc_score(labels, logits), abs=1e-3)
+
+
+def test_label_smoothing_trains_against_the_smoothed_targets():
+    import optax
+    logits = jnp.asarray([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    labels = jnp.asarray([0, 2])
+    plain = metrics.classification_sums(logits, labels)
+    smoothed = metrics.classification_sums(logits, labels, label_smoothing=0.1)
+    targets = np.full((2, 3), 0.1 / 3) + 0.9 * np.eye(3)[[0, 2]]
+    expected = -np.sum(targets * np.asarray(jax.nn.log_softmax(logits)))
+    assert float(smoothed["loss"]) == pytest.approx(expected, rel=1e-6)
+    assert float(smoothed["loss"]) != pytest.approx(float(plain["loss"]))
+    assert plain["loss"] == optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+    assert smoothed["correct"] == plain["correct"] == 2

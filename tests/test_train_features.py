@@ -129,7 +129,16 @@ def test_the_best_evaluation_keeps_its_own_checkpoint_and_a_profile_can_be_trace
     best_step = min(losses, key=losses.get)
     assert os.listdir(tmp_path / "best") == [str(best_step)]
     with open(tmp_path / "best" / str(best_step) / "meta" / "metadata") as f:
-        assert json.load(f)["best"] == {"metric": "test_loss", "value": pytest.approx(losses[best_step])}
+        best = json.load(f)["best"]
+    assert (best["metric"], best["value"]) == ("test_loss", pytest.approx(losses[best_step]))
+    results = json.loads((tmp_path / "results.json").read_text())  # the selected eval beside the last one
+    assert (results["selected_by"], results["selected_step"]) == ("test_loss", best_step)
+    assert results["selected_test_loss"] == pytest.approx(losses[best_step])
+    assert results["selected_test_accuracy"] == best["results"]["test_accuracy"]
+    from lab.checkpoint import BestCheckpointer
+    reopened = BestCheckpointer(str(tmp_path / "best"), "test_loss", "min")  # as a resumed run finds it
+    assert reopened.selected() == {k: v for k, v in results.items() if k.startswith("selected_")}
+    reopened.close()
     traces = [f for _, _, files in os.walk(tmp_path / "profile") for f in files if f.endswith(".xplane.pb")]
     assert traces
     with pytest.raises(ConfigValueError, match="is not a result of this run"):

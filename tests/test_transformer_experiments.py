@@ -10,7 +10,7 @@ import pytest
 import lab.data
 from lab import checkpoint
 from lab.errors import ConfigValueError
-from tests.helpers import final_params, trees_equal
+from tests.helpers import final_params, math_records, trees_equal
 
 import experiments.transformer_classifier.__main__ as classifier
 import experiments.transformer_lm.__main__ as lm
@@ -93,9 +93,19 @@ def test_a_subword_pretraining_hands_its_tokenizer_to_the_classifier(tmp_path):
     config.init_from = str(tmp_path / "mlm")
     config.tokenizer.name, config.tokenizer.vocab_size = "bpe", 400
     config.model.pooling = "attention"
+    # tuned_bpe's regularisation and model selection: the step of the best validation eval.
+    config.label_smoothing, config.keep_best = 0.1, "validation_play_accuracy"
     classifier.validate(config)
     results = classifier.main(config, str(tmp_path / "cls"))
-    assert np.isfinite(results["test_loss"])
+    assert np.isfinite(results["test_loss"]) and np.isfinite(results["validation_loss"])
+    assert results["selected_by"] == "validation_play_accuracy" and results["selected_step"] in (2, 4)
+    evals: dict[int, dict] = {}  # step -> every split's eval record at it
+    for r in math_records(str(tmp_path / "cls")):
+        if any(k.startswith("eval_") for k in r):
+            evals.setdefault(r["step"], {}).update(r)
+    best = max(sorted(evals), key=lambda step: evals[step]["eval_validation/play_accuracy"])  # the first of ties
+    assert results["selected_step"] == best
+    assert results["selected_test_play_accuracy"] == pytest.approx(evals[best]["eval_test/play_accuracy"])
     assert SubwordTokenizer.load(str(tmp_path / "cls")).sha256 == SubwordTokenizer.load(str(tmp_path / "mlm")).sha256
     assert "head_pool_query" in final_params(str(tmp_path / "cls"))
     # Another vocabulary than the pretraining run's is refused in one line.
@@ -159,6 +169,17 @@ def test_the_articles_binary_head_runs_on_comedy_vs_tragedy(tmp_path):
         lab.data.info("shakespeare_plays")["genres"][g] for g in np.unique(test["genre"])}
     tiny.task = "sentiment"
     with pytest.raises(ConfigValueError, match="config.task='sentiment'"):
+        classifier.validate(tiny)
+
+
+def test_the_tuned_recipe_selects_on_validation_and_bad_smoothing_is_refused():
+    config = classifier_config("tuned_bpe")
+    assert (config.keep_best, config.keep_best_mode, config.init_from, config.tokenizer.name) == (
+        "validation_play_accuracy", "max", "pretrain_bpe", "bpe")
+    assert config.reference.metric == "selected_test_play_accuracy"
+    tiny = classifier_config("tiny")
+    tiny.label_smoothing = 1.5
+    with pytest.raises(ConfigValueError, match="config.label_smoothing=1.5 is invalid"):
         classifier.validate(tiny)
 
 

@@ -25,6 +25,7 @@ def validate(config) -> None:
     configs.check_block(config.model, "model", positive_ints=("num_layers", "num_heads", "width", "max_len",
                                                                "head_hidden"),
                         fractions=("dropout_rate", "head_dropout"))
+    configs.check_block(config, "", fractions=("label_smoothing",))
     if config.model.pooling not in encoder.POOLINGS:
         raise ConfigValueError(f"config.model.pooling={config.model.pooling!r}: use one of "
                                f"{', '.join(encoder.POOLINGS)}")
@@ -100,17 +101,19 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
     """
     model, tokenizer, ids, plays_info = build_model(config, run_tokenizer(config, workdir))
     unit = "BPE tokens" if language_model.tokenizer_name(config) == "bpe" else "characters"
-    with progress.phase(f"reading the speeches ({config.dataset} train and test) and encoding them as {unit}",
-                        "read and encoded the speeches") as p:
+    with progress.phase(f"reading the speeches ({config.dataset} train, test and validation) and encoding them "
+                        f"as {unit}", "read and encoded the speeches") as p:
         train_arrays = load_split(config, "train", tokenizer, ids)
-        test_arrays = load_split(config, "test", tokenizer, ids)
-        p.note = f"train {len(train_arrays['inputs']):,}, test {len(test_arrays['inputs']):,} speeches"
+        # Test first: the headline split. Validation is what `keep_best` selects a step on.
+        evals = {split: load_split(config, split, tokenizer, ids) for split in ("test", "validation")}
+        p.note = ", ".join(f"{k} {len(v['inputs']):,}" for k, v in {"train": train_arrays, **evals}.items()) + " speeches"
     resolve_steps(config, len(train_arrays["play"]))
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
     binary = config.get("task") == "comedy_tragedy"
     task = (BinaryClassificationTask if binary else ClassificationTask)(
-        model, example, label_keys=("tragedy",) if binary else LABELS, extra_input_keys=("token_mask",))
-    data = train.epoch_data(train_arrays, {"test": test_arrays}, config,
+        model, example, label_keys=("tragedy",) if binary else LABELS, extra_input_keys=("token_mask",),
+        label_smoothing=config.get("label_smoothing", 0.0))
+    data = train.epoch_data(train_arrays, evals, config,
                             class_names=None if binary else plays_info.get("class_names"))
     return train.train_and_evaluate(config, workdir, task, data, allow_config_change=allow_config_change)
 

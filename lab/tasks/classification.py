@@ -162,6 +162,8 @@ class ClassificationTask(Task):
         head uses ('label',).
       extra_input_keys: further batch keys passed to the model as positional arguments after
         the inputs (e.g. 'token_mask' for the padding mask of token inputs).
+      label_smoothing: > 0: train against labels smoothed towards uniform by this much
+        (evaluation reports the plain cross-entropy).
     A model declares where a parameter lives where it defines it (`nn.with_logical_partitioning`,
     see `lab.sharding`); the loop places the others by size.
     The default update trains the parameters and carries the model's other state in
@@ -174,8 +176,10 @@ class ClassificationTask(Task):
     count_unit = "examples"
 
     def __init__(self, model: nn.Module | nnx.Module, example_inputs: dict[str, np.ndarray],
-                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = ()):
+                 label_keys: tuple[str, ...] = ("label",), extra_input_keys: tuple[str, ...] = (),
+                 label_smoothing: float = 0.0):
         self.model = model
+        self.label_smoothing = label_smoothing
         self._model = _NNX(model) if isinstance(model, nnx.Module) else _Linen(model)
         self.example_inputs = example_inputs
         self.label_keys = tuple(label_keys)
@@ -210,9 +214,10 @@ class ClassificationTask(Task):
     def _heads(self, variables, batch, *, train: bool, rng=None) -> dict[str, jax.Array]:
         return self._forward(variables, batch, train=train, rng=rng)[0]
 
-    def _head_sums(self, heads, batch, *, confusion: bool) -> dict:
+    def _head_sums(self, heads, batch, *, confusion: bool, label_smoothing: float = 0.0) -> dict:
         mask = batch.get("mask")
-        per_head = {k: metrics.classification_sums(heads[k], batch[k], mask, confusion=confusion)
+        per_head = {k: metrics.classification_sums(heads[k], batch[k], mask, confusion=confusion,
+                                                   label_smoothing=label_smoothing)
                     for k in self.label_keys}
         if len(per_head) == 1:
             return next(iter(per_head.values()))
@@ -228,7 +233,7 @@ class ClassificationTask(Task):
     def _train_sums(self, variables, batch, rng, carried=()) -> tuple[dict, dict]:
         """(train sums incl. `loss`, the new values of the `carried` collections)."""
         heads, new = self._forward(variables, batch, train=True, rng=rng, carried=carried)
-        return self._head_sums(heads, batch, confusion=False), new
+        return self._head_sums(heads, batch, confusion=False, label_smoothing=self.label_smoothing), new
 
     def loss(self, params, batch: dict, rng: jax.Array):
         """(summed cross-entropy over heads and examples, sums); `count` counts examples."""
