@@ -43,6 +43,7 @@ from absl import app, flags
 from experiments import REFERENCE_TABLE
 from lab import provenance, reference_table, reproduce
 from lab.errors import EXIT_FAILURE, EXIT_USAGE, exit_with_error
+from lab.files import write_whole
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LEDGER = "ledger.json"  # DIR's record of the finished runs: what a rerun skips
@@ -68,16 +69,8 @@ def _read_json(path: str, default):
         return default
 
 
-def _write_text(path: str, text: str) -> None:
-    """Writes `text` to `path` whole (temp file + rename): a kill never leaves a torn file."""
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def _write_json(path: str, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
+    write_whole(path, json.dumps(obj, indent=2) + "\n")
 
 
 def _error_line(log_path: str, returncode: int) -> str:
@@ -223,7 +216,7 @@ def main(argv):
             if reference_env else []})
 
     command = shlex.join(["python", "-m", "experiments.reproduce", *sys.argv[1:]])
-    _write_text(os.path.join(root, "RESULTS.md"), reproduce.results_markdown(budget, outcomes, command))
+    write_whole(os.path.join(root, "RESULTS.md"), reproduce.results_markdown(budget, outcomes, command))
     _write_json(os.path.join(root, "results.json"), {
         "budget": budget, "seeds": seeds, "command": command, "holds": ok,
         "rows": [{"name": o["row"]["name"], "experiment": o["row"]["experiment"], "variant": o["row"].get("variant"),

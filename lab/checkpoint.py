@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from lab.errors import CheckpointError, ConfigValueError, WorkdirConfigError
+from lab.files import write_json
 
 PyTree = Any
 
@@ -264,9 +265,7 @@ def check_param_tree(workdir: str, params: PyTree, allow_change: bool = False) -
                 + (f" ({len(changed)} parameters differ)" if len(changed) > 1 else "")
                 + "; use a new --workdir for the new model, or pass --allow_config_change to record it anyway")
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(now, f, indent=1, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(path, now, indent=1, sort_keys=True)
 
 
 def load_params(workdir: str, step: int | None = None) -> tuple[PyTree, str]:

@@ -37,6 +37,7 @@ import ml_collections
 
 from lab import optim
 from lab.errors import ConfigValueError, WorkdirConfigError
+from lab.files import write_json
 
 # Keys that steer a run without changing its math, so a resume may change them: extending
 # num_train_steps continues a run (with a schedule that depends on it, the tail differs); a run
@@ -62,6 +63,20 @@ PRUNE_HORIZON_SUFFIX = ".prune.end_step"  # likewise the pruning ramp's end (Non
 PATH_KEYS = ("data_dir", "init_from", "features_run")
 
 
+def add_loop_options(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Sets the loop's options on `c` (every experiment's config has them), each off or at its
+    default; returns `c`. A config changes a default after this call (the GAN samples from an EMA)."""
+    c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap': the same numbers
+    c.mesh = ""  # e.g. 'data:2,fsdp:2' (FSDP: parameters split along fsdp, lab.sharding.parse_mesh); '': all on data
+    c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
+    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
+    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
+    c.keep_best = ""  # e.g. 'validation_loss': keep the best eval's checkpoint (workdir/best/) and its results (selected_*)
+    c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
+    c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
+    return c
+
+
 def base_config(overrides: Any = None) -> ml_collections.ConfigDict:
     """The keys the train loop reads, with defaults: start your own model's config from it.
 
@@ -85,14 +100,7 @@ def base_config(overrides: Any = None) -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500  # 0: only at the end
     c.max_checkpoints_to_keep = 3
-    c.parallel = "jit"  # 'jit' (jit + NamedSharding on a Mesh) or 'pmap'
-    c.mesh = ""  # e.g. 'data:2,fsdp:2' (FSDP: parameters split along fsdp); '': every device on data
-    c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
-    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
-    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
-    c.keep_best = ""  # e.g. 'validation_loss': keep the best eval's checkpoint (workdir/best/) and its results (selected_*)
-    c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
-    c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
+    add_loop_options(c)
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"  # sgd | adam | adamw | adagrad (see lab.optim for every key)
     c.optimizer.learning_rate = 1e-3
@@ -282,9 +290,7 @@ def check_workdir(workdir: str, config: Any, allow_config_change: bool = False) 
                     f"--config.{where}.prune.end_step={was}, use a new --workdir, or pass --allow_config_change "
                     f"to reshape it anyway")
     os.makedirs(workdir, exist_ok=True)
-    with open(path + ".tmp", "w") as f:  # whole or not at all: a kill mid-write keeps the old file
-        json.dump(new, f, indent=2, sort_keys=True)
-    os.replace(path + ".tmp", path)
+    write_json(path, new, indent=2, sort_keys=True)
 
 
 def _has_checkpoints(workdir: str) -> bool:

@@ -40,6 +40,7 @@ import jax
 import numpy as np
 
 from lab.errors import LabError
+from lab.files import write_whole
 from lab.parallel import PER_STEP_SUFFIX
 
 
@@ -165,9 +166,7 @@ class MetricLogger:
                            f"the file aside to resume without its history")
         records = [r for r in parsed if r is not None and r["step"] <= step]
         self._at_resume = {frozenset(r) for r in records if r["step"] == step}
-        with open(self.path + ".tmp", "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in records)
-        os.replace(self.path + ".tmp", self.path)
+        write_whole(self.path, "".join(json.dumps(r) + "\n" for r in records))
 
     def write(self, step: int, metrics: dict[str, float]) -> None:
         """Records `metrics` (flat `name -> float`) at `step`."""

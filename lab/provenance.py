@@ -25,6 +25,7 @@ import subprocess
 import jax
 
 from lab.errors import ConfigValueError, WorkdirConfigError
+from lab.files import write_json
 
 FILENAME = "environment.json"
 RUN_RECORD = "run.json"
@@ -152,10 +153,7 @@ def record(workdir: str, entry: dict) -> None:
         except (OSError, ValueError, KeyError, TypeError):
             starts = []
     starts = [s for s in starts if s.get("step") != entry["step"]] + [entry]  # a rerun from the same step: once
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        json.dump({"starts": starts}, f, indent=2)
-    os.replace(tmp, path)
+    write_json(path, {"starts": starts}, indent=2)
 
 
 def read_run_record(workdir: str) -> dict:
@@ -175,9 +173,7 @@ def write_run_record(workdir: str, experiment: str, export_spec: str | None = No
         return
     found = {"experiment": experiment, **({"export_spec": export_spec} if export_spec else {})}
     path = os.path.join(workdir, RUN_RECORD)
-    with open(path + ".tmp", "w") as f:
-        json.dump(found, f)
-    os.replace(path + ".tmp", path)
+    write_json(path, found)
 
 
 def read_run_config(workdir: str, experiment: str | None = None, *, needs: tuple[str, ...] = (),

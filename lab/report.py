@@ -30,6 +30,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from lab.files import write_whole
+
 _SUFFIX = "_confusion_matrix"
 
 
@@ -324,9 +326,7 @@ def save_text(path: str, text: str, tag: str | None = None) -> None:
     """Writes `text` to `path` (process 0 only; its folder is made if needed); with `tag`,
     inside the loop's evaluation, also to TensorBoard's text tab at the eval's step."""
     if _writes(path):
-        with open(path + ".tmp", "w") as f:  # written whole: a kill leaves the old file or the new one
-            f.write(text)
-        os.replace(path + ".tmp", path)
+        write_whole(path, text)
         sink, step = _sink()
         if sink is not None and tag:
             sink.add_text(tag, text, step)

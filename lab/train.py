@@ -46,6 +46,7 @@ from jax.experimental import multihost_utils
 from lab import checkpoint as ckpt_lib
 from lab import configs, distributed, optim, parallel as parallel_lib, pipeline, provenance, report
 from lab.errors import ConfigValueError, Interrupted, NonFiniteLossError
+from lab.files import write_json
 from lab import logbook
 from lab.logbook import MetricLogger
 from lab.metrics import MetricVector
@@ -422,9 +423,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
                         if k in primary})
     if jax.process_index() == 0:
         path = os.path.join(workdir, "results.json")
-        with open(path + ".tmp", "w") as f:  # whole or absent: a kill mid-write leaves the old file
-            json.dump(results, f, indent=2)
-        os.replace(path + ".tmp", path)
+        write_json(path, results, indent=2)  # whole: a kill mid-write leaves the old file
         pictures = report.plot_run(workdir, results, data.class_names, task.curves)
         logbook.pictures_to_tensorboard(workdir, step, {os.path.basename(p)[:-4]: report.read_png(p) for p in pictures})
         report.print_summary(config, results, workdir, time.perf_counter() - t_begin)

@@ -28,7 +28,7 @@ Then: python -m experiments.lstm_chatbot.chat --workdir=runs/chatbot  (reads lin
 import ml_collections
 
 from experiments import REFERENCE_TABLE
-from lab import reference_table
+from lab import configs, reference_table
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -46,14 +46,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 1000
     c.max_checkpoints_to_keep = 2
-    c.parallel = "jit"
-    c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
-    c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
+    configs.add_loop_options(c)  # parallel, mesh, steps_per_call, ... (README: the loop's training keys)
     c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
-    c.keep_best = ""  # e.g. 'validation_loss': keep the best eval's checkpoint (workdir/best/) and its results (selected_*)
-    c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
-    c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
-    c.mesh = ""  # e.g. "data:2,fsdp:2": parameters split along fsdp (lab.sharding.parse_mesh); "": all on data
 
     c.model = ml_collections.ConfigDict()
     c.model.embed_dim = 64

@@ -37,6 +37,7 @@ from tensorflow_datasets.core.utils import py_utils, tqdm_utils
 
 from lab import progress
 from lab.data.errors import DataError
+from lab.files import write_json
 
 DATA_DIR_ENV = "LAB_DATA_DIR"
 _CACHE_VERSION = 1
@@ -283,9 +284,7 @@ def cached_checksum(builder: tfds.core.DatasetBuilder, compute: Callable[[], str
         pass
     value = compute()
     with contextlib.suppress(OSError):
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"fingerprint": fingerprint, "sha256": value}))
-        os.replace(tmp, path)
+        write_json(str(path), {"fingerprint": fingerprint, "sha256": value})
     return value
 
 

@@ -26,6 +26,7 @@ import numpy as np
 
 from lab import progress
 from lab.data.errors import DataError
+from lab.files import write_whole
 
 FILENAME = "tokenizer.json"  # the name a run's workdir keeps its tokenizer under
 MIN_VOCAB = 257  # the 256 byte symbols and at least one merge
@@ -86,10 +87,7 @@ class SubwordTokenizer:
         written to a temporary name and renamed, so a crash never leaves half a file."""
         if os.path.isdir(path):
             path = os.path.join(path, FILENAME)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        write_whole(path, self.to_json())
 
     def to_json(self) -> str:
         """The tokenizer's whole definition (vocabulary, merges, pre-tokenizer) as canonical JSON."""
