@@ -1,7 +1,7 @@
 """A prepared accelerator check: what lab does on one GPU, in one short run, written to one JSON.
 
     python -m benchmarks.accelerator_check [--platform=gpu|cpu] [--budget_s=480] [--out=FILE]
-        [--parts=tests,gpt_wide,torch,gpt125m,mlp] [--gpt_steps=300] [--torch_python=PYTHON]
+        [--parts=tests,gpt_wide,torch,gpt125m,mlp[,nanogpt]] [--gpt_steps=300] [--torch_python=PYTHON]
         [--cpu_reference=FILE] [--quick]
 
 Parts, in order; one is skipped (and the JSON says why) when the budget left cannot cover it:
@@ -19,6 +19,9 @@ Parts, in order; one is skipped (and the JSON says why) when the budget left can
             datasheet figure when `--peak_tflops` gives it, else the measured matmul peak).
   mlp       the MLP recipe `mlp_classifier:digits_tuned` run to its end: test accuracy against its
             row (`mlp_digits_tuned`) in experiments/reference_results.json.
+  nanogpt   only when named: nanoGPT's GPU recipe (`transformer_lm:nanogpt_gpu`, row lm_nanogpt_gpu)
+            run to its end for seeds 0 .. `--nanogpt_seeds`-1 while the budget lasts: each seed's
+            best-eval and last val loss and wall time.
 `--quick` shrinks every shape and step count (the CPU test of this script); `--platform=cpu`
 runs it on the CPU (JAX_PLATFORMS=cpu), to check the script where no GPU is lent.
 
@@ -41,9 +44,10 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PARTS = ("tests", "gpt_wide", "torch", "gpt125m", "mlp")
+PARTS = ("tests", "gpt_wide", "torch", "gpt125m", "mlp", "nanogpt")
+DEFAULT_PARTS = PARTS[:-1]  # nanogpt is whole runs: asked for by name
 # The least time (s) each part needs on a GPU; it is skipped when less is left.
-NEEDS_S = {"tests": 60, "gpt_wide": 90, "torch": 60, "gpt125m": 60, "mlp": 30}
+NEEDS_S = {"tests": 60, "gpt_wide": 90, "torch": 60, "gpt125m": 60, "mlp": 30, "nanogpt": 240}
 
 
 def _flags(argv=None) -> argparse.Namespace:
@@ -51,7 +55,8 @@ def _flags(argv=None) -> argparse.Namespace:
     parser.add_argument("--platform", choices=("gpu", "cpu"), default="gpu")
     parser.add_argument("--budget_s", type=float, default=480.0, help="stop starting parts after this")
     parser.add_argument("--out", default=None, help="the JSON (default: benchmarks/runs/DATE_TIME/accelerator_check.json)")
-    parser.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--parts", default=",".join(DEFAULT_PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    parser.add_argument("--nanogpt_seeds", type=int, default=3, help="seeds of the nanogpt part (0, 1, ...)")
     parser.add_argument("--gpt_steps", type=int, default=300, help="steps of the real wide run")
     parser.add_argument("--torch_python", default="", help="a Python with CUDA torch for the yardstick")
     parser.add_argument("--cpu_reference", default="", help="this script's JSON from a CPU run")
@@ -224,6 +229,29 @@ def part_mlp(args, left: float) -> dict:
             "tail": None if code == 0 else tail.splitlines()[-5:]}
 
 
+def part_nanogpt(args, left: float) -> dict:
+    """nanoGPT's GPU recipe run to its end, one seed after another while the budget lasts."""
+    start, seeds = time.perf_counter(), {}
+    flags = ["--config.num_train_steps=4", "--config.eval_every_steps=2", "--config.eval_batches=2",
+             "--config.batch_size=2", "--config.eval_batch_size=2", "--config.model.width=48"] if args.quick else []
+    for seed in range(args.nanogpt_seeds):
+        remaining = left - (time.perf_counter() - start)
+        if seeds and remaining < max(r["seconds"] for r in seeds.values()):
+            break  # another seed would not finish
+        with tempfile.TemporaryDirectory() as workdir:
+            code, tail, secs = _run([sys.executable, "-m", "experiments.transformer_lm", f"--workdir={workdir}",
+                                     f"--config={ROOT}/experiments/transformer_lm/config.py:nanogpt_gpu",
+                                     f"--config.seed={seed}", *flags], remaining)
+            path = os.path.join(workdir, "results.json")
+            results = json.load(open(path)) if code == 0 and os.path.exists(path) else {}
+        seeds[seed] = {"exit": code, "seconds": secs, **{k: results.get(k) for k in (
+            "selected_val_loss", "selected_step", "val_loss", "steps_per_sec")},
+            "tail": None if code == 0 else tail.splitlines()[-5:]}
+        if code:
+            break
+    return {"seeds": seeds, "comparable": not args.quick}
+
+
 def main(argv=None) -> dict:
     """Runs the chosen parts within the budget and writes the JSON; returns it."""
     args = _flags(argv)
@@ -258,8 +286,10 @@ def main(argv=None) -> dict:
             part = part_torch(args, left, result["parts"].get("gpt_wide"))
         elif name == "gpt125m":
             part = part_gpt125m(args, left, peak)
-        else:
+        elif name == "mlp":
             part = part_mlp(args, left)
+        else:
+            part = part_nanogpt(args, left)
         part["wall_s"] = time.perf_counter() - t
         result["parts"][name] = part
         print(name, json.dumps(part)[:400], flush=True)

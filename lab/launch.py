@@ -170,15 +170,17 @@ def launch(num_processes: int, command: list[str], devices_per_process: int | No
         flags = [f for f in env.get("XLA_FLAGS", "").split() if "xla_force_host_platform_device_count" not in f]
         env["XLA_FLAGS"] = " ".join(flags + [f"--xla_force_host_platform_device_count={devices_per_process}"])
     procs: list[subprocess.Popen] = []
+    relays: list[threading.Thread] = []  # one a process: its output, prefixed, to ours
     quiet = threading.Event()
     previous = {sig: signal.signal(sig, _raise_signalled) for sig in FORWARDED_SIGNALS}
     try:
-        return _run(procs, num_processes, command, address, env, quiet)
+        return _run(procs, relays, num_processes, command, address, env, quiet)
     except _Signalled as e:
         for sig in FORWARDED_SIGNALS:  # a second Ctrl-C must not cut the stopping short
             signal.signal(sig, signal.SIG_IGN)
         quiet.set()
         _stop(procs)
+        _drain(relays)  # the workers' last lines (their error lines) before ours
         name = signal.Signals(e.signum).name
         print(f"error: the launcher received {name}; stopped every process. Committed checkpoints are kept: "
               f"rerun the same command to resume", file=sys.stderr, flush=True)
@@ -189,9 +191,16 @@ def launch(num_processes: int, command: list[str], devices_per_process: int | No
             signal.signal(sig, handler)
 
 
-def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], address: str, env: dict,
-         quiet: threading.Event) -> int:
-    """`launch` once its signal handlers are set: starts the processes into `procs` and waits."""
+def _drain(relays: list[threading.Thread]) -> None:
+    """Waits (a little) for the relays to pass on what the exited processes wrote last."""
+    for t in relays:
+        t.join(timeout=2)
+
+
+def _run(procs: list[subprocess.Popen], relays: list[threading.Thread], num_processes: int, command: list[str],
+         address: str, env: dict, quiet: threading.Event) -> int:
+    """`launch` once its signal handlers are set: starts the processes into `procs`, their output
+    relays into `relays`, and waits."""
     for i in range(num_processes):
         args = command + [f"--coordinator_address={address}", f"--num_processes={num_processes}",
                           f"--process_id={i}"]
@@ -205,9 +214,9 @@ def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], 
             return EXIT_USAGE
         procs.append(proc)
     lock = threading.Lock()
-    threads = [threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock, quiet), daemon=True)
+    relays += [threading.Thread(target=_stream, args=(proc.stdout, f"[p{i}] ", lock, quiet), daemon=True)
                for i, proc in enumerate(procs)]
-    for thread in threads:  # after every fork: preexec_fn runs while no other thread exists
+    for thread in relays:  # after every fork: preexec_fn runs while no other thread exists
         thread.start()
     finished: list[int] = []  # process indices in the order they were seen to exit
     while True:
@@ -224,15 +233,13 @@ def _run(procs: list[subprocess.Popen], num_processes: int, command: list[str], 
         failed = sorted((i for i in finished if procs[i].returncode != 0),
                         key=lambda i: (_blame(procs[i].returncode), finished.index(i)))
     if not failed:
-        for t in threads:
-            t.join(timeout=2)
+        _drain(relays)
         return 0
     first = failed[0]
     code = procs[first].returncode
     others_running = any(p.poll() is None for p in procs)
     _stop(procs)
-    for t in threads:
-        t.join(timeout=2)
+    _drain(relays)
     print(f"error: process {first} {_describe(code)}"
           + ("; stopped the other processes" if others_running else "")
           + ". Committed checkpoints are kept: rerun the same command to resume", file=sys.stderr, flush=True)

@@ -297,6 +297,9 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
     def kept() -> str:  # what a stop on a non-finite number leaves behind
         return (f"the last good checkpoint (step {last_good_checkpoint}) is kept in {checkpointer.directory}"
                 if last_good_checkpoint is not None else "no checkpoint was written yet")
+    if config.get("keep_best") and not any(config.keep_best.startswith(f"{split}_") for split in data.evals):
+        raise ConfigValueError(f"config.keep_best={config.keep_best!r} names no split this run evaluates: use "
+                               f"<split>_<metric> with a split of {', '.join(data.evals)}")
     best = ckpt_lib.BestCheckpointer(os.path.join(workdir, "best"), config.keep_best, config.get("keep_best_mode", "max")) \
         if config.get("keep_best") else None
     profiler = logbook.Profiler(config.get("profile_steps", "") if jax.process_index() == 0 else "", workdir)

@@ -143,5 +143,8 @@ def test_the_best_evaluation_keeps_its_own_checkpoint_and_a_profile_can_be_trace
     assert traces
     with pytest.raises(ConfigValueError, match="is not a result of this run"):
         main(small_config(keep_best="test_nothing"), str(tmp_path / "bad"))
+    with pytest.raises(ConfigValueError, match="names no split this run evaluates: .* a split of test"):
+        main(small_config(keep_best="valid_loss"), str(tmp_path / "bad_split"))
+    assert not [d for d in os.listdir(tmp_path / "bad_split" / "checkpoints") if d.isdigit()]  # before a step
     with pytest.raises(ConfigValueError, match="profile_steps"):
         main(small_config(profile_steps="20:10"), str(tmp_path / "bad2"))

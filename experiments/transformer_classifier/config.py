@@ -70,7 +70,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.max_checkpoints_to_keep = 2
     configs.add_loop_options(c)  # parallel, mesh, steps_per_call, ... (README: the loop's training keys)
-    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
     c.model = encoder_config()  # must equal the pretraining run's encoder
     c.model.head_hidden = 512
     c.model.head_dropout = 0.1

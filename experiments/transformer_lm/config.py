@@ -22,6 +22,10 @@ has the curves); each variant names its row, and the closing summary quotes that
   wide       python -m experiments.transformer_lm --workdir=runs/lm_wide --config=experiments/transformer_lm/config.py:wide
              nanoGPT's GPU model shape (6 layers, 6 heads, width 384, block 256, batch 8), for the
              benchmark (benchmarks/transformer_lm.py); no row, no reference in its summary.
+  nanogpt_gpu python -m experiments.transformer_lm --workdir=runs/lm_nanogpt_gpu --config=experiments/transformer_lm/config.py:nanogpt_gpu
+             nanoGPT's GPU recipe (the `wide` shape at batch 64, dropout 0.2, 5,000 steps), its
+             best eval's val loss as `selected_val_loss`. Row: lm_nanogpt_gpu (a GPU's run: on a
+             2-core CPU a step takes seconds; BUILD_NOTES.md has the figure).
   tiny       python -m experiments.transformer_lm --workdir=DIR --config=experiments/transformer_lm/config.py:tiny
              a seconds-long run for tests; no row, no reference in its summary.
 """
@@ -49,7 +53,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 2
     configs.add_loop_options(c)  # parallel, mesh, steps_per_call, ... (README: the loop's training keys)
-    c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4
@@ -117,6 +120,23 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.model.block_size = 256
         del c.reference  # no row: a benchmark shape
         return c
+    if variant == "nanogpt_gpu":
+        # nanoGPT's GPU recipe for shakespeare_char (its config/train_shakespeare_char.py): 6
+        # layers, 6 heads, width 384, block 256, batch 64, dropout 0.2, 5,000 steps, an eval of
+        # 200 batches every 250 steps. nanoGPT reports the best eval's val loss: here
+        # `selected_val_loss` (keep_best), beside the last step's `val_loss`.
+        c.batch_size = c.eval_batch_size = 64
+        c.eval_batches = 200
+        c.num_train_steps = 5000
+        c.eval_every_steps = 250
+        c.checkpoint_every_steps = 500
+        c.keep_best, c.keep_best_mode = "val_loss", "min"
+        c.model.num_layers = c.model.num_heads = 6
+        c.model.width = 384
+        c.model.block_size = 256
+        c.model.dropout_rate = 0.2
+        c.reference = reference_table.table_reference(REFERENCE_TABLE, "lm_nanogpt_gpu", "selected_val_loss")
+        return c
     if variant == "tiny":
         c.batch_size = 4
         c.eval_batch_size = 4
@@ -132,4 +152,4 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         c.sample.num_tokens = 8
         del c.reference  # no row: a test run
         return c
-    raise ValueError(f"unknown variant {variant!r}: use tuned, tuned_bpe, wide or tiny")
+    raise ValueError(f"unknown variant {variant!r}: use tuned, tuned_bpe, wide, nanogpt_gpu or tiny")
