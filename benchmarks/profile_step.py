@@ -30,9 +30,11 @@ import jax
 from benchmarks import common
 from benchmarks.xla_cpu_flags import MODELS, task_config_batches
 
-# Trace events that are not kernels of the compiled program: the runtime's own spans and
-# Python frames (jax's profiler records those as '$file:line name').
-_NOT_KERNELS = re.compile(r"^(\$|ThunkExecutor|PjitFunction|CommonPjRt|ParseArguments|SlinkyThreadPool|end: )")
+# Trace events that are not kernels of the compiled program: the runtime's own spans (the
+# thread pool's regions, three a parallel kernel, and the wait for donated buffers among them)
+# and Python frames (jax's profiler records those as '$file:line name').
+_NOT_KERNELS = re.compile(r"^(\$|ThunkExecutor|PjitFunction|CommonPjRt|ParseArguments|SlinkyThreadPool|"
+                          r"ThreadpoolListener|Wait for donation holds|end: )")
 
 
 def kernel_times(trace_dir: str) -> dict[str, list]:

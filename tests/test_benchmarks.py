@@ -66,3 +66,19 @@ def test_no_benchmark_defaults_its_json_into_the_committed_results():
         assert not re.search(r"""default\s*=\s*["'][^"']*benchmarks/results""", code), path
     with open(os.path.join(ROOT, ".gitignore")) as f:
         assert "/benchmarks/runs/" in f.read().split()
+
+
+def test_the_step_profile_counts_kernels_not_the_runtimes_own_spans(tmp_path):
+    """XLA:CPU's trace has three thread-pool spans per parallel kernel and waits for donated
+    buffers: counted as kernels they tripled the kernels per step of the GPT profile."""
+    import gzip
+
+    from benchmarks.profile_step import kernel_times
+
+    events = [{"ph": "X", "name": name, "dur": 5.0} for name in (
+        "ynn_fusion.3", "ThreadpoolListener::Record", "ThreadpoolListener::StartRegion",
+        "ThreadpoolListener::StopRegion", "Wait for donation holds", "multiply_add_fusion.1", "ynn_fusion.3")]
+    (tmp_path / "host").mkdir()
+    with gzip.open(tmp_path / "host" / "x.trace.json.gz", "wt") as f:
+        json.dump({"traceEvents": events + [{"ph": "M", "name": "process_name"}]}, f)
+    assert kernel_times(str(tmp_path)) == {"ynn_fusion.3": [2, 10.0], "multiply_add_fusion.1": [1, 5.0]}
