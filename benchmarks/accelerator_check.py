@@ -233,7 +233,8 @@ def part_nanogpt(args, left: float) -> dict:
     """nanoGPT's GPU recipe run to its end, one seed after another while the budget lasts."""
     start, seeds = time.perf_counter(), {}
     flags = ["--config.num_train_steps=4", "--config.eval_every_steps=2", "--config.eval_batches=2",
-             "--config.batch_size=2", "--config.eval_batch_size=2", "--config.model.width=48"] if args.quick else []
+             "--config.batch_size=2", "--config.eval_batch_size=2", "--config.model.width=48",
+             "--config.model.num_layers=1", "--config.model.block_size=32"] if args.quick else []
     for seed in range(args.nanogpt_seeds):
         remaining = left - (time.perf_counter() - start)
         if seeds and remaining < max(r["seconds"] for r in seeds.values()):
