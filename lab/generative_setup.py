@@ -11,9 +11,10 @@ import os
 
 import jax
 import ml_collections
+import numpy as np
 
 import lab.data
-from lab import checkpoint, pipeline, train
+from lab import checkpoint, train
 from lab.errors import ConfigValueError
 from lab.provenance import read_run_config
 from lab.tasks.classification import image_classifier
@@ -76,10 +77,50 @@ def image_data(config, latent_dim: int, *, train_noise: bool,
     test_arrays = {"inputs": lab.data.load(config.dataset, "test", data_dir=config.data_dir)["inputs"]}
     n = len(test_arrays["inputs"])
     for key, stream in eval_streams.items():
-        test_arrays[key] = pipeline.fixed_latents(n, latent_dim, config.seed, stream)
+        test_arrays[key] = fixed_latents(n, latent_dim, config.seed, stream)
     data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
     if train_noise:
-        data.train = pipeline.LatentBatcher(data.train, latent_dim, config.seed, process_index=jax.process_index(),
+        data.train = LatentBatcher(data.train, latent_dim, config.seed, process_index=jax.process_index(),
                                             process_count=jax.process_count())
     info = dict(lab.data.info(config.dataset, data_dir=config.data_dir), test_arrays=test_arrays)
     return data, info
+
+
+# Stream tags: train noise is `default_rng([seed, LATENT_STREAM, step])`, eval latents
+# `default_rng([seed, EVAL_LATENT_STREAM, stream])`, apart from the epoch permutations'
+# `default_rng([seed, epoch])`.
+LATENT_STREAM = 0x6C61
+EVAL_LATENT_STREAM = 0x6C62
+
+
+class LatentBatcher:
+    """Another batcher's batches plus `key`: standard normal noise (B/processes, dim) float32.
+
+    The noise of global batch `step` is `default_rng([seed, LATENT_STREAM, step])`'s, and each
+    process takes its rows of it, so the generator's input is the same whatever the device or
+    process count (a noise drawn from a pmap'd step's per-device key would not be). Resume
+    stays exact: the noise, like the batch, is a function of the step.
+    """
+
+    def __init__(self, base, dim: int, seed: int, key: str = "noise",
+                 process_index: int = 0, process_count: int = 1):
+        self.base, self.dim, self.seed, self.key = base, dim, seed, key
+        local = base.batch_size // process_count
+        self.batch_size = base.batch_size
+        self._slice = slice(process_index * local, (process_index + 1) * local)
+
+    def position(self, step: int) -> dict:
+        return self.base.position(step)
+
+    def batch(self, step: int) -> dict[str, np.ndarray]:
+        """The base batch of `step` with `key`: float32 (B/processes, dim)."""
+        rng = np.random.default_rng([self.seed, LATENT_STREAM, step])
+        noise = rng.standard_normal((self.batch_size, self.dim), dtype=np.float32)
+        return {**self.base.batch(step), self.key: noise[self._slice]}
+
+
+def fixed_latents(num: int, dim: int, seed: int, stream: int) -> np.ndarray:
+    """A fixed standard normal array (num, dim) float32 for eval examples: row i belongs to
+    example i at every eval, so the evals of a run compare."""
+    rng = np.random.default_rng([seed, EVAL_LATENT_STREAM, stream])
+    return rng.standard_normal((num, dim), dtype=np.float32)

@@ -103,7 +103,7 @@ def test_gan_step_moves_each_parameter_set_only_through_its_own_optimizer(gan_re
     tx = optax.adam(2e-4, b1=0.5)
     g_opt, d_opt = tx.init(g), tx.init(d)
     images = {"inputs": lab.data.load("digits", "train")["inputs"]}
-    batches = pipeline.LatentBatcher(pipeline.EpochBatcher(images, 16, seed=0), 8, seed=0)
+    batches = generative_setup.LatentBatcher(pipeline.EpochBatcher(images, 16, seed=0), 8, seed=0)
 
     def by_hand(g, d, g_opt, d_opt, batch):
         d_grads = jax.grad(lambda p: task.d_loss(g)(p, batch, None)[0] / 16)(d)

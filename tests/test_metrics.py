@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-from lab import metrics
+from lab.tasks import metrics
 
 
 def test_classification_metrics_match_sklearn_with_padding():

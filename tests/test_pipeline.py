@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lab import pipeline
+from lab import generative_setup, pipeline
 
 
 def arrays(n=103):
@@ -79,8 +79,8 @@ def test_batch_larger_than_dataset_is_refused():
 
 def test_latent_noise_is_a_function_of_the_step_and_split_over_processes():
     arrays = {"inputs": np.arange(40, dtype=np.float32).reshape(20, 2)}
-    whole = pipeline.LatentBatcher(pipeline.EpochBatcher(arrays, 8, seed=3), dim=5, seed=3)
-    parts = [pipeline.LatentBatcher(pipeline.EpochBatcher(arrays, 8, seed=3, process_index=i, process_count=2),
+    whole = generative_setup.LatentBatcher(pipeline.EpochBatcher(arrays, 8, seed=3), dim=5, seed=3)
+    parts = [generative_setup.LatentBatcher(pipeline.EpochBatcher(arrays, 8, seed=3, process_index=i, process_count=2),
                                     dim=5, seed=3, process_index=i, process_count=2) for i in range(2)]
     first = whole.batch(4)
     assert first["noise"].shape == (8, 5) and first["noise"].dtype == np.float32
@@ -88,9 +88,9 @@ def test_latent_noise_is_a_function_of_the_step_and_split_over_processes():
     assert not np.array_equal(first["noise"], whole.batch(5)["noise"])
     np.testing.assert_array_equal(np.concatenate([p.batch(4)["noise"] for p in parts]), first["noise"])
     assert whole.position(4) == whole.base.position(4)
-    eval_noise = pipeline.fixed_latents(6, 5, seed=3, stream=0)
-    np.testing.assert_array_equal(eval_noise, pipeline.fixed_latents(6, 5, seed=3, stream=0))
-    assert not np.array_equal(eval_noise, pipeline.fixed_latents(6, 5, seed=3, stream=1))
+    eval_noise = generative_setup.fixed_latents(6, 5, seed=3, stream=0)
+    np.testing.assert_array_equal(eval_noise, generative_setup.fixed_latents(6, 5, seed=3, stream=0))
+    assert not np.array_equal(eval_noise, generative_setup.fixed_latents(6, 5, seed=3, stream=1))
 
 
 def test_prefetcher_gives_the_base_batches_and_reads_ahead_on_its_thread():

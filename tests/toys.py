@@ -8,7 +8,8 @@ import ml_collections
 import numpy as np
 import optax
 
-from lab import configs, metrics, train
+from lab import configs, train
+from lab.tasks import metrics
 from lab.models.mlp import MLP
 from lab.task import Task
 from lab.tasks.classification import ClassificationTask

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from lab import metrics
+from lab.tasks import metrics
 from lab.models.cnn import CNN
 from lab.models.mlp import MLP
 from lab.task import ExportSpec, StepTools, Task, TrainState

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab import metrics
+from lab.tasks import metrics
 from lab.task import StepTools, TrainState
 from lab.tasks.classification import ClassificationTask
 

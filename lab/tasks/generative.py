@@ -11,11 +11,11 @@ Inception weights cannot be downloaded here:
 * mode coverage: the histogram of the network's predicted classes over the generated images and
   its entropy (log 10 = 2.303 nats when all ten classes are equally frequent).
 
-Both come from sums (`lab.metrics.feature_moment_sums`, class counts) added over eval batches and
+Both come from sums (`lab.tasks.metrics.feature_moment_sums`, class counts) added over eval batches and
 devices, so they are exact over padded batches and independent of the device count.
 
 Image batches hold `inputs` (B, H, W, C) in [0, 1]; the GAN's also `noise` (B, Z) (the train
-batches' from `lab.pipeline.LatentBatcher`); the VAE's eval batches `posterior_noise` (B, Z), the
+batches' from `lab.generative_setup.LatentBatcher`); the VAE's eval batches `posterior_noise` (B, Z), the
 one-sample ELBO's reparameterisation noise.
 """
 
@@ -30,12 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lab import metrics, report
+from lab import report
+from lab.tasks import metrics
 from lab.errors import ConfigValueError
 from lab.models import gan, vae
 from lab.task import Task
 
-# Eval latent streams (`lab.pipeline.fixed_latents`).
+# Eval latent streams (`lab.generative_setup.fixed_latents`).
 PRIOR_STREAM, POSTERIOR_STREAM = 0, 1
 GRID_SIZE = 64  # the sample grid: the first 64 test examples' latents, the same at every eval
 GRID_IMAGE_PX = 128  # each image of a grid is enlarged (nearest) to at least this many pixels a side

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lab import metrics, progress, report
+from lab import progress, report
+from lab.tasks import metrics
 from lab.errors import ConfigValueError
 from lab.models import decoding, encoder, transformer
 from lab.task import Task
