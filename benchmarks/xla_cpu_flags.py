@@ -12,7 +12,8 @@ Models (lab's own step, `common.compiled_train_step`: loss, grads, optimizer, me
 data of the recipe's shapes):
   mlp         experiments/mlp_classifier `fashion`: 784-128-64-10, SGD 0.001/0.9, batch 100;
   lm_default  experiments/transformer_lm default: nanoGPT's CPU recipe (4L/4H/128, block 64, batch 12);
-  lm_wide     its `wide` variant.
+  lm_wide     its `wide` variant;
+  lm_default_bf16, lm_wide_bf16   the same with `model.compute_dtype = "bfloat16"`.
 Settings (SETTINGS below): the installed jaxlib's default, each library-fusion mode of XLA:CPU
 (YNNPACK, the default's; XNNPACK; oneDNN; none), the concurrency-optimized scheduler, and jax's
 synchronous CPU dispatch. Per measurement: compile seconds, the median step (each step waited
@@ -43,7 +44,7 @@ SETTINGS = {
     "concurrency_scheduler": ("--xla_cpu_enable_concurrency_optimized_scheduler=true", {}),
     "sync_dispatch": ("", {"JAX_CPU_ENABLE_ASYNC_DISPATCH": "false"}),
 }
-MODELS = ("mlp", "lm_default", "lm_wide")
+MODELS = ("mlp", "lm_default", "lm_wide", "lm_default_bf16", "lm_wide_bf16")
 
 
 def task_config_batches(model: str):
@@ -64,7 +65,9 @@ def task_config_batches(model: str):
     from lab.tasks.language_model import CausalLMTask, gpt_config
 
     vocab = 76  # the shakespeare_char vocabulary
-    config = get_config(None if model == "lm_default" else model[len("lm_"):])
+    variant = model[len("lm_"):].removesuffix("_bf16")
+    config = get_config(None if variant == "default" else variant)
+    config.model.compute_dtype = "bfloat16" if model.endswith("_bf16") else "float32"
     cfg = gpt_config(config.model, vocab)
     b, length = config.batch_size, cfg.max_len
     batches = [{"inputs": rng.integers(0, vocab, (b, length)).astype(np.int32),

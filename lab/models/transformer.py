@@ -45,6 +45,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from lab.models import bf16
+
 Array = jax.Array
 
 # FSDP placement of every Transformer (GPT, Encoder, MaskedLM, EncoderClassifier) parameter,
@@ -162,47 +164,9 @@ def layer_norm(config: TransformerConfig, name: str | None = None) -> nn.LayerNo
                         bias_init=declared(nn.initializers.zeros, *WHOLE), name=name)
 
 
-@jax.custom_vjp
-def _dot_accumulating_f32(x_NxD: Array, w_DxF: Array) -> Array:
-    """x_NxD @ w_DxF for a low-precision dtype: products accumulated in float32, then rounded.
-
-    XLA:CPU runs a bfloat16 matmul on the bf16 instructions (AVX512_BF16, AMX) only when it
-    asks for a float32 result and contracts x's last axis; a bf16-result matmul is upcast to a
-    float32 one (slower than the bf16 instructions where they exist; BUILD_NOTES.md has the timings).
-    The backward pass is written out for the same reason: JAX's own transpose of this dot asks
-    for bf16 results. The kernel gradient contracts over the rows of both operands, which
-    XLA:CPU upcasts whatever it is asked.
-    """
-    return lax.dot(x_NxD, w_DxF, preferred_element_type=jnp.float32).astype(x_NxD.dtype)
-
-
-def _dot_accumulating_f32_fwd(x_NxD, w_DxF):
-    return _dot_accumulating_f32(x_NxD, w_DxF), (x_NxD, w_DxF)
-
-
-def _dot_accumulating_f32_bwd(residuals, g_NxF):
-    x_NxD, w_DxF = residuals
-    dx_NxD = lax.dot_general(g_NxF, w_DxF, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
-    dw_DxF = lax.dot_general(x_NxD, g_NxF, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32)
-    return dx_NxD.astype(x_NxD.dtype), dw_DxF.astype(w_DxF.dtype)
-
-
-_dot_accumulating_f32.defvjp(_dot_accumulating_f32_fwd, _dot_accumulating_f32_bwd)
-
-
-def _low_precision_dot_general(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
-    """`nn.Dense`'s `dot_general` under a bf16 `config.dtype`: `_dot_accumulating_f32` on
-    lhs's rows (...xD) and the DxF kernel, the same math as `lax.dot_general`'s to rounding."""
-    del precision, preferred_element_type  # Dense passes neither.
-    (lhs_contract, rhs_contract), batch = dimension_numbers
-    assert lhs_contract == (lhs.ndim - 1,) and rhs_contract == (0,) and batch == ((), ()), dimension_numbers
-    y = _dot_accumulating_f32(lhs.reshape(-1, lhs.shape[-1]), rhs)
-    return y.reshape(lhs.shape[:-1] + y.shape[-1:])
-
-
 def dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT, use_bias=None,
           kernel_axes: tuple | None = None) -> nn.Dense:
-    """A Dense layer computing in `config.dtype` (float32: flax's own; else `_low_precision_dot_general`).
+    """A Dense layer computing in `config.dtype` (float32: flax's own; else `bf16.dense_dot_general`).
 
     kernel_axes: the kernel's logical axis names (in, out); None declares none (lab's size-based
     default places it). The bias is declared whole.
@@ -211,7 +175,7 @@ def dense(config: TransformerConfig, features: int, name: str, kernel_init=_INIT
     return nn.Dense(features, use_bias=config.use_bias if use_bias is None else use_bias, dtype=config.dtype,
                     kernel_init=kernel_init if kernel_axes is None else declared(kernel_init, *kernel_axes),
                     bias_init=declared(nn.initializers.zeros, *WHOLE), name=name,
-                    dot_general=_low_precision_dot_general if low_precision else None)
+                    dot_general=bf16.dense_dot_general if low_precision else None)
 
 
 def _rows(layer, x_BxLxD: Array) -> Array:
@@ -267,10 +231,15 @@ def _attend(q_BxLxHxK: Array, k_BxTxHxK: Array, v_BxTxHxK: Array, mask: Array) -
     """Softmax attention; `mask` (bool, True = may attend) broadcasts to BxHxLxT. -> BxLxHxK."""
     dtype = q_BxLxHxK.dtype
     q_BxLxHxK = q_BxLxHxK * jnp.asarray(1.0 / math.sqrt(q_BxLxHxK.shape[-1]), dtype)
-    s_BxHxLxT = jnp.einsum("blhk,bthk->bhlt", q_BxLxHxK, k_BxTxHxK).astype(jnp.float32)
+    if dtype == jnp.float32:
+        s_BxHxLxT = jnp.einsum("blhk,bthk->bhlt", q_BxLxHxK, k_BxTxHxK)
+    else:
+        s_BxHxLxT = bf16.attention_scores(q_BxLxHxK, k_BxTxHxK)
     s_BxHxLxT = jnp.where(mask, s_BxHxLxT, jnp.finfo(jnp.float32).min)
     p_BxHxLxT = jax.nn.softmax(s_BxHxLxT, axis=-1).astype(dtype)
-    return jnp.einsum("bhlt,bthk->blhk", p_BxHxLxT, v_BxTxHxK)
+    if dtype == jnp.float32:
+        return jnp.einsum("bhlt,bthk->blhk", p_BxHxLxT, v_BxTxHxK)
+    return bf16.attention_values(p_BxHxLxT, v_BxTxHxK).astype(dtype)
 
 
 class Attention(nn.Module):

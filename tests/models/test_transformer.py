@@ -3,6 +3,7 @@ counts, purity and dropout, causality by gradients, padding invariance, KV-cache
 full recomputation, sampling, masking."""
 
 import dataclasses
+import re
 import functools
 
 import flax.linen as nn
@@ -209,14 +210,16 @@ def test_bfloat16_compute_gives_float32_logits(gpt_params):
     np.testing.assert_allclose(logits, ref, atol=0.1)
 
 
-def test_bfloat16_gradients_match_float32_to_rounding(gpt_params):
-    """The bf16 Dense layers' hand-written backward (`_dot_accumulating_f32`): every parameter's
-    gradient within bf16 rounding of the float32 model's (a transposed or swapped operand would
-    be off by far more), and float32 like the parameters."""
-    tokens = _tokens(2)
+@pytest.mark.parametrize("causal,shape", [(False, (B, L)), (True, (B, L)), (True, (1, 5))])
+def test_bfloat16_gradients_match_float32_to_rounding(gpt_params, causal, shape):
+    """The bf16 matmuls' hand-written backward passes (`lab.models.bf16`): every parameter's gradient within bf16 rounding of the float32 model's (a
+    transposed or swapped operand would be off by far more), and float32 like the parameters.
+    Causal and odd shapes too: XLA:CPU fails to run a bf16 matmul whose operands it laid out
+    otherwise than its bf16 kernels take them, and which layout it picks varies with the graph."""
+    tokens = _tokens(2, shape)
 
     def grads(dtype):
-        model = tfm.GPT(dataclasses.replace(CFG, dtype=dtype))
+        model = tfm.GPT(dataclasses.replace(CFG, dtype=dtype, causal=causal))
         loss = lambda p: jnp.mean(model.apply({"params": p}, tokens, train=False) ** 2)
         return jax.jit(jax.grad(loss))(gpt_params)
 
@@ -227,6 +230,22 @@ def test_bfloat16_gradients_match_float32_to_rounding(gpt_params):
             r = r[k.key]
         assert g.dtype == jnp.float32, path
         assert float(jnp.linalg.norm(g - r)) <= 0.03 * float(jnp.linalg.norm(r)) + 1e-6, path
+
+
+def test_every_bfloat16_matmul_of_the_blocks_has_bfloat16_operands(gpt_params):
+    """In the compiled bf16 train gradient, every dot of the blocks (Dense forward, input and
+    kernel gradients, attention's scores and values both ways) takes bf16 operands and returns
+    float32, the form XLA:CPU runs on its bf16 kernels; only the tied float32 head is float32."""
+    model = tfm.GPT(dataclasses.replace(CFG, dtype=jnp.bfloat16, causal=True))
+    loss = lambda p: jnp.mean(model.apply({"params": p}, _tokens(2), train=False) ** 2)
+    hlo = jax.jit(jax.grad(loss)).lower(gpt_params).compile().as_text()
+    dtypes = dict(re.findall(r"%(\S+) = (\w+)\[", hlo))
+    dots = [(dtypes[a], dtypes[b], out, "block_" in line)
+            for line in hlo.splitlines()
+            for out, a, b in re.findall(r"= (\w+)\[[\d,]*\]\S* dot\(%([^,]+), %([^)]+)\)", line)]
+    in_blocks = [d[:3] for d in dots if d[3]]
+    assert len(in_blocks) == CFG.num_layers * 18  # 4 Dense x 3, scores x 3, values x 3
+    assert set(in_blocks) == {("bf16", "bf16", "f32")}
 
 
 # ------------------------------------------------------------------------------------------------
