@@ -1,7 +1,8 @@
 """Every shell block of README.md runs as written, in a fresh directory, with the venv active.
 
 Only what would take minutes is shortened, by flags a user could add: training commands get a
-few steps, the BPE a small vocabulary, the reproduction one cheap row, each benchmark `--help`,
+few steps, the BPE a small vocabulary, the reproduction one cheap row, each benchmark `--help`
+(a block of benchmarks: all of them in one process),
 `tensorboard` its `--inspect` (which reads the event files and exits). Installs are skipped (the
 venv running these tests is the one README's setup makes). The test command and the deploy block
 have their own tests (tests/test_repo.py).
@@ -54,7 +55,13 @@ def shortened(line: str) -> str:
 
 def runnable(block: str) -> str:
     logical = block.replace("\\\n", " ").splitlines()
-    return "\n".join(shortened(line) for line in logical if shortened(line).strip())
+    lines = [shortened(line) for line in logical if shortened(line).strip()]
+    helps = [re.fullmatch(r"python -m (benchmarks\.\w+) --help", line) for line in lines]
+    if len(lines) > 1 and all(helps):  # one process asks every benchmark for its --help
+        modules = " ".join(m.group(1) for m in helps)
+        return (f"python -c 'import runpy, sys\nfor m in \"{modules}\".split():\n    sys.argv = [m, \"--help\"]\n"
+                f"    try: runpy.run_module(m, run_name=\"__main__\")\n    except SystemExit as e: assert e.code == 0, m'")
+    return "\n".join(lines)
 
 
 def _selected():
