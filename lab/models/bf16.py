@@ -6,7 +6,8 @@ other bf16 matmul it upcasts to float32, and a bf16 x bf16 -> f32 dot whose oper
 otherwise fails to run. flax's bf16 Dense, a bf16 einsum and JAX's transpose of a dot ask for
 bf16 results, so these functions ask for float32 ones, write their backward passes out, and copy
 each operand that needs another layout into it (`_laid_out`). The Transformer uses them when
-its `dtype` is not float32 (`lab.models.transformer.dense`, `_attend`); float32 models never do.
+its `dtype` is not float32 (`lab.models.transformer.dense`, `_attend`, the tied head); float32
+models never do.
 """
 
 from __future__ import annotations
@@ -105,3 +106,24 @@ def _attention_values_bwd(residuals, g_BxLxHxK):
 
 
 attention_values.defvjp(_attention_values_fwd, _attention_values_bwd)
+
+
+@jax.custom_vjp
+def logits(x_NxD: Array, embedding_VxD: Array) -> Array:
+    """float32 logits_NxV = x @ embedding^T for bf16 x and embedding (a tied output head)."""
+    return lax.dot_general(x_NxD, embedding_VxD, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
+
+
+def _logits_fwd(x_NxD, embedding_VxD):
+    return logits(x_NxD, embedding_VxD), (x_NxD, embedding_VxD)
+
+
+def _logits_bwd(residuals, g_NxV):
+    x_NxD, embedding_VxD = residuals
+    g_NxV = g_NxV.astype(x_NxD.dtype)
+    dx_NxD = lax.dot(g_NxV, embedding_VxD, preferred_element_type=jnp.float32)
+    de_VxD = lax.dot(_laid_out(g_NxV, (1, 0)), x_NxD, preferred_element_type=jnp.float32)
+    return dx_NxD.astype(x_NxD.dtype), de_VxD.astype(embedding_VxD.dtype)
+
+
+logits.defvjp(_logits_fwd, _logits_bwd)

@@ -224,7 +224,12 @@ class Embedder(nn.Module):
 
     def attend(self, x_BxLxD: Array) -> Array:
         """Tied head: x_BxLxD -> float32 logits_BxLxV = x @ token_embedding.T."""
-        return _rows(self.token.attend, x_BxLxD).astype(jnp.float32)
+        dtype = self.config.dtype
+        if jnp.dtype(dtype) == jnp.float32:
+            return _rows(self.token.attend, x_BxLxD).astype(jnp.float32)
+        x_NxD = x_BxLxD.reshape(-1, x_BxLxD.shape[-1]).astype(dtype)
+        logits_NxV = bf16.logits(x_NxD, self.token.embedding.astype(dtype))
+        return logits_NxV.reshape(x_BxLxD.shape[:-1] + logits_NxV.shape[-1:])
 
 
 def _attend(q_BxLxHxK: Array, k_BxTxHxK: Array, v_BxTxHxK: Array, mask: Array) -> Array:
