@@ -52,7 +52,7 @@ RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the
 # Keys added after runs were saved: a saved config without one ran with this value.
 ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": False, "keep_best": "",
                       "keep_best_mode": "max", "profile_steps": "",
-                      "label_smoothing": 0.0}
+                      "label_smoothing": 0.0, "eval_speeches": None}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
 PRUNE_HORIZON_SUFFIX = ".prune.end_step"  # likewise the pruning ramp's end (None: num_train_steps // 2)

@@ -13,7 +13,7 @@ def test_accelerator_check_runs_on_the_cpu_and_writes_one_json(tmp_path):
     reference.write_text(json.dumps({"parts": {"gpt_wide": {"run": {"steps": 4, "val_loss": 1.0}}}}))
     out = tmp_path / "check.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.accelerator_check", "--platform=cpu", "--quick",
-                           "--parts=gpt_wide,torch,gpt125m,nanogpt", "--nanogpt_seeds=2", f"--cpu_reference={reference}", f"--out={out}"],
+                           "--parts=gpt_wide,torch,gpt125m,nanogpt", "--nanogpt_seeds=1", f"--cpu_reference={reference}", f"--out={out}"],
                           cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("benchmarks.accelerator_check -> ") and "AMX" in proc.stdout.splitlines()[1]
@@ -30,7 +30,7 @@ def test_accelerator_check_runs_on_the_cpu_and_writes_one_json(tmp_path):
     assert parts["torch"] == {"skipped": "no --torch_python", "wall_s": parts["torch"]["wall_s"]}
     assert parts["gpt125m"]["tokens_per_sec"] > 0
     seeds = parts["nanogpt"]["seeds"]  # nanoGPT's GPU recipe, shrunk by --quick, run to its end per seed
-    assert list(seeds) == ["0", "1"] and all(r["exit"] == 0 and r["selected_step"] in (2, 4) for r in seeds.values())
+    assert list(seeds) == ["0"] and all(r["exit"] == 0 and r["selected_step"] in (2, 4) for r in seeds.values())
     assert all(0 < r["selected_val_loss"] <= r["val_loss"] for r in seeds.values())  # the last eval is one of those selected from
 
 

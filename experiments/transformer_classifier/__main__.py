@@ -26,6 +26,9 @@ def validate(config) -> None:
                                                                "head_hidden"),
                         fractions=("dropout_rate", "head_dropout"))
     configs.check_block(config, "", fractions=("label_smoothing",))
+    if config.get("eval_speeches") is not None and config.eval_speeches < 1:
+        raise ConfigValueError(f"config.eval_speeches={config.eval_speeches}: use a positive number of speeches, "
+                               "or None for every speech")
     if config.model.pooling not in encoder.POOLINGS:
         raise ConfigValueError(f"config.model.pooling={config.model.pooling!r}: use one of "
                                f"{', '.join(encoder.POOLINGS)}")
@@ -81,13 +84,14 @@ def build_model(config, tokenizer=None):
     return model, tokenizer, ids, plays_info
 
 
-def load_split(config, split: str, tokenizer, ids) -> dict:
+def load_split(config, split: str, tokenizer, ids, limit: int | None = None) -> dict:
     """A split as arrays: inputs and token_mask (N, max_len) int32 (the first max_len tokens,
     padded), play (N,) and genre (N,) class ids; for the comedy_tragedy task only the comedies'
-    and tragedies' speeches, with tragedy (N,) 0 or 1."""
+    and tragedies' speeches, with tragedy (N,) 0 or 1. `limit`: only its first `limit` speeches."""
     raw = lab.data.load(config.dataset, split, data_dir=config.data_dir)
     if config.get("task") == "comedy_tragedy":
         raw = lab.data.comedy_or_tragedy(raw)
+    raw = {k: v[:limit] for k, v in raw.items()}
     inputs, token_mask = pipeline.encode_padded(tokenizer.encode, raw["text"], config.model.max_len, ids.pad_id)
     return {"inputs": inputs, "token_mask": token_mask,
             **{k: raw[k] for k in ("play", "genre", "tragedy") if k in raw}}
@@ -105,7 +109,8 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
                         f"as {unit}", "read and encoded the speeches") as p:
         train_arrays = load_split(config, "train", tokenizer, ids)
         # Test first: the headline split. Validation is what `keep_best` selects a step on.
-        evals = {split: load_split(config, split, tokenizer, ids) for split in ("test", "validation")}
+        evals = {split: load_split(config, split, tokenizer, ids, config.get("eval_speeches"))
+                 for split in ("test", "validation")}
         p.note = ", ".join(f"{k} {len(v['inputs']):,}" for k, v in {"train": train_arrays, **evals}.items()) + " speeches"
     resolve_steps(config, len(train_arrays["play"]))
     example = {k: train_arrays[k][:1] for k in ("inputs", "token_mask")}
