@@ -56,20 +56,6 @@ def mlp_export(tmp_path_factory):
     return run, str(root / "model")
 
 
-# The modules whose tests take longest (tens of seconds each: whole runs, several processes)
-# start first, so that under `-n 2` neither worker is left with one of them while the other idles.
-_SLOW_FIRST = ("test_readme_blocks", "test_reproduce", "test_accelerator_check", "test_distributed", "test_repo",
-               "test_parallel", "test_generative", "test_transformer_experiments", "test_lstm_experiments")
-
-
-def pytest_collection_modifyitems(items):
-    """Runs the slow modules' tests first (a stable sort: their own order is kept)."""
-    def rank(item):
-        name = item.module.__name__.rpartition(".")[2] if item.module else ""
-        return _SLOW_FIRST.index(name) if name in _SLOW_FIRST else len(_SLOW_FIRST)
-    items.sort(key=rank)
-
-
 _SESSION_START = __import__("time").time()
 
 
