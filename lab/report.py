@@ -23,14 +23,15 @@ import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from lab.files import write_whole
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 _SUFFIX = "_confusion_matrix"
 
@@ -66,9 +67,15 @@ def _curves(records: list[dict], suffix: str) -> dict[str, tuple[list, list]]:
     return curves
 
 
-def _figure(width: float, height: float) -> Figure:
-    """A pyplot-free figure drawn by Agg (PNG), whatever the session's backend."""
-    fig = Figure(figsize=(width, height), layout="constrained")
+def figure(width: float, height: float, **kwargs) -> Figure:
+    """A pyplot-free `matplotlib.figure.Figure` of `width` x `height` inches drawn by Agg (PNG),
+    whatever the session's backend; `kwargs` go to `Figure` (e.g. `dpi`, `layout`)."""
+    # matplotlib is imported here, when a picture is drawn: it is a second of start-up that a
+    # process which draws nothing (--help, a refused flag, export, serve) never pays.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), **kwargs)
     FigureCanvasAgg(fig)
     return fig
 
@@ -99,7 +106,7 @@ def confusion_figure(cm, names: Sequence[str] | None = None, title: str = "") ->
     small = n <= 20
     cell = 0.45 if small else 0.3  # inches per class
     label = 0.07 * max((len(s) for s in names), default=1)  # inches taken by a tick label
-    fig = _figure(cell * n + label + 2.2, cell * n + label + 1.2)
+    fig = figure(cell * n + label + 2.2, cell * n + label + 1.2, layout="constrained")
     ax = fig.add_subplot()
     image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, shrink=0.6, label="fraction of the true class")
@@ -176,7 +183,7 @@ def plot_run(workdir: str, results: dict,
         if curves:
             drawn.append((names, curves))
     if drawn:
-        fig = _figure(5.5 * len(drawn), 4.3)
+        fig = figure(5.5 * len(drawn), 4.3, layout="constrained")
         for ax, (names, curves) in zip(fig.subplots(1, len(drawn), squeeze=False)[0], drawn):
             for key, (xs, ys) in sorted(curves.items()):
                 where, metric = _curve_label(key)
@@ -299,8 +306,7 @@ def render_image(image: np.ndarray, caption: str = "", row_labels: Sequence[str]
     height = top + h
     canvas = np.full((height, width, 3), 255, np.uint8)
     if caption or row_labels:
-        fig = Figure(figsize=(width / 100, height / 100), dpi=100, facecolor="white")
-        FigureCanvasAgg(fig)
+        fig = figure(width / 100, height / 100, dpi=100, facecolor="white")
         if caption:
             fig.text(6 / width, 1 - (top / 2) / height, caption, fontsize=10, va="center", ha="left")
         for i, label in enumerate(row_labels):

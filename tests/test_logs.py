@@ -221,8 +221,8 @@ def test_text_samples_of_the_lm_and_the_chatbot_go_to_tensorboard(tmp_path):
 
 def test_a_long_confusion_title_is_not_cut_and_curves_name_the_run_and_each_head(tmp_path, monkeypatch):
     figures = []
-    real_figure = report._figure
-    monkeypatch.setattr(report, "_figure", lambda *a: figures.append(real_figure(*a)) or figures[-1])
+    real_figure = report.figure
+    monkeypatch.setattr(report, "figure", lambda *a, **k: figures.append(real_figure(*a, **k)) or figures[-1])
     workdir = tmp_path / "speech"
     workdir.mkdir()
     (workdir / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [

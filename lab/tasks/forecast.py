@@ -262,11 +262,7 @@ class ForecastTask(Task):
 def forecast_figure(times_M: np.ndarray, truth_M: np.ndarray, pred_M: np.ndarray,
                     baselines: dict[str, np.ndarray], title: str = ""):
     """A Figure: truth, the network's forecast and each baseline over one span (M points)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 4.5))
-    FigureCanvasAgg(fig)
+    fig = report.figure(10, 4.5)
     ax = fig.add_subplot(1, 1, 1)
     ax.plot(times_M, truth_M, color="black", linewidth=2, label="truth")
     ax.plot(times_M, pred_M, color="tab:red", linewidth=1.5,

@@ -236,12 +236,8 @@ class Seq2SeqTask(Task):
 def attention_figure(weights_TxS: np.ndarray, src_chars: Sequence[str], out_chars: Sequence[str],
                      title: str = ""):
     """A Figure of attention weights: a row per generated character, a column per source one."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     t, s = weights_TxS.shape
-    fig = Figure(figsize=(min(2 + 0.14 * s, 24), min(1.5 + 0.14 * t, 24)))
-    FigureCanvasAgg(fig)
+    fig = report.figure(min(2 + 0.14 * s, 24), min(1.5 + 0.14 * t, 24))
     ax = fig.add_subplot(1, 1, 1)
     image = ax.imshow(weights_TxS, aspect="auto", cmap="viridis", vmin=0.0)
     show = lambda c: {"\n": "\u21b5", " ": "\u2423"}.get(c, c)  # noqa: E731  newline, space visible
