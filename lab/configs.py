@@ -8,6 +8,7 @@ them (`--config.key=value`). The keys every experiment has (the train loop reads
     data_dir                str or None: where TFDS builds datasets (None: $LAB_DATA_DIR or ~/tensorflow_datasets)
     batch_size              int: global train batch, split over all devices
     eval_batch_size         int: global eval batch (the last one is padded and masked)
+    eval_batches            int or None: an eval reads only the first N batches of each split (None: all)
     num_train_steps         int
     log_every_steps         int
     eval_every_steps        int
@@ -52,7 +53,7 @@ RUN_CONTROL_PREFIXES = ("reference.",)  # shown in the summary, no effect on the
 # Keys added after runs were saved: a saved config without one ran with this value.
 ADDED_KEY_DEFAULTS = {"accumulate_steps": 1, "ema_decay": 0.0, "model.remat": False, "keep_best": "",
                       "keep_best_mode": "max", "profile_steps": "",
-                      "label_smoothing": 0.0, "eval_speeches": None}
+                      "label_smoothing": 0.0, "eval_batches": None}
 # The schedule's horizon: compared as a resolved number below, not as the key's raw value.
 HORIZON_SUFFIX = ".decay_steps"
 PRUNE_HORIZON_SUFFIX = ".prune.end_step"  # likewise the pruning ramp's end (None: num_train_steps // 2)
@@ -71,6 +72,7 @@ def add_loop_options(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.steps_per_call = 1  # train steps per compiled call (one lax.scan); the same numbers as 1
     c.accumulate_steps = 1  # the batch as this many micro-batches (one update; less activation memory)
     c.ema_decay = 0.0  # > 0: a moving average of the parameters, which evaluation uses (e.g. 0.999)
+    c.eval_batches = ml_collections.FieldReference(None, field_type=int)  # N: each eval reads only the first N batches of each split (a quick look); None: every example
     c.keep_best = ""  # e.g. 'validation_loss': keep the best eval's checkpoint (workdir/best/) and its results (selected_*)
     c.keep_best_mode = "max"  # 'max' or 'min': which way keep_best's metric is better
     c.profile_steps = ""  # e.g. '10:20': a jax.profiler trace of those steps into workdir/profile/
@@ -162,6 +164,8 @@ def validate(config: Any, num_devices: int = 1, workdir: str | None = None, num_
         require_int("steps_per_call", 1)
     if "accumulate_steps" in config:
         require_int("accumulate_steps", 1)
+    if config.get("eval_batches") is not None:
+        require_int("eval_batches", 1)
     accumulate = config.get("accumulate_steps", 1)
     if config.batch_size % (num_devices * accumulate):
         split = f"{num_devices} devices" + (f" x {accumulate} micro-batches (accumulate_steps)" if accumulate > 1 else "")

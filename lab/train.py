@@ -27,6 +27,7 @@ with those shardings and, given `config.init_from`, takes pretrained parameters 
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import signal
@@ -81,7 +82,7 @@ def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str
       train_arrays: numpy arrays of the train split, same leading size N, or its rows streamed
         from disk (a `pipeline.RowSource`, e.g. `lab.data.stream(...)`).
       eval_arrays: split name -> arrays (or a RowSource); the first split is the headline one.
-      config: reads `batch_size`, `eval_batch_size` and `seed`.
+      config: reads `batch_size`, `eval_batch_size`, `eval_batches` (the sizes shown) and `seed`.
       class_names: label key -> class names (see `Data`).
     Each process reads only its own slice of every batch. Rows that are not in memory (a
     `pipeline.RowSource` such as `lab.data.stream(...)`) are read ahead of the step
@@ -89,12 +90,18 @@ def epoch_data(train_arrays: Mapping | pipeline.RowSource, eval_arrays: dict[str
     """
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     batcher = pipeline.EpochBatcher(train_arrays, config.batch_size, config.seed, **shard)
+    limit = config.get("eval_batches")  # an eval reads at most this many batches of a split
+
+    def shown_size(arrays) -> int:
+        n = len(pipeline.as_rows(arrays))
+        return min(n, limit * config.eval_batch_size) if limit else n
+
     return Data(
         train=batcher if isinstance(train_arrays, Mapping) else pipeline.Prefetcher(batcher),
         evals={name: functools.partial(pipeline.padded_batches, arrays, config.eval_batch_size, **shard)
                for name, arrays in eval_arrays.items()},
         class_names=dict(class_names or {}),
-        sizes={"train": batcher.num_examples, **{name: len(pipeline.as_rows(arrays)) for name, arrays in eval_arrays.items()}},
+        sizes={"train": batcher.num_examples, **{name: shown_size(arrays) for name, arrays in eval_arrays.items()}},
     )
 
 
@@ -310,7 +317,7 @@ def train_and_evaluate(config, workdir: str, task: Task, data: Data, *,
         results = {}
         for split, batches in data.evals.items():
             total = None
-            for index, batch in enumerate(batches()):  # sums to the host per batch: no device-side add
+            for index, batch in enumerate(itertools.islice(batches(), config.get("eval_batches"))):  # sums to the host per batch
                 # Each batch its own key (the same at every eval): a masked LM masks other cells in each.
                 batch_rng = jax.random.fold_in(eval_rng, index)
                 sums = strategy.metrics_to_host(eval_step(variables, strategy.global_batch(batch), batch_rng))

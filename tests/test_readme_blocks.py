@@ -1,7 +1,7 @@
 """Every shell block of README.md runs as written, in a fresh directory, with the venv active.
 
 Only what would take minutes is shortened, by flags a user could add: training commands get a
-few steps, the BPE a small vocabulary, the classifier's evals a few speeches, the reproduction one
+few steps and evaluations of one batch, the BPE a small vocabulary, the reproduction one
 cheap row, each benchmark `--help` (a block of them in one process), `tensorboard` its
 `--inspect` (which reads the event files and exits). Installs are skipped (the
 venv running these tests is the one README's setup makes). The test command and the deploy block
@@ -25,8 +25,8 @@ SHORT = (f" --config.num_train_steps={STEPS} --config.eval_every_steps={STEPS}"
          f" --config.checkpoint_every_steps={STEPS}")
 # The classifier's pretrained_bpe reads the pretraining run's tokenizer; both learn a small one.
 SMALL_BPE = " --config.tokenizer.vocab_size=300"
-# The classifier evaluates a few hundred speeches, not all 9,156 of test and validation.
-EVAL_SPEECHES = " --config.eval_speeches=256"
+# Each evaluation reads one batch of each split (a GAN's FD: 1,000 samples, not 10,000).
+ONE_EVAL_BATCH = " --config.eval_batches=1"
 # What a block with a chat reads from its terminal.
 CHAT_INPUT = "Good morrow, my lord.\nWhat news?\n"
 TRAINERS = ("mlp_classifier", "transformer_lm", "transformer_mlm", "transformer_classifier",
@@ -45,9 +45,7 @@ def shortened(line: str) -> str:
     code = " && ".join(p.strip() for p in parts).replace(".venv/bin/python", "python")
     trainer = re.search(r"python -m experiments\.(\w+)( |$)", code)
     if trainer and trainer.group(1) in TRAINERS and "--help" not in code:
-        code += SHORT + (SMALL_BPE if "bpe" in code else "")
-        if trainer.group(1) == "transformer_classifier":
-            code += EVAL_SPEECHES
+        code += SHORT + ONE_EVAL_BATCH + (SMALL_BPE if "bpe" in code else "")
     if "experiments.reproduce" in code:
         code += " --only=mlp_digits_tuned --seeds=1"
     if re.match(r"python -m benchmarks\.\w+", code):

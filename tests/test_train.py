@@ -22,6 +22,14 @@ def small_config(**overrides):
     return override(c, **overrides)
 
 
+def test_eval_batches_reads_only_the_first_batches_of_each_split(tmp_path, capsys):
+    """A quick look: `eval_batches=2` of 50 examples scores the first 100 of the 360 test images."""
+    main(small_config(num_train_steps=5, eval_every_steps=5, eval_batch_size=50, eval_batches=2), str(tmp_path))
+    cm = np.array(json.loads((tmp_path / "results.json").read_text())["confusion_matrix"])
+    assert cm.sum() == 100
+    assert "test 100 examples" in capsys.readouterr().out  # the start-up block says what an eval reads
+
+
 def test_end_to_end_writes_every_file(tmp_path):
     results = main(small_config(), str(tmp_path))
     for name in ("config.json", "metrics.jsonl", "results.json", "curves.png", "test_confusion_matrix.png"):

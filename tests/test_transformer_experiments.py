@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import lab.data
-from lab import checkpoint
+from lab import checkpoint, configs
 from lab.errors import ConfigValueError
 from tests.helpers import final_params, math_records, trees_equal
 
@@ -280,3 +280,19 @@ def test_bfloat16_compute_trains_the_same_model_with_float32_state(tmp_path):
     config.model.compute_dtype = "float16"
     with pytest.raises(ConfigValueError, match="compute_dtype='float16'"):
         lm.validate(config)
+
+
+def test_eval_batches_caps_each_eval_split_and_refuses_a_count_below_one():
+    """The loop's `eval_batches` (a quick look): the classifier encodes only the speeches an
+    eval reads; zero is refused before any data is read."""
+    config = classifier_config("tiny")
+    config.eval_batches = 0
+    with pytest.raises(ConfigValueError, match="eval_batches=0"):
+        configs.validate(config)
+    config.eval_batches, config.eval_batch_size = 3, 5
+    configs.validate(config)
+    _, tokenizer, ids, _ = classifier.build_model(config)
+    read = config.eval_batches * config.eval_batch_size
+    for split in ("test", "validation"):
+        arrays = classifier.load_split(config, split, tokenizer, ids, read)
+        assert {len(v) for v in arrays.values()} == {15}, split

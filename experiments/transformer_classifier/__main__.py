@@ -26,9 +26,6 @@ def validate(config) -> None:
                                                                "head_hidden"),
                         fractions=("dropout_rate", "head_dropout"))
     configs.check_block(config, "", fractions=("label_smoothing",))
-    if config.get("eval_speeches") is not None and config.eval_speeches < 1:
-        raise ConfigValueError(f"config.eval_speeches={config.eval_speeches}: use a positive number of speeches, "
-                               "or None for every speech")
     if config.model.pooling not in encoder.POOLINGS:
         raise ConfigValueError(f"config.model.pooling={config.model.pooling!r}: use one of "
                                f"{', '.join(encoder.POOLINGS)}")
@@ -109,7 +106,8 @@ def main(config, workdir: str, allow_config_change: bool = False) -> dict:
                         f"as {unit}", "read and encoded the speeches") as p:
         train_arrays = load_split(config, "train", tokenizer, ids)
         # Test first: the headline split. Validation is what `keep_best` selects a step on.
-        evals = {split: load_split(config, split, tokenizer, ids, config.get("eval_speeches"))
+        read = config.eval_batches * config.eval_batch_size if config.eval_batches else None  # speeches an eval reads
+        evals = {split: load_split(config, split, tokenizer, ids, read)
                  for split in ("test", "validation")}
         p.note = ", ".join(f"{k} {len(v['inputs']):,}" for k, v in {"train": train_arrays, **evals}.items()) + " speeches"
     resolve_steps(config, len(train_arrays["play"]))

@@ -63,7 +63,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.batch_size = 32
     c.eval_batch_size = 256
-    c.eval_speeches = ml_collections.FieldReference(None, field_type=int)  # N: only the first N test and validation speeches (a quick look); None: all
     c.num_epochs = 3  # the train loop counts steps: num_train_steps = epochs * (train speeches // batch)
     c.num_train_steps = ml_collections.FieldReference(None, field_type=int)  # None: from num_epochs
     c.log_every_steps = 100
@@ -148,7 +147,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     if variant == "tiny":
         c.batch_size = 8
         c.eval_batch_size = 64
-        c.eval_speeches = 256
+        c.eval_batches = 4  # 256 test and validation speeches
         c.num_train_steps = 4
         c.log_every_steps = c.eval_every_steps = c.checkpoint_every_steps = 2
         c.model.update(tiny_encoder_config())

@@ -46,13 +46,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.data_dir = ml_collections.FieldReference(None, field_type=str)  # None: $LAB_DATA_DIR or ~/tensorflow_datasets
     c.batch_size = 12  # sequences per step (global, split over devices)
     c.eval_batch_size = 12
-    c.eval_batches = 20  # nanoGPT's eval_iters: fixed windows of each split, the same at every eval
     c.num_train_steps = 2000
     c.log_every_steps = 100
     c.eval_every_steps = 250
     c.checkpoint_every_steps = 500
     c.max_checkpoints_to_keep = 2
     configs.add_loop_options(c)  # parallel, mesh, steps_per_call, ... (README: the loop's training keys)
+    c.eval_batches = 20  # nanoGPT's eval_iters: fixed windows of each split, the same at every eval
 
     c.model = ml_collections.ConfigDict()
     c.model.num_layers = 4

@@ -69,7 +69,6 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.data_dir = ml_collections.FieldReference(None, field_type=str)
     c.batch_size = 32  # windows of max_len characters
     c.eval_batch_size = 32
-    c.eval_batches = 10
     c.mask_rate = 0.15  # BERT: 15% of tokens, 80% [MASK] / 10% random / 10% kept
     c.num_train_steps = 6000  # 24.6 M characters: 6 passes over shakespeare_char's 4.1 M train
     c.log_every_steps = 100
@@ -77,6 +76,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     c.checkpoint_every_steps = 1000
     c.max_checkpoints_to_keep = 2
     configs.add_loop_options(c)  # parallel, mesh, steps_per_call, ... (README: the loop's training keys)
+    c.eval_batches = 10  # windows of the validation split, the same at every eval
     c.model = encoder_config()
     c.tokenizer = tokenizer_config()
 
