@@ -54,15 +54,15 @@ from lab.errors import EXIT_FAILURE, EXIT_USAGE  # 2: nothing ran; 1: stopped, f
 
 # glibc malloc settings for the whole process (they must be in the environment before it
 # starts). By default glibc hands freed step buffers back to the OS and faults them in again the
-# next step: measured 12k page faults (47 MiB) and 44 ms of system time per step of the small GPT,
-# and 88 -> 71 ms median step time with these settings. The MLP, whose step is under 1 ms, ran
-# slower with them (752 -> 581 steps/s), so each entry point chooses. LAB_MALLOC_TUNING=0 turns
+# next step, thousands of page faults per step of a GPT; these keep them. The number of arenas is
+# left to glibc: a single one serialises every thread's allocations (XLA's thread pool, the BPE
+# tokenizer's), which halved the MLP's steps/s and made BPE encoding slower (BUILD_NOTES,
+# "Start-up"). The entry points of the text families ask for them; LAB_MALLOC_TUNING=0 turns
 # them off everywhere.
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
     "MALLOC_TRIM_THRESHOLD_": "4294967296",
     "MALLOC_TOP_PAD_": "268435456",
-    "MALLOC_ARENA_MAX": "1",
 }
 
 
