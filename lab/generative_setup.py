@@ -81,7 +81,7 @@ def image_data(config, latent_dim: int, *, train_noise: bool,
     data = train.epoch_data(train_arrays, {"test": test_arrays}, config)
     if train_noise:
         data.train = LatentBatcher(data.train, latent_dim, config.seed, process_index=jax.process_index(),
-                                            process_count=jax.process_count())
+                                   process_count=jax.process_count())
     info = dict(lab.data.info(config.dataset, data_dir=config.data_dir), test_arrays=test_arrays)
     return data, info
 

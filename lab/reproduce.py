@@ -8,6 +8,7 @@
      "budgets": {"quick": {"flags": {"num_train_steps": 300}}, "full": {"flags": {}}},
      "outside": [{"metric": "val_loss", "value": ..., "source": "nanoGPT's README, CPU recipe"}],
      "weak": {"val_loss": "why this metric cannot detect a 5% shift"},   # optional
+     "floor": {"val_loss": {"relative": 0.01, "why": "..."}},   # optional: a wider floor, and why
      "measured": {"quick": {"seeds": [0, 1, 2, 3, 4], "wall_s": ..., "environment": {...},
                             "metrics": {"val_loss": {"values": [...], "mean": ..., "std": ...}}},
                   "full": {...}}}
@@ -22,7 +23,8 @@ The gate, for each metric of a row (`compare`):
   one seed-to-seed variance is pooled from both; a two-sample t test at FALSE_ALARM (two-sided)
   flags |mean - reference mean| > t(1 - FALSE_ALARM/2, M+N-2) * s * sqrt(1/M + 1/N) + floor,
   where the floor (FLOOR_RELATIVE of the value) admits float reassociation on another machine
-  for metrics whose seeds agree to the bit. `detectable_shift` is the shift this test catches
+  for metrics whose seeds agree to the bit; a row may widen it for a metric and say why (`floor`:
+  an optimiser's fit, say, whose optimum moves further than a sum's rounding). `detectable_shift` is the shift this test catches
   with probability POWER (from the noncentral t); a metric whose shift at one reproduction seed is over WEAK_RELATIVE of
   its value (WEAK_ACCURACY for accuracies) is weak, and the row must say why (`weak`).
 - **bit**: on the reference's machine class (`machine_class`: the CPU's ISA level, model and
@@ -117,17 +119,19 @@ def pooled_std(reference: Sequence[float], reproduction: Sequence[float]) -> tup
     return math.sqrt(squares / df), df
 
 
-def band(reference: Sequence[float], reproduction: Sequence[float]) -> float | None:
+def band(reference: Sequence[float], reproduction: Sequence[float],
+         floor_relative: float = FLOOR_RELATIVE) -> float | None:
     """The largest |mean(reproduction) - mean(reference)| the gate lets pass (see the module
-    docstring); None when the two samples hold one seed in all (no spread to judge by)."""
+    docstring; `floor_relative`: the floor, as a fraction of the reference's mean); None when
+    the two samples hold one seed in all (no spread to judge by)."""
     s, df = pooled_std(reference, reproduction)
     if df < 1:
         return None
     m, n = len(reference), len(reproduction)
-    return stats.t.ppf(1 - FALSE_ALARM / 2, df) * s * math.sqrt(1 / m + 1 / n) + _floor(reference)
+    return stats.t.ppf(1 - FALSE_ALARM / 2, df) * s * math.sqrt(1 / m + 1 / n) + _floor(reference, floor_relative)
 
 
-def detectable_shift(reference: Sequence[float], n: int) -> float | None:
+def detectable_shift(reference: Sequence[float], n: int, floor_relative: float = FLOOR_RELATIVE) -> float | None:
     """The shift of the true mean that a reproduction of `n` seeds fails with probability POWER,
     taking the reference's spread for both samples (the t statistic's noncentral distribution,
     not the normal approximation, which overstates the power of a few seeds); None where fewer
@@ -138,11 +142,16 @@ def detectable_shift(reference: Sequence[float], n: int) -> float | None:
         return None
     critical = stats.t.ppf(1 - FALSE_ALARM / 2, df)
     noncentrality = optimize.brentq(lambda d: stats.nct.sf(critical, df, d) - POWER, 0.0, 10 * critical)
-    return noncentrality * mean_std(reference)[1] * math.sqrt(1 / m + 1 / n) + _floor(reference)
+    return noncentrality * mean_std(reference)[1] * math.sqrt(1 / m + 1 / n) + _floor(reference, floor_relative)
 
 
-def _floor(reference: Sequence[float]) -> float:
-    return FLOOR_RELATIVE * abs(mean_std(reference)[0])
+def _floor(reference: Sequence[float], relative: float) -> float:
+    return relative * abs(mean_std(reference)[0])
+
+
+def floor_of(row: dict, metric: str) -> float:
+    """The relative floor of `metric`'s band in `row`: its own (`floor`), else FLOOR_RELATIVE."""
+    return float(row.get("floor", {}).get(metric, {}).get("relative", FLOOR_RELATIVE))
 
 
 def is_weak(metric: str, value: float, shift: float | None) -> bool:
@@ -217,11 +226,11 @@ def compare(row: dict, budget: str, metrics_by_seed: Mapping[int, Mapping[str, f
             ref_by_seed = dict(zip(ref["seeds"], r["values"]))
             shared = [s for s in seeds if s in ref_by_seed]
             exact = sum(float(metrics_by_seed[s][metric]) == ref_by_seed[s] for s in shared)
-            half = band(r["values"], values)
+            half = band(r["values"], values, floor_of(row, metric))
             tier = "bit" if same_class and shared and not row.get("nondeterministic") else "band"
             in_band = half is None or abs(mean - r["mean"]) <= half
             line.update(reference=r["mean"], reference_std=r["std"], reference_seeds=len(ref["seeds"]),
-                        band=half, detectable=detectable_shift(r["values"], len(values)), tier=tier,
+                        band=half, detectable=detectable_shift(r["values"], len(values), floor_of(row, metric)), tier=tier,
                         exact=f"{exact}/{len(shared)}")
             if half is not None or tier == "bit":
                 line["holds"] = bool(in_band and (tier == "band" or exact == len(shared)))
@@ -318,7 +327,7 @@ def weak_lines(row: dict) -> list[tuple[str, float | None]]:
     for metric in row["metrics"]:
         if ref and metric in ref["metrics"]:
             r = ref["metrics"][metric]
-            shift = detectable_shift(r["values"], 1)
+            shift = detectable_shift(r["values"], 1, floor_of(row, metric))
             if is_weak(metric, r["mean"], shift):
                 out.append((metric, shift))
     return out
@@ -351,7 +360,11 @@ def reference_markdown(table: dict) -> str:
             shift, machine = "", ""
             if gate and metric in gate["metrics"]:
                 values = gate["metrics"][metric]["values"]
-                shift = f"{_plus_minus(detectable_shift(values, 1))} / {_plus_minus(detectable_shift(values, 5))}"
+                floor = floor_of(row, metric)
+                shift = (f"{_plus_minus(detectable_shift(values, 1, floor))} / "
+                         f"{_plus_minus(detectable_shift(values, 5, floor))}")
+                if metric in row.get("floor", {}):
+                    shift += f" (floor {floor:.0%} of the value: {row['floor'][metric]['why']})"
                 if metric in weak:
                     shift += f" (**weak**: {row.get('weak', {}).get(metric, 'no reason given')})"
                 machine = (f"not deterministic: {row['nondeterministic']}" if row.get("nondeterministic")
