@@ -56,9 +56,9 @@ from lab.errors import EXIT_FAILURE, EXIT_USAGE  # 2: nothing ran; 1: stopped, f
 # starts). By default glibc hands freed step buffers back to the OS and faults them in again the
 # next step, thousands of page faults per step of a GPT; these keep them. The number of arenas is
 # left to glibc: a single one serialises every thread's allocations (XLA's thread pool, the BPE
-# tokenizer's), which halved the MLP's steps/s and made BPE encoding slower (BUILD_NOTES,
-# "Start-up"). The entry points of the text families ask for them; LAB_MALLOC_TUNING=0 turns
-# them off everywhere.
+# tokenizer's), which cost the MLP a quarter to nearly half of its steps/s and made BPE encoding
+# slower (BUILD_NOTES, "Start-up"). The entry points of the text families ask for them;
+# LAB_MALLOC_TUNING=0 turns them off everywhere.
 MALLOC_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
     "MALLOC_TRIM_THRESHOLD_": "4294967296",
